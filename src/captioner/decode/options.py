@@ -1,0 +1,52 @@
+"""Decoding options: one frozen, validated value object shared by the CLI, evaluation and the service."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from captioner.errors import OptionsError
+
+Strategy = Literal["greedy", "beam"]
+
+# Hard limits: the service exposes these options to the internet, so every one is bounded.
+MAX_BEAM_SIZE = 10
+MAX_LENGTH_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to turn decoder log-probabilities into captions.
+
+    strategy: "greedy" (argmax each step) or "beam" (beam search).
+    beam_size: hypotheses kept per image for beam search (1..MAX_BEAM_SIZE).
+    max_length: most words in a caption, excluding the start/end tokens (1..MAX_LENGTH_LIMIT).
+    length_penalty: alpha in score = log_prob / length**alpha; 0 ranks by raw log-probability.
+    n_best: how many finished hypotheses to return per image (1..beam_size; 1 for greedy).
+    """
+
+    strategy: Strategy = "beam"
+    beam_size: int = 3
+    max_length: int = 30
+    length_penalty: float = 0.0
+    n_best: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("greedy", "beam"):
+            raise OptionsError(f"strategy must be 'greedy' or 'beam', got {self.strategy!r}")
+        if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise OptionsError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
+        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= MAX_LENGTH_LIMIT:
+            raise OptionsError(
+                f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}, got {self.max_length!r}"
+            )
+        if not 0.0 <= float(self.length_penalty) <= 5.0:
+            raise OptionsError(f"length_penalty must be between 0 and 5, got {self.length_penalty!r}")
+        width = 1 if self.strategy == "greedy" else self.beam_size
+        if not isinstance(self.n_best, int) or not 1 <= self.n_best <= width:
+            raise OptionsError(
+                f"n_best must be an integer from 1 to {width} (the beam size; 1 for greedy), got {self.n_best!r}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
