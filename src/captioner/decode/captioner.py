@@ -1,0 +1,186 @@
+"""The captioning engine: encoder (onnxruntime) + incremental step decoder + vocabulary -> captions.
+
+Used by the CLI, the evaluation and the service alike. Batched end to end: one encoder run per batch of
+images and one step call per token for all beams of all images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from captioner.decode.options import DecodeOptions
+from captioner.decode.search import search
+from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image
+from captioner.encoders.runtime import OnnxEncoder
+
+
+class StepDecoder(Protocol):
+    vocab_size: int
+
+    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]: ...
+
+    def step(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]: ...
+
+
+class Vocab(Protocol):
+    start_id: int
+    end_id: int
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    caption: str
+    log_prob: float
+    score: float
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """caption: the best candidate's text. candidates: n-best, best first. timings_ms: this image's share of
+    the batch's encoder and decoder time."""
+
+    caption: str
+    candidates: tuple[Candidate, ...]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "caption": self.caption,
+            "candidates": [c.__dict__ for c in self.candidates],
+            "timings_ms": self.timings_ms,
+        }
+
+
+class Captioner:
+    """Wires an encoder, a step decoder and a vocabulary. Thread-safe: holds no per-call state."""
+
+    def __init__(
+        self,
+        encoder: OnnxEncoder,
+        decoder: StepDecoder,
+        vocabulary: Vocab,
+        info: dict | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.encoder, self.decoder, self.vocabulary = encoder, decoder, vocabulary
+        self.info = info or {}
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_bundle(cls, bundle=None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
+        """Load a bundle folder (or a loaded Bundle; default: the shipped one) without TensorFlow."""
+        from captioner.model.bundle import Bundle, load_bundle
+        from captioner.model.step import NumpyDecoder
+
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        encoder = OnnxEncoder(bundle.encoder_path, threads=threads)
+        if encoder.feature_size != bundle.config.feature_size:
+            from captioner.errors import BundleError
+
+            raise BundleError(f"{bundle.path}: encoder and decoder feature sizes differ")
+        decoder = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
+        m = bundle.manifest
+        info = {
+            "format": "bundle",
+            "path": str(bundle.path),
+            "version": bundle.version,
+            "encoder": m["encoder"]["name"],
+            "vocab_size": m["vocab_size"],
+            "metrics": m.get("metrics", {}),
+        }
+        return cls(encoder, decoder, bundle.vocabulary, info, max_pixels)
+
+    @classmethod
+    def from_legacy(
+        cls,
+        model_path: str | Path,
+        tokenizer_path: str | Path,
+        weights_path: str | Path | None = None,
+        encoder_path: str | Path | None = None,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Captioner:
+        """Artefacts of the original design (merge .keras + weights .h5 + tokenizer.pkl, InceptionV3 features).
+
+        encoder_path: an InceptionV3 ONNX file from ``captioner export-encoder inception_v3``; needs TensorFlow.
+        """
+        from captioner.errors import BundleError
+        from captioner.model.legacy import load_legacy
+
+        if encoder_path is None:
+            raise BundleError(
+                "the original format has no encoder file: export one with "
+                "'captioner export-encoder inception_v3 --out inception_v3.onnx' and pass it as the encoder"
+            )
+        encoder = OnnxEncoder(encoder_path, threads=threads)
+        decoder, vocab, info = load_legacy(
+            model_path, weights_path, tokenizer_path=tokenizer_path, feature_size=encoder.feature_size
+        )
+        from captioner.model.bundle import sha256_file
+
+        info = dict(info, format="legacy", encoder=encoder.name, version=sha256_file(model_path)[:12])
+        return cls(encoder, decoder, vocab, info, max_pixels)
+
+    @property
+    def model_info(self) -> dict:
+        return dict(self.info)
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version", "unknown"))
+
+    def load(self, source: bytes | str | Path) -> Image.Image:
+        """Decode one image exactly as feature extraction did (JPEG draft at the encoder's input size)."""
+        return load_image(source, max_pixels=self.max_pixels, draft_size=self.encoder.preprocessing.size)
+
+    def decode_features(self, features: np.ndarray, options: DecodeOptions = DecodeOptions()) -> list[CaptionResult]:
+        """Pooled features [B, F] -> one CaptionResult per row."""
+        start = time.perf_counter()
+        hyps = search(
+            self.decoder.step,
+            self.decoder.initial_state(features),
+            options,
+            self.vocabulary.start_id,
+            self.vocabulary.end_id,
+        )
+        per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
+        results = []
+        for image_hyps in hyps:
+            cands = tuple(Candidate(self.vocabulary.decode(h.tokens), h.log_prob, h.score) for h in image_hyps)
+            # An empty best caption (the model ended at once) is useless to a user: prefer any non-empty one.
+            best = next((c.caption for c in cands if c.caption), cands[0].caption if cands else "")
+            results.append(CaptionResult(best, cands, {"decoder": per_image}))
+        return results
+
+    def caption_images(
+        self, images: Sequence[Image.Image], options: DecodeOptions = DecodeOptions()
+    ) -> list[CaptionResult]:
+        """RGB images -> captions, as one encoder batch and one decoding batch."""
+        if not images:
+            return []
+        start = time.perf_counter()
+        features = self.encoder.encode(images)
+        enc_ms = (time.perf_counter() - start) * 1000 / len(images)
+        results = self.decode_features(features, options)
+        return [
+            CaptionResult(r.caption, r.candidates, {"encoder": enc_ms, **r.timings_ms}) for r in results
+        ]
+
+    def caption_files(
+        self, paths: Sequence[str | Path], options: DecodeOptions = DecodeOptions(), batch_size: int = 32
+    ) -> list[CaptionResult]:
+        """Image files -> captions, in batches of ``batch_size``. An unreadable file raises ImageError."""
+        out: list[CaptionResult] = []
+        for s in range(0, len(paths), batch_size):
+            out += self.caption_images([self.load(p) for p in paths[s : s + batch_size]], options)
+        return out

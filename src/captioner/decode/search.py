@@ -1,0 +1,229 @@
+"""Search strategies: turn a step function into captions, NumPy only.
+
+The strategies see token ids and log-probabilities, nothing else: a ``step(tokens, state)`` callable
+supplies the model, so they are tested with fake steps and work with any decoder backend.
+
+Both strategies are batched: every live row of every image (for beam search, every beam) goes through
+one ``step`` call per time step. Rows of images that are done are dropped from the batch with
+``np.take(axis=0)``, so later steps get fewer rows, never more than ``B * beam_size``.
+
+Conventions shared by both strategies:
+
+* ``Hypothesis.tokens`` holds word ids only (no start, no end token).
+* A hypothesis is *finished* when the decoder chose ``end_id``; its ``log_prob`` includes the end
+  token's log-probability. A hypothesis that reaches ``max_length`` words without ``end_id`` is cut
+  there and returned as is (``finished=False``, no end term): ``step`` is called at most
+  ``max_length`` times.
+* ``length`` in the score counts the log-probability terms summed into ``log_prob``: the words, plus
+  one for the end token when finished. So score = log_prob / length**length_penalty, length >= 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from captioner.decode.options import DecodeOptions
+
+State = tuple[np.ndarray, ...]
+StepFn = Callable[[np.ndarray, State], tuple[np.ndarray, State]]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One candidate caption as token ids.
+
+    tokens: word ids, without start/end tokens.
+    log_prob: sum of the chosen tokens' log-probabilities (including the end token when finished).
+    score: log_prob / length**length_penalty, the value hypotheses are ranked by.
+    finished: True when the decoder produced the end token, False when cut at max_length.
+    """
+
+    tokens: tuple[int, ...]
+    log_prob: float
+    score: float
+    finished: bool = True
+
+
+def search(
+    step: StepFn, state: State, options: DecodeOptions, start_id: int, end_id: int
+) -> list[list[Hypothesis]]:
+    """Run the strategy named by ``options.strategy``; see greedy_search and beam_search."""
+    if options.strategy == "greedy":
+        return greedy_search(step, state, options, start_id, end_id)
+    return beam_search(step, state, options, start_id, end_id)
+
+
+def greedy_search(
+    step: StepFn, state: State, options: DecodeOptions, start_id: int, end_id: int
+) -> list[list[Hypothesis]]:
+    """Pick the most likely token at each step (ties: the lowest id).
+
+    step: (tokens int64 [N], state) -> (log_probs float [N, V], new state); every state array has the
+        row as axis 0.
+    state: initial state for B images, arrays with leading dim B.
+    Returns B lists, each with exactly one Hypothesis.
+    """
+    batch = _batch_size(state)
+    max_length, alpha = options.max_length, float(options.length_penalty)
+    words = np.zeros((batch, max_length), dtype=np.int64)
+    lengths = np.zeros(batch, dtype=np.int64)
+    log_prob = np.zeros(batch, dtype=np.float64)
+    finished = np.zeros(batch, dtype=bool)
+    active = np.arange(batch)  # image index of each row still decoding
+    tokens = np.full(batch, start_id, dtype=np.int64)
+    for t in range(max_length):
+        if active.size == 0:
+            break
+        log_probs, state = _checked_step(step, tokens, state, active.size, end_id)
+        best = log_probs.argmax(axis=1)
+        log_prob[active] += log_probs[np.arange(active.size), best].astype(np.float64)
+        ended = best == end_id
+        finished[active[ended]] = True
+        going = np.flatnonzero(~ended)
+        words[active[going], t] = best[going]
+        lengths[active[going]] += 1
+        active, tokens = active[going], best[going]
+        state = tuple(np.take(a, going, axis=0) for a in state)
+    return [
+        [_hypothesis(words[i, : lengths[i]], log_prob[i], bool(finished[i]), alpha)] for i in range(batch)
+    ]
+
+
+def beam_search(
+    step: StepFn, state: State, options: DecodeOptions, start_id: int, end_id: int
+) -> list[list[Hypothesis]]:
+    """Beam search with ``options.beam_size`` live hypotheses per image.
+
+    The first step runs one row per image (beam_size copies of the start token would only yield
+    duplicates); later steps run beam_size rows per still-active image, image-major.
+    An image stops when it has n_best finished hypotheses and no live one can still beat the n_best-th
+    (exact, since log-probabilities are <= 0: a live log_prob can only fall and no length exceeds
+    max_length), or when it reaches max_length words, where the live beams join the candidates unfinished.
+
+    step, state: as for greedy_search; step must return log-probabilities (<= 0) for the bound to hold.
+    Returns B lists of up to options.n_best distinct hypotheses, best score first. Fewer only when the
+    step gives -inf to so many tokens that fewer distinct finite-probability captions exist.
+    """
+    batch = _batch_size(state)
+    if batch == 0:
+        return []
+    beam, n_best = options.beam_size, options.n_best
+    max_length, alpha = options.max_length, float(options.length_penalty)
+    # Largest factor any future score can be divided by; log_prob <= 0, so dividing more only raises it.
+    best_divisor = float(max_length) ** alpha
+    kept: list[list[Hypothesis]] = [[] for _ in range(batch)]  # best n_best so far, sorted
+    images = np.arange(batch)  # image index of each active image
+    words = np.zeros((batch, 1, 0), dtype=np.int64)  # [images, rows per image, t]
+    log_prob = np.zeros((batch, 1), dtype=np.float64)  # [images, rows per image]
+    tokens = np.full(batch, start_id, dtype=np.int64)
+    for t in range(max_length):
+        n_images, rows = log_prob.shape
+        log_probs, state = _checked_step(step, tokens, state, n_images * rows, end_id)
+        vocab = log_probs.shape[1]
+        # Row-major flattening keeps (beam, token) order, so ties go to the earlier beam, then lower id.
+        cand = (log_prob[:, :, None] + log_probs.astype(np.float64).reshape(n_images, rows, vocab)).reshape(
+            n_images, rows * vocab
+        )
+        # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
+        top = _top_k_stable(cand, min(2 * beam, rows * vocab))
+        top_lp = np.take_along_axis(cand, top, axis=1)
+        parent = np.zeros((n_images, beam), dtype=np.int64)
+        token = np.full((n_images, beam), end_id, dtype=np.int64)
+        new_lp = np.full((n_images, beam), -np.inf)
+        going = np.zeros(n_images, dtype=bool)
+        for i in range(n_images):
+            n_live = 0
+            for flat, lp in zip(top[i].tolist(), top_lp[i].tolist(), strict=True):
+                if lp == -np.inf:  # impossible continuation; the rest are sorted below it
+                    break
+                src, tok = divmod(flat, vocab)
+                if tok == end_id:
+                    _keep(kept[images[i]], _hypothesis(words[i, src], lp, True, alpha), n_best)
+                    continue
+                parent[i, n_live], token[i, n_live], new_lp[i, n_live] = src, tok, lp
+                n_live += 1
+                if n_live == beam:
+                    break
+            # Unused slots copy beam 0 with -inf log-prob: they ride along but never win a candidate.
+            parent[i, n_live:], token[i, n_live:] = parent[i, 0], token[i, 0]
+            done = len(kept[images[i]]) >= n_best and new_lp[i, 0] / best_divisor <= kept[images[i]][-1].score
+            going[i] = n_live > 0 and not done
+        words = np.concatenate(
+            [np.take_along_axis(words, parent[:, :, None], axis=1), token[:, :, None]], axis=2
+        )
+        if t == max_length - 1:  # cut: the live beams become unfinished candidates
+            for i, j in zip(*np.nonzero(going[:, None] & np.isfinite(new_lp)), strict=True):
+                _keep(kept[images[i]], _hypothesis(words[i, j], new_lp[i, j], False, alpha), n_best)
+            break
+        if not going.any():
+            break
+        # One gather per state array both reorders beams and drops finished images.
+        rows_idx = (np.flatnonzero(going)[:, None] * rows + parent[going]).reshape(-1)
+        state = tuple(np.take(a, rows_idx, axis=0) for a in state)
+        images, words, log_prob, tokens = images[going], words[going], new_lp[going], token[going].reshape(-1)
+    return kept
+
+
+def _hypothesis(words: np.ndarray, log_prob: float, finished: bool, alpha: float) -> Hypothesis:
+    length = len(words) + int(finished)  # number of log-prob terms in log_prob, always >= 1
+    log_prob = float(log_prob)
+    score = log_prob if alpha == 0.0 else log_prob / length**alpha
+    return Hypothesis(tuple(int(w) for w in words), log_prob, score, finished)
+
+
+def _keep(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
+    """Insert hyp into kept (sorted by score, best first; ties keep the earlier one) and trim to n_best."""
+    pos = len(kept)
+    while pos > 0 and kept[pos - 1].score < hyp.score:
+        pos -= 1
+    if pos < n_best:
+        kept.insert(pos, hyp)
+        del kept[n_best:]
+
+
+def _top_k_stable(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices [R, k] of the k largest entries of each row of x [R, M], best first, ties by lower index.
+
+    Same result as a stable argsort of -x cut to k, in O(M) per row instead of O(M log M): the partition
+    finds the k-th value, then only entries at least that good are sorted.
+    """
+    n = x.shape[1]
+    if k >= n:
+        return np.argsort(-x, axis=1, kind="stable")
+    kth = np.partition(x, n - k, axis=1)[:, n - k]  # k-th largest; partitioning x beats -x (no copy)
+    out = np.empty((x.shape[0], k), dtype=np.int64)
+    for r in range(x.shape[0]):
+        idx = np.flatnonzero(x[r] >= kth[r])
+        out[r] = idx[np.argsort(-x[r, idx], kind="stable")[:k]]
+    return out
+
+
+def _batch_size(state: State) -> int:
+    if not isinstance(state, tuple) or not state:
+        raise ValueError("state must be a non-empty tuple of arrays whose axis 0 is the image (batch) axis")
+    return int(np.shape(state[0])[0])
+
+
+def _checked_step(
+    step: StepFn, tokens: np.ndarray, state: State, n_rows: int, end_id: int
+) -> tuple[np.ndarray, State]:
+    """Call step and check the shapes it returns, so a broken decoder fails here, not rows later."""
+    log_probs, new_state = step(tokens, state)
+    log_probs = np.asarray(log_probs)
+    if log_probs.ndim != 2 or log_probs.shape[0] != n_rows:
+        raise ValueError(
+            f"step returned log_probs of shape {log_probs.shape} for {n_rows} tokens; expected ({n_rows}, V)"
+        )
+    if not 0 <= end_id < log_probs.shape[1]:
+        raise ValueError(f"end_id {end_id} is outside the step's vocabulary of {log_probs.shape[1]} tokens")
+    if np.isnan(log_probs).any():
+        raise ValueError("step returned NaN log-probabilities")
+    if not isinstance(new_state, tuple) or any(np.shape(a)[:1] != (n_rows,) for a in new_state):
+        shapes = [np.shape(a) for a in new_state] if isinstance(new_state, tuple) else type(new_state)
+        raise ValueError(
+            f"step must return the new state as a tuple of arrays with {n_rows} rows on axis 0, got {shapes}"
+        )
+    return log_probs, new_state

@@ -1,0 +1,67 @@
+"""Run an exported encoder through onnxruntime: images -> pooled features."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from captioner.encoders.export import METADATA_KEY
+from captioner.encoders.images import Preprocessing, preprocess
+from captioner.errors import EncoderError
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+class OnnxEncoder:
+    """An ONNX encoder file plus the preprocessing stored in its metadata.
+
+    encode(images) -> float32 [B, feature_size]. Thread-safe (onnxruntime sessions are).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EncoderError(f"encoder file not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise EncoderError(f"{self.path} is not a valid ONNX encoder: {exc}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise EncoderError(f"{self.path} has no '{METADATA_KEY}' metadata: export it with captioner export-encoder")
+        self.info = json.loads(meta[METADATA_KEY])
+        self.name: str = self.info["name"]
+        self.preprocessing = Preprocessing.from_dict(self.info["preprocessing"])
+        self.feature_size: int = int(self.info["feature_size"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def encode_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed batch [B, ...] -> features float32 [B, feature_size]."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected a batch of preprocessed images [B, ...], got shape {batch.shape}")
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> features float32 [B, feature_size]."""
+        if not images:
+            return np.zeros((0, self.feature_size), np.float32)
+        return self.encode_arrays(np.stack([preprocess(im, self.preprocessing) for im in images]))

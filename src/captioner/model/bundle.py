@@ -1,0 +1,188 @@
+"""Self-describing model bundle: everything needed to caption images, in one folder.
+
+    caption_model.keras               the Keras decoder (architecture + weights), for Keras users
+    weights/caption_model.weights.h5  the same weights alone; what the NumPy step decoder reads (no TensorFlow)
+    tokenizer.json                    the Vocabulary
+    encoder.onnx                      the image encoder, with its preprocessing in the ONNX metadata
+    manifest.json                     encoder, sizes, special tokens, metrics, versions, sha256 of every file
+    README.md                         optional model card (not checksummed: it may be edited)
+
+``load_bundle`` verifies every checksum before anything is deserialised and refuses a tampered bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from captioner.data.vocabulary import Vocabulary
+from captioner.errors import BundleError
+from captioner.model.config import DecoderConfig
+
+FORMAT = "captioner.bundle"
+FORMAT_VERSION = 1
+MODEL_FILE = "caption_model.keras"
+WEIGHTS_FILE = "weights/caption_model.weights.h5"
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_FILE = "encoder.onnx"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (WEIGHTS_FILE, TOKENIZER_FILE, ENCODER_FILE)
+
+# The bundle that ships in the repository; every command uses it unless told otherwise.
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "default"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("captioner", "keras", "tensorflow-cpu", "onnxruntime", "onnx", "numpy", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle folder: paths, manifest, and the parsed small parts."""
+
+    path: Path
+    manifest: dict
+    config: DecoderConfig
+    vocabulary: Vocabulary
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / ENCODER_FILE
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def version(self) -> str:
+        """Short model version: the first 12 hex digits of the weights' sha256 (changes with any retrain)."""
+        return self.manifest["files"][WEIGHTS_FILE][:12]
+
+
+def save_bundle(
+    out_dir: str | Path,
+    model,
+    vocabulary: Vocabulary,
+    config: DecoderConfig,
+    encoder_onnx: str | Path,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a bundle folder from a trained Keras decoder; returns its path (written atomically)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "weights").mkdir(parents=True)
+    model.save(tmp / MODEL_FILE)
+    model.save_weights(tmp / WEIGHTS_FILE)
+    vocabulary.save(tmp / TOKENIZER_FILE)
+    shutil.copyfile(encoder_onnx, tmp / ENCODER_FILE)
+    from captioner.encoders.runtime import OnnxEncoder
+
+    encoder = OnnxEncoder(tmp / ENCODER_FILE, threads=1)
+    if encoder.feature_size != config.feature_size:
+        raise BundleError(
+            f"encoder gives {encoder.feature_size}-d features but the decoder expects {config.feature_size}"
+        )
+    files = [MODEL_FILE, *REQUIRED_FILES]
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "encoder": {
+            "name": encoder.name,
+            "input_size": encoder.preprocessing.size,
+            "preprocessing": encoder.preprocessing.to_dict(),
+            "feature_size": encoder.feature_size,
+            "weights": encoder.info.get("weights"),
+        },
+        "decoder": config.to_dict(),
+        "max_length": config.max_length,
+        "special_tokens": {
+            "pad": [vocabulary.pad_id, "<pad>"],
+            "start": [vocabulary.start_id, "<start>"],
+            "end": [vocabulary.end_id, "<end>"],
+            "unk": [vocabulary.unk_id, "<unk>"],
+        },
+        "vocab_size": len(vocabulary),
+        "metrics": metrics or {},
+        "training": training or {},
+        "versions": _versions(),
+        "files": {name: sha256_file(tmp / name) for name in files},
+        **(extra or {}),
+    }
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    if (out_dir / "README.md").is_file():
+        shutil.copyfile(out_dir / "README.md", tmp / "README.md")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Verify and read a bundle folder (default: the shipped ``models/default``). Raises BundleError."""
+    path = Path(path) if path is not None else DEFAULT_BUNDLE
+    if not path.is_dir():
+        raise BundleError(f"model bundle not found: {path} (expected a folder with {MANIFEST_FILE})")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path} is not a model bundle: {MANIFEST_FILE} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path / MANIFEST_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path / MANIFEST_FILE} is not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has bundle format version {manifest.get('format_version')}; this captioner reads version "
+            f"{FORMAT_VERSION}: re-export it with this version"
+        )
+    files = manifest.get("files", {})
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"{path / MANIFEST_FILE} lists no checksum for {name}")
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path} is incomplete: {name} is missing")
+        if sha256_file(file) != digest:
+            raise BundleError(
+                f"{file} does not match the checksum in {MANIFEST_FILE}: the bundle was modified or corrupted; "
+                "re-export or re-download it"
+            )
+    try:
+        config = DecoderConfig.from_dict(manifest["decoder"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path / MANIFEST_FILE} has an invalid decoder section: {exc}") from None
+    vocabulary = Vocabulary.load(path / TOKENIZER_FILE)
+    if len(vocabulary) != config.vocab_size:
+        raise BundleError(
+            f"{path}: the tokenizer has {len(vocabulary)} tokens but the decoder was built for {config.vocab_size}"
+        )
+    return Bundle(path=path, manifest=manifest, config=config, vocabulary=vocabulary)

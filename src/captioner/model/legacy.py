@@ -1,0 +1,546 @@
+"""Load the artefacts of the original tutorial captioner safely, so they can be decoded and compared.
+
+The original design (the classic Keras "merge" captioner) shipped three files:
+
+- ``tokenizer.pkl``: a pickled ``keras.preprocessing.text.Tokenizer`` (id 0 = padding, words by frequency from 1,
+  captions wrapped in ``startseq ... endseq``);
+- ``caption_model.keras``: inputs ``[image features (F,), padded token ids (max_length,)]``, output a softmax over
+  the tokenizer's ids; features were InceptionV3 pooled outputs (F=2048, 299x299 images, ``x / 127.5 - 1``);
+- optionally ``weights/caption_model.weights.h5``.
+
+A pickle can run arbitrary code when loaded, so ``tokenizer.pkl`` is read by a restricted unpickler that maps the
+Tokenizer class to an inert placeholder, allows only a handful of builtin containers, and refuses everything else.
+Keras/TensorFlow are imported only by ``load_legacy``; reading a tokenizer never imports them.
+
+The merge model has no incremental step, so ``LegacyStepDecoder`` keeps the whole token prefix as its state and
+reruns the model on every step, exactly like the original ``pad_sequences`` + ``predict`` loop but batched.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captioner.errors import BundleError
+
+# (start, end) word pairs the original tutorials used to wrap captions, in order of preference.
+START_END_WORDS: tuple[tuple[str, str], ...] = (("startseq", "endseq"), ("<start>", "<end>"))
+
+# Where the Keras Tokenizer class has lived over the years; a pickle records the module it was defined in.
+TOKENIZER_MODULES = frozenset(
+    {
+        "keras.preprocessing.text",
+        "keras.src.preprocessing.text",
+        "keras.src.legacy.preprocessing.text",
+        "tensorflow.keras.preprocessing.text",
+        "keras_preprocessing.text",
+        "tensorflow.python.keras.preprocessing.text",
+    }
+)
+
+# A tokenizer.pkl of the Flickr8k tutorial is about 0.5 MB; anything far larger is not a tokenizer.
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
+
+# Added to the softmax output before the log so that a probability of exactly 0 stays finite.
+LOG_EPS = 1e-9
+
+_KERAS_TOKENIZER_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+
+
+class _PickledTokenizer:
+    """Inert stand-in for a Keras Tokenizer: unpickling it only stores the attribute dict."""
+
+    state: dict[str, Any]
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, dict):
+            raise BundleError(f"the pickled Tokenizer has a {type(state).__name__} state; expected a dict")
+        self.state = state
+
+
+# Harmless callables a Tokenizer's __dict__ needs (protocols 0-5). Every one only builds containers or numbers.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("collections", "Counter"): collections.Counter,
+    ("builtins", "int"): int,
+    ("builtins", "float"): float,
+    ("builtins", "bool"): bool,
+    ("builtins", "str"): str,
+    ("builtins", "dict"): dict,
+    ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "object"): object,
+}
+
+
+def _new_reconstructor() -> Any:
+    """A private copy of ``copyreg._reconstructor``, which protocols 0 and 1 call as ``(cls, object, None)``.
+
+    cls and base are resolved through find_class, so they can only be allowed classes or the placeholder. A fresh
+    function per lookup: a pickle can set attributes on what it loads and must not alter the real copyreg.
+    """
+
+    def _reconstructor(cls: type, base: type, state: object) -> object:
+        if base is object:
+            return object.__new__(cls)
+        obj = base.__new__(cls, state)
+        if base.__init__ is not object.__init__:
+            base.__init__(obj, state)
+        return obj
+
+    return _reconstructor
+
+
+# Python 2 names that Python 3 still writes for protocols 0-2 (pickle's fix_imports).
+_PY2_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
+    ("__builtin__", "long"): ("builtins", "int"),
+    ("__builtin__", "unicode"): ("builtins", "str"),
+    ("copy_reg", "_reconstructor"): ("copyreg", "_reconstructor"),
+}
+
+
+class _TokenizerUnpickler(pickle.Unpickler):
+    """Resolves only the Tokenizer class (to ``_PickledTokenizer``) and ``_ALLOWED_GLOBALS``; refuses the rest.
+
+    Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) goes through find_class, so
+    nothing outside the allow-list can be called. Persistent ids are refused by the base class.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in TOKENIZER_MODULES and name == "Tokenizer":
+            return _PickledTokenizer
+        key = _PY2_ALIASES.get((module, name), (module, name))
+        if key[0] == "__builtin__":
+            key = ("builtins", key[1])
+        if key in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[key]
+        if key == ("copyreg", "_reconstructor"):
+            return _new_reconstructor()
+        raise BundleError(
+            f"refusing to unpickle {module}.{name}: tokenizer.pkl may only contain a Keras Tokenizer "
+            "(a pickle that names anything else could run code; export the tokenizer with Tokenizer.to_json())"
+        )
+
+
+@dataclass(frozen=True)
+class LegacyVocabulary:
+    """A Keras Tokenizer's word <-> id mapping, with the decoding interface of ``captioner.data.Vocabulary``.
+
+    Id 0 is padding; ``start_id``/``end_id`` are the ids of the start/end words (e.g. ``startseq``/``endseq``).
+    ``size`` is the number of ids the model scores (its softmax width); by default ``num_words`` if the
+    tokenizer had that cap, else ``len(word_index) + 1`` as in the original tutorial.
+    """
+
+    word_index: Mapping[str, int]
+    start_word: str
+    end_word: str
+    num_words: int | None = None
+    oov_token: str | None = None
+    filters: str = _KERAS_TOKENIZER_FILTERS
+    lower: bool = True
+    split: str = " "
+    size: int = 0
+    index_word: Mapping[int, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index_word: dict[int, str] = {}
+        for word, i in self.word_index.items():
+            if not isinstance(word, str) or type(i) is not int or i < 1:
+                raise BundleError(
+                    f"tokenizer word_index maps {word!r} to {i!r}; expected words mapped to ids >= 1 (0 is padding)"
+                )
+            if i in index_word:
+                raise BundleError(f"tokenizer word_index gives id {i} to both {index_word[i]!r} and {word!r}")
+            index_word[i] = word
+        for word in (self.start_word, self.end_word):
+            if word not in self.word_index:
+                raise BundleError(
+                    f"tokenizer has no {word!r} word; it cannot be the tutorial's caption tokenizer"
+                )
+        if self.num_words is not None and (type(self.num_words) is not int or self.num_words < 2):
+            raise BundleError(f"tokenizer num_words is {self.num_words!r}; expected None or an int >= 2")
+        object.__setattr__(self, "index_word", index_word)
+        if self.size == 0:
+            object.__setattr__(self, "size", self.num_words or len(self.word_index) + 1)
+        for name, i in (("start", self.start_id), ("end", self.end_id)):
+            if i >= self.size:
+                raise BundleError(
+                    f"the {name} word {self.word_by_id(i)!r} has id {i}, outside the {self.size} ids the "
+                    "vocabulary scores (tokenizer num_words is too small)"
+                )
+
+    @classmethod
+    def from_tokenizer_config(cls, config: Mapping[str, Any], size: int | None = None) -> LegacyVocabulary:
+        """Build from a Tokenizer's attributes (its pickled ``__dict__`` or ``to_json()['config']``)."""
+        word_index = config.get("word_index")
+        if isinstance(word_index, str):  # to_json() stores the mappings as JSON strings
+            word_index = _parse_json(word_index, "word_index")
+        if not isinstance(word_index, Mapping) or not word_index:
+            raise BundleError(
+                "the tokenizer has no word_index; was it fitted (Tokenizer.fit_on_texts) before saving?"
+            )
+        if config.get("char_level"):
+            raise BundleError(
+                "character-level tokenizers (char_level=True) are not supported; captions need words"
+            )
+        for start, end in START_END_WORDS:
+            if start in word_index and end in word_index:
+                break
+        else:
+            expected = " or ".join(f"{s!r}/{e!r}" for s, e in START_END_WORDS)
+            raise BundleError(
+                f"the tokenizer has no start/end words ({expected}); captions must have been wrapped"
+            )
+        filters = config.get("filters", _KERAS_TOKENIZER_FILTERS)
+        split = config.get("split", " ")
+        oov = config.get("oov_token")
+        if not isinstance(filters, str) or not isinstance(split, str) or not split:
+            raise BundleError("tokenizer 'filters' and 'split' must be strings (split non-empty)")
+        if oov is not None and not isinstance(oov, str):
+            raise BundleError(f"tokenizer oov_token is {oov!r}; expected a string or None")
+        return cls(
+            word_index=dict(word_index),
+            start_word=start,
+            end_word=end,
+            num_words=config.get("num_words"),
+            oov_token=oov,
+            filters=filters,
+            lower=bool(config.get("lower", True)),
+            split=split,
+            size=size or 0,
+        )
+
+    # -- the Vocabulary duck type --
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def start_id(self) -> int:
+        return self.word_index[self.start_word]
+
+    @property
+    def end_id(self) -> int:
+        return self.word_index[self.end_word]
+
+    @property
+    def unk_id(self) -> int | None:
+        """The id of the tokenizer's ``oov_token``, or None: the original simply dropped unknown words."""
+        return self.word_index.get(self.oov_token) if self.oov_token is not None else None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.word_index
+
+    def word_by_id(self, token_id: int) -> str:
+        i = int(token_id)
+        if i == 0:
+            return "<pad>"
+        if i not in self.index_word:
+            raise ValueError(f"token id {i} is not in the tokenizer (ids 1..{max(self.index_word)})")
+        return self.index_word[i]
+
+    def encode(self, text: str) -> list[int]:
+        """Ids for ``text`` exactly as ``Tokenizer.texts_to_sequences`` gives them (no start/end added).
+
+        Unknown words, and words at or beyond ``num_words``, become the oov id if the tokenizer had one and are
+        dropped otherwise.
+        """
+        if self.lower:
+            text = text.lower()
+        text = text.translate(str.maketrans(dict.fromkeys(self.filters, self.split)))
+        unk = self.unk_id
+        ids = []
+        for word in (w for w in text.split(self.split) if w):
+            i = self.word_index.get(word)
+            if i is not None and not (self.num_words and i >= self.num_words):
+                ids.append(i)
+            elif unk is not None:
+                ids.append(unk)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Words for ``ids`` joined by spaces, stopping at ``end_id`` and skipping pad, start and oov ids."""
+        words = []
+        skip = {self.pad_id, self.start_id, self.unk_id}
+        for token_id in ids:
+            i = int(token_id)
+            if i == self.end_id:
+                break
+            if i < 0 or i >= self.size:
+                raise ValueError(f"token id {i} is out of range for a vocabulary of size {self.size}")
+            if i not in skip and i in self.index_word:
+                words.append(self.index_word[i])
+        return " ".join(words)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description (for manifests and for converting the tokenizer to our own format)."""
+        return {
+            "format": "keras.Tokenizer",
+            "word_index": dict(self.word_index),
+            "start_word": self.start_word,
+            "end_word": self.end_word,
+            "num_words": self.num_words,
+            "oov_token": self.oov_token,
+            "filters": self.filters,
+            "lower": self.lower,
+            "split": self.split,
+            "size": self.size,
+        }
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"tokenizer {what} is not valid JSON ({e})") from None
+
+
+def safe_load_tokenizer(path: str | Path) -> LegacyVocabulary:
+    """Read a Keras Tokenizer from ``tokenizer.pkl`` (restricted unpickler) or from ``Tokenizer.to_json()`` output.
+
+    Never executes code from the file and never imports Keras/TensorFlow. Raises BundleError if the file is
+    missing, is not a tokenizer, names anything but a Tokenizer and plain containers, or lacks start/end words.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKENIZER_BYTES + 1)
+    except FileNotFoundError:
+        raise BundleError(f"tokenizer file not found: {path}") from None
+    except OSError as e:
+        raise BundleError(f"cannot read tokenizer file {path}: {e}") from None
+    if len(data) > MAX_TOKENIZER_BYTES:
+        raise BundleError(f"{path} is over {MAX_TOKENIZER_BYTES >> 20} MiB; that is not a caption tokenizer")
+
+    if data.lstrip()[:1] == b"{":
+        config = _tokenizer_config_from_json(data, path)
+    else:
+        config = _tokenizer_config_from_pickle(data, path)
+    try:
+        return LegacyVocabulary.from_tokenizer_config(config)
+    except BundleError as e:
+        raise BundleError(f"{path}: {e}") from None
+
+
+def _tokenizer_config_from_json(data: bytes, path: Path) -> Mapping[str, Any]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"tokenizer file {path} looks like JSON but is not valid ({e})") from None
+    if (
+        not isinstance(obj, dict)
+        or obj.get("class_name") != "Tokenizer"
+        or not isinstance(obj.get("config"), dict)
+    ):
+        raise BundleError(
+            f"{path} is JSON but not a Tokenizer.to_json() export "
+            '(expected {"class_name": "Tokenizer", "config": {...}})'
+        )
+    return obj["config"]
+
+
+def _tokenizer_config_from_pickle(data: bytes, path: Path) -> Mapping[str, Any]:
+    try:
+        obj = _TokenizerUnpickler(io.BytesIO(data)).load()
+    except BundleError as e:
+        raise BundleError(f"{path}: {e}") from None
+    except RecursionError:
+        raise BundleError(f"{path}: the pickle is nested too deeply to be a tokenizer") from None
+    except Exception as e:
+        # Any malformed pickle: truncated, bad opcode, persistent id, a constructor given bad arguments...
+        raise BundleError(f"{path} is not a readable tokenizer pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, _PickledTokenizer):
+        raise BundleError(
+            f"{path} holds a pickled {type(obj).__name__}, not a Keras Tokenizer; "
+            "pickle the fitted Tokenizer itself (or export it with Tokenizer.to_json())"
+        )
+    return getattr(obj, "state", {})
+
+
+class LegacyStepDecoder:
+    """The StepDecoder protocol for a tutorial merge model ``[features (F,), padded ids (max_length,)] -> softmax``.
+
+    State: ``(features [N, F] float32, prefix [N, max_length] int32, length [N] int32)``. ``prefix`` holds the
+    tokens fed so far, right-aligned with 0 padding on the left and the oldest tokens dropped once it is full:
+    the same array the original built with ``pad_sequences([seq], maxlen=max_length)`` (padding and truncating
+    'pre'). ``length`` counts the tokens fed (not capped). Each step reruns the model on the whole prefix.
+    """
+
+    def __init__(self, model: Any, *, use_tf_function: bool = True) -> None:
+        """model: a loaded Keras model. use_tf_function: on the TensorFlow backend, trace the call once as a tf.function."""
+        features_input, ids_input = model.inputs
+        self.model = model
+        self.feature_size = int(features_input.shape[-1])
+        self.max_length = int(ids_input.shape[-1])
+        self.vocab_size = int(model.outputs[0].shape[-1])
+        self._ids_dtype = np.dtype(getattr(ids_input.dtype, "name", ids_input.dtype))
+        self._call = self._make_call(use_tf_function)
+
+    def _make_call(self, use_tf_function: bool) -> Any:
+        import keras
+
+        model = self.model
+        if use_tf_function and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # One trace for any number of rows (beam search changes N), instead of one per shape.
+            return tf.function(
+                lambda features, ids: model([features, ids], training=False),
+                input_signature=[
+                    tf.TensorSpec([None, self.feature_size], tf.float32),
+                    tf.TensorSpec([None, self.max_length], tf.as_dtype(self._ids_dtype)),
+                ],
+            )
+        return lambda features, ids: model([features, ids], training=False)
+
+    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+        """features [B, F] -> state with an empty prefix per row (the first step() gets the start id)."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.feature_size:
+            raise ValueError(f"features must be [B, {self.feature_size}], got shape {features.shape}")
+        n = features.shape[0]
+        return features, np.zeros((n, self.max_length), np.int32), np.zeros(n, np.int32)
+
+    def step(
+        self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """tokens [N] (each row's previous token) -> (log_probs float32 [N, V], new state).
+
+        log_probs are ``log(softmax + LOG_EPS)`` with the padding id treated as probability 0: the original
+        stopped when it predicted id 0, and a search must never emit padding as a word.
+        """
+        features, prefix, length = state
+        tokens = np.asarray(tokens).reshape(-1).astype(np.int32)
+        if tokens.shape[0] != prefix.shape[0]:
+            raise ValueError(f"got {tokens.shape[0]} tokens for a state of {prefix.shape[0]} rows")
+        prefix = np.concatenate([prefix[:, 1:], tokens[:, None]], axis=1)
+        length = length + 1
+        if prefix.shape[0] == 0:
+            return np.zeros((0, self.vocab_size), np.float32), (features, prefix, length)
+        probs = np.asarray(self._call(features, prefix.astype(self._ids_dtype)), dtype=np.float32)
+        log_probs = np.log(probs + np.float32(LOG_EPS))
+        log_probs[:, 0] = np.log(np.float32(LOG_EPS))
+        return log_probs, (features, prefix, length)
+
+
+def load_legacy(
+    model_path: str | Path,
+    weights_path: str | Path | None = None,
+    *,
+    tokenizer_path: str | Path,
+    feature_size: int | None = None,
+) -> tuple[LegacyStepDecoder, LegacyVocabulary, dict[str, Any]]:
+    """Load the original ``caption_model.keras`` (+ optional ``.weights.h5``) and ``tokenizer.pkl``.
+
+    feature_size: if given, the feature width the caller's encoder produces (2048 for InceptionV3); the model's
+    first input must match it. Returns ``(step_decoder, vocabulary, info)`` where info describes the artefacts.
+    Raises BundleError when a file is missing, unsafe, or the model and tokenizer do not belong together.
+    """
+    model_path = Path(model_path)
+    vocabulary = safe_load_tokenizer(tokenizer_path)
+    if model_path.suffix != ".keras":
+        raise BundleError(
+            f"{model_path}: expected a Keras v3 '.keras' model file (legacy .h5 models can embed code and "
+            "are not loaded; re-save the model with model.save('caption_model.keras'))"
+        )
+    if not model_path.is_file():
+        raise BundleError(f"model file not found: {model_path}")
+
+    import keras
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises ValueError/TypeError/OSError... for unreadable or unsafe files
+        raise BundleError(f"cannot load {model_path} ({type(e).__name__}: {e})") from None
+    if weights_path is not None:
+        weights_path = Path(weights_path)
+        if not weights_path.is_file():
+            raise BundleError(f"weights file not found: {weights_path}")
+        try:
+            model.load_weights(weights_path)
+        except Exception as e:
+            raise BundleError(
+                f"the weights {weights_path} do not fit the model {model_path} ({type(e).__name__}: {e}); "
+                "use the weights saved from this very model"
+            ) from None
+
+    _check_model(model, model_path, vocabulary, feature_size)
+    model_size = int(model.outputs[0].shape[-1])
+    if model_size != len(vocabulary):
+        # The tutorial sized the softmax len(word_index) + 1 even when the tokenizer had a num_words cap.
+        vocabulary = replace(vocabulary, size=model_size)
+    decoder = LegacyStepDecoder(model)
+    _check_softmax(decoder, model_path, vocabulary)
+    info = {
+        "format": "legacy-keras-merge",
+        "model_path": str(model_path),
+        "weights_path": None if weights_path is None else str(weights_path),
+        "tokenizer_path": str(tokenizer_path),
+        "feature_size": decoder.feature_size,
+        "vocab_size": decoder.vocab_size,
+        "max_length": decoder.max_length,  # tokens the model sees, including the start word
+        "start_word": vocabulary.start_word,
+        "end_word": vocabulary.end_word,
+        "num_words": vocabulary.num_words,
+        "keras_version": keras.__version__,
+    }
+    return decoder, vocabulary, info
+
+
+def _check_model(model: Any, path: Path, vocabulary: LegacyVocabulary, feature_size: int | None) -> None:
+    inputs = list(getattr(model, "inputs", None) or [])
+    outputs = list(getattr(model, "outputs", None) or [])
+    if len(inputs) != 2 or len(outputs) != 1:
+        raise BundleError(
+            f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; the tutorial merge model has 2 inputs "
+            "([image features, padded token ids]) and 1 softmax output"
+        )
+    feat_shape, ids_shape, out_shape = tuple(inputs[0].shape), tuple(inputs[1].shape), tuple(outputs[0].shape)
+    if len(feat_shape) != 2 or feat_shape[1] is None or len(ids_shape) != 2 or ids_shape[1] is None:
+        raise BundleError(
+            f"{path} inputs have shapes {feat_shape} and {ids_shape}; expected (None, F) features and "
+            "(None, max_length) token ids with fixed F and max_length"
+        )
+    if len(out_shape) != 2 or out_shape[1] is None:
+        raise BundleError(f"{path} output has shape {out_shape}; expected (None, vocab_size)")
+    if feature_size is not None and feat_shape[1] != feature_size:
+        raise BundleError(
+            f"{path} expects {feat_shape[1]}-d image features but the encoder gives {feature_size}-d; "
+            "use the encoder the model was trained with (the tutorial used InceptionV3, 2048-d)"
+        )
+    size, words = out_shape[1], len(vocabulary.word_index) + 1
+    if size != len(vocabulary) and not (vocabulary.num_words and size == words):
+        raise BundleError(
+            f"{path} scores {size} ids but the tokenizer has {words} (len(word_index) + 1"
+            f"{f', num_words={vocabulary.num_words}' if vocabulary.num_words else ''}); "
+            "the model and tokenizer.pkl come from different training runs"
+        )
+
+
+def _check_softmax(decoder: LegacyStepDecoder, path: Path, vocabulary: LegacyVocabulary) -> None:
+    """One call on a dummy prefix: the output must be a probability distribution (and the trace is warmed up)."""
+    features = np.zeros((1, decoder.feature_size), np.float32)
+    ids = np.zeros((1, decoder.max_length), np.int32)
+    ids[0, -1] = vocabulary.start_id
+    try:
+        probs = np.asarray(decoder._call(features, ids.astype(decoder._ids_dtype)), dtype=np.float64)
+    except Exception as e:
+        raise BundleError(
+            f"{path} fails on a [features, token ids] input ({type(e).__name__}: {e})"
+        ) from None
+    if probs.shape != (1, decoder.vocab_size) or probs.min() < 0 or abs(probs.sum() - 1) > 1e-3:
+        raise BundleError(f"{path} does not output a softmax over the vocabulary (got sum {probs.sum():.4g})")

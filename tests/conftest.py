@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny generated images, a random-weight encoder and a tiny random-weight bundle.
+
+Everything is built in the test session (seconds), never downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
+
+
+def make_photo(size=(96, 64), seed=0) -> Image.Image:
+    """A smooth random RGB image (gradients + blobs), JPEG-friendly."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    channels = [np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)]
+    arr = ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(4):
+        p = folder / f"photo{i}.jpg"
+        make_photo((96 + 16 * i, 64 + 8 * i), seed=i).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_onnx(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 with random weights, exported to ONNX (the real export path, ~3 s)."""
+    from captioner.encoders.export import export_encoder
+
+    return export_encoder("efficientnet_lite0", tmp_path_factory.mktemp("enc") / "lite0.onnx", weights=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_vocabulary():
+    from captioner.data.vocabulary import Vocabulary
+
+    return Vocabulary.build(
+        ["a dog runs on the grass", "a cat sits on a mat", "two dogs play in the snow", "a man rides a bike"],
+        min_count=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_encoder_onnx, tiny_vocabulary) -> Path:
+    """A complete bundle folder: random tiny decoder + random-weight Lite0 encoder."""
+    import keras
+
+    from captioner.model.bundle import save_bundle
+    from captioner.model.config import DecoderConfig
+    from captioner.model.decoder import build_decoder
+
+    keras.utils.set_random_seed(0)
+    config = DecoderConfig(vocab_size=len(tiny_vocabulary), feature_size=1280, embed_dim=16, hidden_dim=24, max_length=12)
+    model = build_decoder(config)
+    # Random weights large enough that different images get different captions.
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.4, w.shape).astype("float32"))
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    return save_bundle(out, model, tiny_vocabulary, config, tiny_encoder_onnx, metrics={"BLEU-4": 0.0})

@@ -1,0 +1,360 @@
+"""Search strategies driven by fake step functions: no model, exact answers by brute force."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+from captioner.decode.options import DecodeOptions
+from captioner.decode.search import Hypothesis, beam_search, greedy_search, search
+
+START, END = 0, 1
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+def markov_tables(seed: int, n_images: int, vocab: int) -> np.ndarray:
+    """[images, previous token, next token] log-probs; the start token is never generated."""
+    logits = np.random.default_rng(seed).normal(scale=2.0, size=(n_images, vocab, vocab))
+    logits[..., START] = -np.inf
+    return log_softmax(logits)
+
+
+class MarkovStep:
+    """log_probs[row] = tables[image of row, previous token]; the state carries each row's image index."""
+
+    def __init__(self, tables: np.ndarray) -> None:
+        self.tables = tables
+        self.calls: list[int] = []  # rows per call
+
+    def initial_state(self, images: list[int]) -> tuple[np.ndarray, ...]:
+        return (np.asarray(images, dtype=np.int64),)
+
+    def __call__(self, tokens, state):
+        (image,) = state
+        assert tokens.dtype == np.int64 and tokens.shape == image.shape
+        self.calls.append(len(tokens))
+        return self.tables[image, tokens], state
+
+    def log_prob(self, image: int, tokens: tuple[int, ...], finished: bool) -> float:
+        seq = [START, *tokens, END]
+        total = 0.0  # same order and precision as the search, so the sums match exactly
+        for t in range(len(tokens) + int(finished)):
+            total += float(self.tables[image, seq[t], seq[t + 1]])
+        return total
+
+
+class HistoryStep:
+    """A non-Markov fake: log-probs are a pseudo-random function of the whole token history.
+
+    The history lives in the state, so if search moved a beam without its state row, the log-probs it
+    summed would differ from a replay of the hypothesis (checked by log_prob()).
+    """
+
+    def __init__(self, vocab: int, max_length: int, seed: int = 0) -> None:
+        self.vocab, self.max_length, self.seed = vocab, max_length, seed
+        self.calls: list[int] = []
+
+    def initial_state(self, images: list[int]) -> tuple[np.ndarray, ...]:
+        history = np.full((len(images), self.max_length + 1), -1, dtype=np.int64)
+        return np.asarray(images, dtype=np.int64), history
+
+    def row(self, image: int, history: list[int]) -> np.ndarray:
+        key = np.asarray([self.seed, image, *history], dtype=np.int64).tobytes()
+        logits = np.random.default_rng(zlib.crc32(key)).normal(scale=2.0, size=self.vocab)
+        logits[START] = -np.inf
+        return log_softmax(logits)
+
+    def __call__(self, tokens, state):
+        image, history = state
+        t = len(self.calls)
+        # Rows advance in lockstep: after t calls every row holds exactly t fed tokens, starting at START.
+        assert (history[:, t] == -1).all() and (history[:, :t] >= 0).all()
+        assert t == 0 or (history[:, 0] == START).all()
+        self.calls.append(len(tokens))
+        history = history.copy()
+        history[:, t] = tokens
+        log_probs = np.stack([self.row(int(i), history[r, : t + 1].tolist()) for r, i in enumerate(image)])
+        return log_probs, (image, history)
+
+    def log_prob(self, image: int, tokens: tuple[int, ...], finished: bool) -> float:
+        seq = [START, *tokens, END]
+        total = 0.0
+        for t in range(len(tokens) + int(finished)):
+            total += float(self.row(image, seq[: t + 1])[seq[t + 1]])
+        return total
+
+
+def brute_force(fake, image: int, vocab: int, options: DecodeOptions) -> list[Hypothesis]:
+    """Every caption the search could return, best first: finished ones under max_length words, cut ones at it."""
+    words = [w for w in range(vocab) if w not in (START, END)]
+    alpha = options.length_penalty
+    out = []
+    for n in range(options.max_length + 1):
+        finished = n < options.max_length
+        for tokens in itertools.product(words, repeat=n):
+            lp = fake.log_prob(image, tokens, finished)
+            length = n + int(finished)
+            out.append(Hypothesis(tokens, lp, lp / length**alpha, finished))
+    return sorted(out, key=lambda h: -h.score)
+
+
+def run(strategy, fake, images: list[int], options: DecodeOptions):
+    return strategy(fake, fake.initial_state(images), options, START, END)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("alpha", [0.0, 0.7, 2.0])
+@pytest.mark.parametrize(("vocab", "max_length"), [(4, 4), (5, 3)])
+def test_wide_beam_finds_the_brute_force_optimum(seed, alpha, vocab, max_length):
+    # 2 words and 4 steps (or 3 words and 3 steps): the beam of 10 holds every live prefix but the
+    # last, where a cut costs nothing because all last-step candidates have the same length.
+    fake = HistoryStep(vocab, max_length, seed)
+    options = DecodeOptions("beam", beam_size=10, max_length=max_length, length_penalty=alpha, n_best=10)
+    (got,) = run(beam_search, fake, [0], options)
+    expected = brute_force(fake, 0, vocab, options)[:10]
+    assert [h.tokens for h in got] == [h.tokens for h in expected]
+    assert [h.finished for h in got] == [h.finished for h in expected]
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_greedy_is_stepwise_argmax(seed):
+    tables = markov_tables(seed, n_images=3, vocab=6)
+    fake = MarkovStep(tables)
+    options = DecodeOptions("greedy", max_length=8)
+    got = run(greedy_search, fake, [0, 1, 2], options)
+    for image in range(3):
+        tokens, prev, lp = [], START, 0.0
+        while len(tokens) < options.max_length:
+            nxt = int(np.argmax(tables[image, prev]))
+            lp += float(tables[image, prev, nxt])
+            if nxt == END:
+                break
+            tokens.append(nxt)
+            prev = nxt
+        finished = nxt == END
+        assert got[image] == [Hypothesis(tuple(tokens), lp, lp, finished)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_of_one_equals_greedy(seed):
+    fake = MarkovStep(markov_tables(seed, n_images=4, vocab=7))
+    greedy = run(greedy_search, fake, [0, 1, 2, 3], DecodeOptions("greedy", max_length=10))
+    beam = run(beam_search, fake, [0, 1, 2, 3], DecodeOptions("beam", beam_size=1, max_length=10))
+    assert beam == greedy
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+@pytest.mark.parametrize("fake_kind", ["markov", "history"])
+def test_batched_equals_one_image_at_a_time(fake_kind, alpha):
+    def make():
+        if fake_kind == "markov":
+            return MarkovStep(markov_tables(5, n_images=4, vocab=6))
+        return HistoryStep(vocab=6, max_length=6, seed=5)
+
+    for strategy, options in [
+        (greedy_search, DecodeOptions("greedy", max_length=6, length_penalty=alpha)),
+        (beam_search, DecodeOptions("beam", beam_size=4, max_length=6, length_penalty=alpha, n_best=3)),
+    ]:
+        batched = run(strategy, make(), [0, 1, 2, 3], options)
+        single = [run(strategy, make(), [i], options)[0] for i in range(4)]
+        assert batched == single
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_n_best_are_distinct_sorted_and_their_log_probs_replay(alpha):
+    fake = HistoryStep(vocab=8, max_length=7, seed=11)
+    options = DecodeOptions("beam", beam_size=6, max_length=7, length_penalty=alpha, n_best=6)
+    results = run(beam_search, fake, [0, 1, 2], options)
+    for image, hyps in enumerate(results):
+        assert len(hyps) == 6
+        assert len({h.tokens for h in hyps}) == 6
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        for h in hyps:
+            assert START not in h.tokens and END not in h.tokens
+            assert h.log_prob == fake.log_prob(image, h.tokens, h.finished)
+            length = len(h.tokens) + int(h.finished)
+            assert h.score == pytest.approx(h.log_prob / length**alpha, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        DecodeOptions("greedy", max_length=5),
+        DecodeOptions("beam", beam_size=3, max_length=5, n_best=3),
+        DecodeOptions("beam", beam_size=3, max_length=5, n_best=2, length_penalty=1.0),
+    ],
+)
+def test_max_length_cuts_without_end_token(options):
+    tables = markov_tables(3, n_images=2, vocab=6)
+    tables[..., END] = -np.inf  # the decoder never ends: every caption is cut
+    fake = MarkovStep(tables)
+    results = search(fake, fake.initial_state([0, 1]), options, START, END)
+    assert len(fake.calls) == options.max_length
+    for image, hyps in enumerate(results):
+        assert len(hyps) == options.n_best
+        for h in hyps:
+            assert len(h.tokens) == options.max_length and not h.finished
+            assert h.log_prob == fake.log_prob(image, h.tokens, finished=False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_captions_never_exceed_max_length(seed):
+    fake = MarkovStep(markov_tables(seed, n_images=3, vocab=6))
+    options = DecodeOptions("beam", beam_size=5, max_length=3, n_best=5)
+    for hyps in run(beam_search, fake, [0, 1, 2], options):
+        assert all(len(h.tokens) <= 3 for h in hyps)
+        assert all(h.finished for h in hyps if len(h.tokens) < 3)
+
+
+class TrieStep:
+    """Log-probs given per prefix (a dict); anything not listed costs -20. State carries the history."""
+
+    def __init__(self, table: dict[tuple[int, ...], dict[int, float]], vocab: int) -> None:
+        self.table, self.vocab = table, vocab
+
+    def __call__(self, tokens, state):
+        (history,) = state
+        history = [(*h, int(tok)) for h, tok in zip(history, tokens, strict=True)]
+        log_probs = np.full((len(tokens), self.vocab), -20.0, dtype=np.float32)
+        for row, h in enumerate(history):
+            for tok, lp in self.table.get(h[1:], {}).items():  # h[0] is START
+                log_probs[row, tok] = lp
+        state_array = np.empty(len(history), dtype=object)
+        state_array[:] = history
+        return log_probs, (state_array,)
+
+
+def test_length_penalty_prefers_the_longer_caption():
+    # "a" then end: log-prob log(.5) + log(.3) = -1.90, length 2.
+    # "b b b" then end: log(.5) + 0 + 0 + log(.1) = -3.00, length 4.
+    a, b = 2, 3
+    table = {
+        (): {a: np.log(0.5), b: np.log(0.5)},
+        (a,): {END: np.log(0.3)},
+        (b,): {b: 0.0},
+        (b, b): {b: 0.0},
+        (b, b, b): {END: np.log(0.1)},
+    }
+    step = TrieStep(table, vocab=4)
+    initial = np.empty(1, dtype=object)
+    initial[0] = ()
+
+    def best(alpha: float) -> Hypothesis:
+        options = DecodeOptions("beam", beam_size=2, max_length=6, length_penalty=alpha)
+        return beam_search(step, (initial,), options, START, END)[0][0]
+
+    assert best(0.0).tokens == (a,)
+    assert best(0.0).score == pytest.approx(np.log(0.5) + np.log(0.3), rel=1e-6)
+    assert best(1.0).tokens == (b, b, b)
+    assert best(1.0).score == pytest.approx((np.log(0.5) + np.log(0.1)) / 4, rel=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_one_batched_step_call_per_time_step(strategy):
+    beam_size, n_images, max_length = 4, 5, 9
+    fake = HistoryStep(vocab=7, max_length=max_length, seed=3)
+    options = DecodeOptions(strategy, beam_size=beam_size, max_length=max_length)
+    run(search, fake, list(range(n_images)), options)
+    width = 1 if strategy == "greedy" else beam_size
+    assert 1 <= len(fake.calls) <= max_length + 1
+    assert fake.calls[0] == n_images  # one row per image on the first step, not beam_size copies
+    assert all(n <= n_images * width for n in fake.calls)
+    assert all(n % width == 0 for n in fake.calls[1:])
+
+
+def test_finished_images_leave_the_batch():
+    tables = markov_tables(7, n_images=2, vocab=6)
+    tables[0, START] = log_softmax(np.array([-np.inf, 50.0, 0, 0, 0, 0]))  # image 0 ends at once
+    tables[1, :, END] = -np.inf  # image 1 never ends
+    for options, width in [
+        (DecodeOptions("greedy", max_length=6), 1),
+        (DecodeOptions("beam", beam_size=3, max_length=6), 3),
+    ]:
+        fake = MarkovStep(tables)
+        results = run(search, fake, [0, 1], options)
+        assert results[0][0].tokens == () and results[0][0].finished
+        assert len(results[1][0].tokens) == 6
+        assert fake.calls == [2] + [width] * 5
+
+
+def test_ties_break_deterministically_toward_lower_ids():
+    # Uniform over ids 1..3 with end_id 3: the lowest ids win every tie, beams in order.
+    def uniform(tokens, state):
+        log_probs = np.full((len(tokens), 4), np.log(1 / 3), dtype=np.float32)
+        log_probs[:, 0] = -np.inf
+        return log_probs, state
+
+    state = (np.zeros(2),)
+    greedy = greedy_search(uniform, state, DecodeOptions("greedy", max_length=3), 0, 3)
+    assert [h.tokens for h in greedy[0]] == [(1, 1, 1)]
+    options = DecodeOptions("beam", beam_size=3, max_length=3, n_best=3)
+    first = beam_search(uniform, state, options, 0, 3)
+    assert first == beam_search(uniform, state, options, 0, 3)
+    # alpha 0 favours short captions; equal scores keep the order found: () , (1,), then (1, 1).
+    assert [h.tokens for h in first[0]] == [(), (1,), (1, 1)]
+    assert first[0] == first[1]
+
+
+def test_search_dispatches_on_strategy():
+    fake = MarkovStep(markov_tables(1, n_images=2, vocab=6))
+    greedy = DecodeOptions("greedy", max_length=5)
+    beam = DecodeOptions("beam", beam_size=3, max_length=5, n_best=2)
+    assert run(search, fake, [0, 1], greedy) == run(greedy_search, fake, [0, 1], greedy)
+    assert run(search, fake, [0, 1], beam) == run(beam_search, fake, [0, 1], beam)
+
+
+def test_empty_batch_gives_empty_result():
+    fake = MarkovStep(markov_tables(0, n_images=1, vocab=5))
+    for strategy in (greedy_search, beam_search):
+        assert run(strategy, fake, [], DecodeOptions("beam", beam_size=2)) == []
+    assert fake.calls == []
+
+
+def _ok(tokens, state):
+    return np.zeros((len(tokens), 5), dtype=np.float32) - 1.6, state
+
+
+@pytest.mark.parametrize(
+    ("bad_step", "message"),
+    [
+        (lambda tokens, state: (np.zeros((len(tokens) + 1, 5)), state), "shape"),
+        (lambda tokens, state: (np.zeros(len(tokens)), state), "shape"),
+        (lambda tokens, state: (np.zeros((len(tokens), 5)), (np.zeros(len(tokens) + 1),)), "state"),
+        (lambda tokens, state: (np.zeros((len(tokens), 5)), list(state)), "state"),
+        (lambda tokens, state: (np.zeros((len(tokens), 1)), state), "end_id"),
+        (lambda tokens, state: (np.full((len(tokens), 5), np.nan), state), "NaN"),
+    ],
+)
+@pytest.mark.parametrize("strategy", [greedy_search, beam_search])
+def test_wrong_step_output_raises_value_error(strategy, bad_step, message):
+    with pytest.raises(ValueError, match=message):
+        strategy(bad_step, (np.zeros(3),), DecodeOptions("beam", beam_size=2), START, END)
+
+
+@pytest.mark.parametrize("state", [(), [np.zeros(2)], np.zeros(2)])
+def test_state_must_be_a_tuple_of_arrays(state):
+    with pytest.raises(ValueError, match="state"):
+        beam_search(_ok, state, DecodeOptions(), START, END)
+
+
+def test_top_k_matches_a_stable_full_sort():
+    # The partition shortcut must pick exactly what a stable argsort would, ties and -inf included.
+    from captioner.decode.search import _top_k_stable
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 60))
+        k = int(rng.integers(1, cols + 1))
+        x = rng.integers(-3, 1, size=(rows, cols)).astype(np.float64)
+        x[rng.random((rows, cols)) < 0.2] = -np.inf
+        expected = np.argsort(-x, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(_top_k_stable(x, k), expected)
