@@ -143,6 +143,7 @@ def train(
         train_data.tf_dataset(),
         validation_data=dev_data.tf_dataset(),
         epochs=config.epochs,
+        shuffle=False,  # LengthBuckets shuffles
         callbacks=callbacks,
         verbose=1 if progress else 0,
     )
@@ -211,7 +212,9 @@ class LengthBuckets:
             (tf.TensorSpec((None, F), tf.float32), tf.TensorSpec((None, None), tf.int32)),
             tf.TensorSpec((None, None), tf.int32),
         )
-        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        # A known length lets Keras show progress and end epochs without probing for the end of the data.
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(self.plan))).prefetch(2)
 
 
 class _DevScore(keras.callbacks.Callback):

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up everything the tests need and run them all (fast, slow, real-bundle and real-data tests).
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v java >/dev/null || missing+=(default-jre-headless)   # METEOR scorer
+  command -v redis-server >/dev/null || missing+=(redis-server)   # shared rate limit / cache tests
+  command -v chromium >/dev/null || missing+=(chromium)           # web page end-to-end test
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+bash scripts/setup.sh train,serve,test
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,96 @@
+"""The training pipeline end to end: captions -> vocabulary -> features -> decoder -> dev scores -> bundle.
+
+Every long step caches under ``cache_dir`` / ``run_dir`` and resumes: the encoder export, the features, the
+Keras fit (BackupAndRestore). This module wires the layers; each step lives in its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from captioner.data.flickr8k import load_flickr8k
+from captioner.decode.options import DecodeOptions
+from captioner.encoders.export import export_encoder
+from captioner.encoders.features import extract_features
+from captioner.encoders.registry import get_encoder_spec
+from captioner.encoders.runtime import OnnxEncoder
+from captioner.model.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Model selection during training: greedy captions of the dev split scored by CIDEr (cheap: no Java).
+SELECTION_OPTIONS = DecodeOptions(strategy="greedy", max_length=25)
+
+
+def encoder_file(name: str, cache_dir: Path, weights: str | None = "imagenet") -> Path:
+    """The encoder's ONNX file under cache_dir, exported once."""
+    get_encoder_spec(name)
+    tag = "random" if weights is None else ("imagenet" if weights == "imagenet" else Path(weights).stem)
+    path = Path(cache_dir) / "encoders" / f"{name}-{tag}.onnx"
+    if not path.is_file():
+        log.info("exporting %s to %s", name, path)
+        export_encoder(name, path, weights)
+    return path
+
+
+def dataset_features(dataset, encoder: OnnxEncoder, cache_dir: Path, splits, batch_size: int = 32, progress=True):
+    """{image name: feature [F]} for every available image of ``splits``, cached per encoder."""
+    names = sorted({n for s in splits for n in dataset.available(s)})
+    feats = extract_features(
+        names, dataset.image_dir, encoder, Path(cache_dir) / "features" / encoder.name, batch_size, progress
+    )
+    return dict(zip(names, feats, strict=True))
+
+
+def make_score_fn(dataset, vocabulary_path: Path, options: DecodeOptions = SELECTION_OPTIONS):
+    """score_fn for training.train: greedy-caption the dev features, return BLEU-4 and CIDEr."""
+    from captioner.data.vocabulary import Vocabulary
+    from captioner.decode.search import search
+    from captioner.evaluation.metrics import compute_metrics
+
+    def score(decoder, features: np.ndarray, names: list[str]) -> dict[str, float]:
+        vocab = Vocabulary.load(vocabulary_path)
+        hyps = search(decoder.step, decoder.initial_state(features), options, vocab.start_id, vocab.end_id)
+        captions = {n: vocab.decode(h[0].tokens) for n, h in zip(names, hyps, strict=True)}
+        metrics = compute_metrics({n: dataset.captions[n] for n in names}, captions, meteor=False)
+        return {"BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"]}
+
+    return score
+
+
+def train_pipeline(
+    data_root: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig = TrainConfig(),
+    cache_dir: str | Path = "cache",
+    out: str | Path | None = None,
+    encoder_weights: str | None = "imagenet",
+    image_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a decoder on a Flickr8k folder and export a bundle (to ``out``, default run_dir/bundle)."""
+    from captioner.model.bundle import save_bundle
+    from captioner.model.training import train
+
+    run_dir, cache_dir = Path(run_dir), Path(cache_dir)
+    dataset = load_flickr8k(data_root, image_dir)
+    onnx_path = encoder_file(config.encoder, cache_dir, encoder_weights)
+    encoder = OnnxEncoder(onnx_path)
+    features = dataset_features(dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress)
+    score_fn = make_score_fn(dataset, run_dir / "vocabulary.json")
+    model, result = train(dataset, features, run_dir, config, score_fn=score_fn, progress=progress)
+    training = {
+        "config": replace(config).to_dict(),
+        "best_epoch": result.best_epoch,
+        "dev_selection_scores": result.best_scores,
+        "train_seconds": round(result.seconds, 1),
+        "train_images": len(dataset.available(config.train_split)),
+        "data": "Flickr8k (Hodosh, Young & Hockenmaier 2013, JAIR 47:853-899)",
+    }
+    return save_bundle(
+        out or run_dir / "bundle", model, result.vocabulary, result.decoder_config, onnx_path, training=training
+    )

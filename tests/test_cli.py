@@ -1,0 +1,132 @@
+"""The CLI: real commands on tiny data; every user error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from captioner.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_caption_prints_captions_and_json(capsys, tiny_bundle, photo_files):
+    code, out, _ = run(capsys, "caption", *photo_files[:2], "--bundle", tiny_bundle)
+    assert code == 0
+    assert [line.split(":")[0] for line in out.strip().splitlines()] == [str(p) for p in photo_files[:2]]
+    code, out, _ = run(capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--json", "--n-best", "2")
+    assert code == 0
+    record = json.loads(out)
+    assert record["image"] == str(photo_files[0])
+    assert len(record["candidates"]) == 2 and record["caption"] in {c["caption"] for c in record["candidates"]}
+    assert record["model_version"]
+
+
+def test_caption_missing_image(capsys, tiny_bundle, tmp_path):
+    code, _, err = run(capsys, "caption", tmp_path / "nope.jpg", "--bundle", tiny_bundle)
+    assert_one_line_error(code, err, "not found", "nope.jpg")
+
+
+def test_caption_corrupt_image(capsys, tiny_bundle, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    code, _, err = run(capsys, "caption", bad, "--bundle", tiny_bundle)
+    assert_one_line_error(code, err, "corrupt")
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello, I am text")
+    code, _, err = run(capsys, "caption", text, "--bundle", tiny_bundle)
+    assert_one_line_error(code, err, "not a supported image")
+
+
+def test_missing_and_mismatched_bundle(capsys, tiny_bundle, tmp_path, photo_files):
+    code, _, err = run(capsys, "caption", photo_files[0], "--bundle", tmp_path / "missing")
+    assert_one_line_error(code, err, "bundle not found")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, tampered)
+    tok = tampered / "tokenizer.json"
+    tok.write_text(tok.read_text().replace("dog", "cat", 1))
+    code, _, err = run(capsys, "caption", photo_files[0], "--bundle", tampered)
+    assert_one_line_error(code, err, "checksum")
+    code, _, err = run(capsys, "info", "--bundle", tampered)
+    assert_one_line_error(code, err, "checksum")
+
+
+def test_bad_options(capsys, tiny_bundle, photo_files):
+    code, _, err = run(capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--beam-size", "99")
+    assert_one_line_error(code, err, "beam_size")
+    code, _, err = run(capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--strategy", "sample")
+    assert_one_line_error(code, err, "strategy")
+
+
+def test_unknown_encoder_and_missing_data(capsys, tmp_path):
+    code, _, err = run(capsys, "export-encoder", "resnet", "--out", tmp_path / "x.onnx")
+    assert_one_line_error(code, err, "unknown encoder", "efficientnet_lite0")
+    code, _, err = run(capsys, "train", "--data-root", tmp_path, "--encoder", "vgg16")
+    assert_one_line_error(code, err, "unknown encoder")
+    code, _, err = run(capsys, "evaluate", "--data-root", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "not found")
+    code, _, err = run(capsys, "train", "--data-root", tmp_path / "nowhere", "--run-dir", tmp_path / "run")
+    assert_one_line_error(code, err, "not found")
+
+
+def test_info_prints_manifest(capsys, tiny_bundle):
+    code, out, _ = run(capsys, "info", "--bundle", tiny_bundle)
+    assert code == 0
+    assert json.loads(out)["format"] == "captioner.bundle"
+
+
+def test_python_dash_m_entry_point(tiny_bundle, photo_files):
+    proc = subprocess.run(
+        [sys.executable, "-m", "captioner", "caption", str(photo_files[0]), "--bundle", str(tiny_bundle), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["caption"] is not None
+    proc = subprocess.run(
+        [sys.executable, "-m", "captioner", "caption", "/no/such.jpg", "--bundle", str(tiny_bundle)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_end_to_end(capsys, tmp_path):
+    """The whole pipeline on a tiny generated Flickr8k folder: export, features, train, bundle, evaluate."""
+    from conftest_helpers import write_tiny_flickr8k
+
+    root = write_tiny_flickr8k(tmp_path / "flickr")
+    code, out, err = run(
+        capsys, "train", "--data-root", root, "--run-dir", tmp_path / "run", "--cache-dir", tmp_path / "cache",
+        "--encoder-weights", "random", "--epochs", "2", "--batch-size", "8", "--hidden-dim", "16",
+        "--embed-dim", "8", "--min-count", "1", "--max-length", "10",
+    )  # fmt: skip
+    assert code == 0, err
+    bundle = tmp_path / "run" / "bundle"
+    assert (bundle / "manifest.json").is_file() and (bundle / "caption_model.keras").is_file()
+    assert (bundle / "weights" / "caption_model.weights.h5").is_file()
+    code, out, err = run(
+        capsys, "evaluate", "--data-root", root, "--bundle", bundle, "--split", "dev",
+        "--out-dir", tmp_path / "eval", "--no-meteor",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report["metrics"]) >= {"BLEU-1", "BLEU-4", "CIDEr", "ROUGE-L"}
+    assert (tmp_path / "eval" / "gallery.html").is_file()
