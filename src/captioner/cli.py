@@ -89,6 +89,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
+    record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
@@ -102,6 +103,13 @@ def evaluate(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )
     typer.echo(json.dumps(report["metrics"], indent=2))
+    if record:
+        from captioner.model.bundle import record_metrics
+
+        record_metrics(
+            captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
+            options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
+        )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
 
 
@@ -180,8 +188,14 @@ def serve(
 ) -> None:
     """Run the REST service (settings from the environment; see the README)."""
     from captioner.service.app import main as serve_main
+    from captioner.service.settings import Settings
 
-    serve_main(host=host, port=port)
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError: name the setting and what is expected
+        raise CaptionerError(f"invalid service settings: {exc}".replace("\n", " ")) from None
+    serve_main(settings)
 
 
 @app.command()

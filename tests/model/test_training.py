@@ -77,13 +77,15 @@ def test_run_folder_holds_everything(fast_run):
 
 
 def test_learns_a_learnable_task(dataset, features, tmp_path):
-    config = TrainConfig(**dict(FAST, epochs=30, dropout=0.0, learning_rate=0.02, patience=30))
+    config = TrainConfig(**dict(FAST, epochs=15, dropout=0.0, learning_rate=0.03, patience=15))
     model, result = train(dataset, features, tmp_path, config, progress=False)
     losses = [float(row["loss"]) for row in read_history(tmp_path)]
     assert losses[-1] < 0.2 * losses[0], losses
     captioner = Captioner(None, numpy_decoder_from_model(model, result.decoder_config), result.vocabulary)
     feats = np.stack([features[n] for n in NAMES])
-    captions = [r.caption for r in captioner.decode_features(feats, DecodeOptions(strategy="greedy", max_length=8))]
+    captions = [
+        r.caption for r in captioner.decode_features(feats, DecodeOptions(strategy="greedy", max_length=8))
+    ]
     assert captions == [TOY[n] for n in NAMES]
 
 

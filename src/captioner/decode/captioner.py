@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from captioner.decode.options import DecodeOptions
-from captioner.decode.search import search
+from captioner.decode.search import Hypothesis, search
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image
 from captioner.encoders.runtime import OnnxEncoder
 
@@ -156,7 +156,12 @@ class Captioner:
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
         results = []
         for image_hyps in hyps:
-            cands = tuple(Candidate(self.vocabulary.decode(h.tokens), h.log_prob, h.score) for h in image_hyps)
+            # Hypotheses that differ only in special tokens (e.g. <unk>, which decode() drops) read the same:
+            # keep the best-scored of each text so the n-best alternatives are really different captions.
+            texts: dict[str, Hypothesis] = {}
+            for h in image_hyps:
+                texts.setdefault(self.vocabulary.decode(h.tokens), h)
+            cands = tuple(Candidate(text, h.log_prob, h.score) for text, h in texts.items())
             # An empty best caption (the model ended at once) is useless to a user: prefer any non-empty one.
             best = next((c.caption for c in cands if c.caption), cands[0].caption if cands else "")
             results.append(CaptionResult(best, cands, {"decoder": per_image}))

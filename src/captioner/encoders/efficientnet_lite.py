@@ -39,7 +39,13 @@ def build_feature_model(name: str, weights: str | Path | None = "imagenet", seed
         raise EncoderError(f"unknown EfficientNet-Lite variant {name!r}")
     torch.manual_seed(seed)
     net = EfficientNet.from_name(_VARIANTS[name])
-    if weights is not None:
+    if weights is None:
+        # The package's default init shrinks activations layer after layer: every image would get features
+        # of ~1e-8. He init keeps random-weight features O(1) and image-dependent, as pipeline tests need.
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    else:
         path = bundled_weights_path(name) if weights == "imagenet" else Path(weights)
         if not path.is_file():
             raise EncoderError(f"weights file not found: {path}")

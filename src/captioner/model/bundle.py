@@ -186,3 +186,13 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
             f"{path}: the tokenizer has {len(vocabulary)} tokens but the decoder was built for {config.vocab_size}"
         )
     return Bundle(path=path, manifest=manifest, config=config, vocabulary=vocabulary)
+
+
+def record_metrics(path: str | Path, metrics: dict, **details) -> None:
+    """Store evaluation results in a bundle's manifest (the manifest is not itself checksummed)."""
+    path = Path(path)
+    bundle = load_bundle(path)  # refuse to annotate a tampered bundle
+    manifest = dict(bundle.manifest, metrics={"scores": metrics, **details})
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST_FILE)

@@ -1,0 +1,474 @@
+"""Our engine, timed in a fresh process with no TensorFlow: single image, batched, micro-batched, and parts.
+
+    python -m bench.engine run --bundle DIR --photos ... --out engine.json         # a bundle
+    python -m bench.engine run --merge DIR --baseline baseline.json --photos ...   # the baseline's own weights
+    python -m bench.engine quality --bundle DIR --encoder fp32=a.onnx int8=b.onnx --out quality.json
+
+``run`` measures, end to end from the JPEG file (read, Pillow decode, preprocess, encoder, search, text):
+single-image latency (one request at a time), batched throughput (batch 8 and 32), MicroBatcher throughput with
+8 concurrent callers, the encoder alone (for the fraction of machine peak), the decoder's share, the image
+decoding path, and each encoder variant (int8/fp16) given. Every figure with OpenBLAS on all cores (as shipped)
+and again limited to one thread (threadpoolctl), because onnxruntime's spinning threads and OpenBLAS's fight
+over the same 2 cores. ``quality`` captions the dev split with each encoder variant and scores BLEU-4.
+
+Also here: ``quantize_encoder`` (onnxruntime static int8 QDQ, calibrated on training photos; float16 conversion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SINGLE_REPEATS = 2  # passes over the photos for single-image latency
+
+
+def rss_peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentiles(values) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)} | {"mean": float(v.mean()), "n": int(v.size)}
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None):
+    """Limit NumPy's BLAS to n threads inside the block (None: leave it as is)."""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+class StepTimer:
+    """Wraps a StepDecoder, adding up the time spent inside step(): the rest of a search is search overhead."""
+
+    def __init__(self, decoder):
+        self.decoder, self.vocab_size, self.seconds, self.calls = decoder, decoder.vocab_size, 0.0, 0
+
+    def initial_state(self, features):
+        return self.decoder.initial_state(features)
+
+    def step(self, tokens, state):
+        t = time.perf_counter()
+        out = self.decoder.step(tokens, state)
+        self.seconds += time.perf_counter() - t
+        self.calls += 1
+        return out
+
+
+# -- building the captioner --
+
+
+def load_captioner(bundle: Path | None, merge: Path | None, encoder: Path | None = None):
+    """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights)."""
+    from captioner.decode.captioner import Captioner
+
+    if merge is None:
+        captioner = Captioner.from_bundle(bundle)
+        if encoder is not None:
+            from captioner.encoders.runtime import OnnxEncoder
+
+            captioner.encoder = OnnxEncoder(encoder)
+        return captioner
+    from bench.merge_step import MergeStepDecoder
+    from captioner.encoders.runtime import OnnxEncoder
+    from captioner.model.legacy import safe_load_tokenizer
+
+    return Captioner(
+        OnnxEncoder(encoder or merge / "inception_v3.onnx"),
+        MergeStepDecoder.from_npz(merge / "merge_weights.npz"),
+        safe_load_tokenizer(merge / "tokenizer.pkl"),
+        {"format": "merge", "path": str(merge)},
+    )
+
+
+# -- measurements --
+
+
+def single_image(captioner, photos: list[Path], options, repeats: int = SINGLE_REPEATS) -> dict:
+    """One request at a time, from the file: latency percentiles and the per-part means."""
+    totals, parts = [], {"image": [], "encoder": [], "decoder": []}
+    captions = {}
+    for _ in range(repeats):
+        for p in photos:
+            t0 = time.perf_counter()
+            image = captioner.load(p.read_bytes())
+            t1 = time.perf_counter()
+            result = captioner.caption_images([image], options)[0]
+            totals.append((time.perf_counter() - t0) * 1000)
+            parts["image"].append((t1 - t0) * 1000)
+            parts["encoder"].append(result.timings_ms["encoder"])
+            parts["decoder"].append(result.timings_ms["decoder"])
+            captions[p.name] = result.caption
+    return {
+        "latency_ms": percentiles(totals),
+        "throughput_img_s": 1000.0 / float(np.mean(totals)),
+        "parts_ms_mean": {k: float(np.mean(v)) for k, v in parts.items()},
+        "captions": captions,
+    }
+
+
+def batched(captioner, photos: list[Path], options, batch_size: int, n_images: int) -> dict:
+    """caption_files-style batches of batch_size over n_images (photos repeated): images per second."""
+    paths = [photos[i % len(photos)] for i in range(n_images)]
+    decoder_ms, encoder_ms = [], []
+    t0 = time.perf_counter()
+    for s in range(0, n_images, batch_size):
+        chunk = [captioner.load(p.read_bytes()) for p in paths[s : s + batch_size]]
+        for r in captioner.caption_images(chunk, options):
+            decoder_ms.append(r.timings_ms["decoder"])
+            encoder_ms.append(r.timings_ms["encoder"])
+    wall = time.perf_counter() - t0
+    per_image = wall * 1000 / n_images
+    return {
+        "batch_size": batch_size,
+        "n_images": n_images,
+        "throughput_img_s": n_images / wall,
+        "ms_per_image": per_image,
+        "encoder_ms_per_image": float(np.mean(encoder_ms)),
+        "decoder_ms_per_image": float(np.mean(decoder_ms)),
+        "decoder_share": float(np.mean(decoder_ms)) / per_image,
+    }
+
+
+def micro_batched(captioner, photos: list[Path], options, concurrency: int, n_images: int, max_batch: int = 8) -> dict:
+    """MicroBatcher fed by ``concurrency`` closed-loop callers (each decodes its JPEG, submits, waits)."""
+    from captioner.decode.batcher import MicroBatcher
+
+    paths = [photos[i % len(photos)] for i in range(n_images)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+    with MicroBatcher(captioner, max_batch_size=max_batch, max_wait_ms=5.0, max_queue=256) as batcher:
+
+        def one(p: Path) -> None:
+            t = time.perf_counter()
+            batcher.submit(captioner.load(p.read_bytes()), options).result()
+            with lock:
+                latencies.append((time.perf_counter() - t) * 1000)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, paths))
+        wall = time.perf_counter() - t0
+        stats = batcher.stats
+    return {
+        "concurrency": concurrency,
+        "max_batch_size": max_batch,
+        "n_images": n_images,
+        "throughput_img_s": n_images / wall,
+        "latency_ms": percentiles(latencies),
+        "mean_batch_size": stats.mean_batch_size,
+    }
+
+
+def encoder_only(encoder, photos: list[Path], repeats: int) -> dict:
+    """Encoder run time per image on preprocessed arrays, batch 1 (median) and batch 8."""
+    from captioner.encoders.images import load_and_preprocess
+
+    arrays = np.stack([load_and_preprocess(p, encoder.preprocessing) for p in photos[:8]])
+    encoder.encode_arrays(arrays[:1])
+    b1 = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        encoder.encode_arrays(arrays[i % len(arrays)][None])
+        b1.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    reps = max(1, repeats // 8)
+    for _ in range(reps):
+        encoder.encode_arrays(arrays)
+    b8 = (time.perf_counter() - t) * 1000 / (reps * len(arrays))
+    return {"b1_ms": percentiles(b1), "b1_ms_best": float(min(b1)), "b8_ms_per_image": b8, "path": str(encoder.path)}
+
+
+def decoder_only(captioner, photos: list[Path], options, batch_size: int) -> dict:
+    """Search on precomputed features: time in step() vs search overhead, per image."""
+    from captioner.decode.search import search
+
+    images = [captioner.load(p) for p in photos]
+    features = captioner.encoder.encode(images)
+    features = np.concatenate([features] * (batch_size // len(features) + 1))[:batch_size]
+    timer = StepTimer(captioner.decoder)
+    vocab = captioner.vocabulary
+    search(timer.step, timer.initial_state(features[:1]), options, vocab.start_id, vocab.end_id)  # warm-up
+    timer.seconds = timer.calls = 0
+    t = time.perf_counter()
+    search(timer.step, timer.initial_state(features), options, vocab.start_id, vocab.end_id)
+    wall = time.perf_counter() - t
+    return {
+        "batch_size": batch_size,
+        "ms_per_image": wall * 1000 / batch_size,
+        "step_ms_per_image": timer.seconds * 1000 / batch_size,
+        "search_overhead_share": 1 - timer.seconds / wall,
+        "steps": timer.calls,
+    }
+
+
+def image_path_costs(photos: list[Path], spec, repeats: int = 2) -> dict:
+    """ms per image to decode + preprocess: our path (JPEG draft) vs full decode, vs Keras load_img (nearest)."""
+    from PIL import Image
+
+    from captioner.encoders.images import load_image, preprocess
+
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        for _ in range(repeats):
+            for p in photos:
+                fn(p)
+        return (time.perf_counter() - t) * 1000 / (repeats * len(photos))
+
+    sizes = sorted({Image.open(p).size for p in photos})
+    return {
+        "photo_sizes": [list(s) for s in sizes[:5]],
+        "ours_draft_ms": timed(lambda p: preprocess(load_image(p.read_bytes(), draft_size=spec.size), spec)),
+        "no_draft_ms": timed(lambda p: preprocess(load_image(p.read_bytes()), spec)),
+        "decode_only_ms": timed(lambda p: load_image(p.read_bytes(), draft_size=spec.size)),
+        "nearest_resize_ms": timed(
+            lambda p: np.asarray(Image.open(p).convert("RGB").resize((spec.size, spec.size), Image.NEAREST), np.float32)
+        ),
+    }
+
+
+def compare_with_baseline(captioner, baseline: dict, photos: list[Path], max_words: int) -> dict:
+    """Same weights? ONNX vs Keras features on one photo, and our merge step vs the Keras loop's tokens."""
+    from captioner.decode.options import DecodeOptions
+    from captioner.decode.search import search
+
+    ref = baseline["reference_features"]
+    photo = next(p for p in photos if p.name == ref["photo"])
+    ours = captioner.encoder.encode([captioner.load(photo)])[0]
+    keras_features = np.asarray(ref["features"], np.float32)
+    feats = np.asarray([r["features"] for r in baseline["requests"]], np.float32)
+    vocab = captioner.vocabulary
+    greedy = DecodeOptions(strategy="greedy", max_length=max_words)
+    hyps = search(captioner.decoder.step, captioner.decoder.initial_state(feats), greedy, vocab.start_id, vocab.end_id)
+    same = [list(h[0].tokens) == r["ids"] for h, r in zip(hyps, baseline["requests"], strict=True)]
+    ours_e2e = {r["photo"]: r for r in baseline["requests"]}
+    return {
+        "encoder_max_abs_diff": float(np.abs(ours - keras_features).max()),
+        "encoder_feature_scale": float(np.abs(keras_features).max()),
+        "decoder_same_tokens_fraction": float(np.mean(same)),
+        "baseline_captions": {k: v["caption"] for k, v in list(ours_e2e.items())[:3]},
+    }
+
+
+def run(args) -> dict:
+    from captioner.decode.options import DecodeOptions
+
+    photos = [Path(p) for p in args.photos]
+    captioner = load_captioner(args.bundle, args.merge)
+    if args.merge is not None:
+        max_length = args.max_words
+        beam = DecodeOptions(strategy="beam", beam_size=3, max_length=max_length)
+    else:
+        beam = DecodeOptions()  # the service's defaults: beam 3, max_length 30
+        max_length = beam.max_length
+    greedy = DecodeOptions(strategy="greedy", max_length=max_length)
+    captioner.caption_images([captioner.load(photos[0])], beam)  # warm-up = ready to serve
+    ready_s = time.time() - args.started
+    quick = args.quick
+    n_batch = len(photos) if quick else max(32, 2 * len(photos))
+    out: dict = {
+        "side": "engine",
+        "model": captioner.model_info,
+        "encoder": captioner.encoder.name,
+        "options": {"beam": beam.to_dict(), "greedy": greedy.to_dict()},
+        "cold_start_s": ready_s,
+        "tensorflow_imported": "tensorflow" in sys.modules,
+        "torch_imported": "torch" in sys.modules,
+        "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
+        "n_photos": len(photos),
+    }
+    for label, threads in (("blas_default", None), ("blas_1", 1)):
+        if quick and threads is not None:
+            continue
+        with blas_threads(threads):
+            section = {
+                "single_greedy": single_image(captioner, photos, greedy, 1 if quick else SINGLE_REPEATS),
+                "single_beam3": single_image(captioner, photos, beam, 1 if quick else SINGLE_REPEATS),
+                "batch8_beam3": batched(captioner, photos, beam, 8, n_batch),
+                "batch32_beam3": batched(captioner, photos, beam, 32, n_batch),
+                "batch32_greedy": batched(captioner, photos, greedy, 32, n_batch),
+                "micro_batched_c8_beam3": micro_batched(captioner, photos, beam, 8, n_batch),
+                "decoder_only_b32_beam3": decoder_only(captioner, photos, beam, 32),
+                "decoder_only_b1_beam3": decoder_only(captioner, photos, beam, 1),
+            }
+        out[label] = section
+    out["encoder_only"] = {"fp32": encoder_only(captioner.encoder, photos, 8 if quick else 24)}
+    from captioner.encoders.runtime import OnnxEncoder
+
+    for name, path in args.variant or []:
+        variant = OnnxEncoder(path)
+        out["encoder_only"][name] = encoder_only(variant, photos, 8 if quick else 24)
+        feats = (variant.encode([captioner.load(p) for p in photos[:4]]), captioner.encoder.encode([captioner.load(p) for p in photos[:4]]))
+        cos = (feats[0] * feats[1]).sum(1) / (np.linalg.norm(feats[0], axis=1) * np.linalg.norm(feats[1], axis=1) + 1e-12)
+        out["encoder_only"][name]["cosine_to_fp32"] = float(cos.mean())
+        out["encoder_only"][name]["file_mb"] = Path(path).stat().st_size / 1e6
+    out["encoder_only"]["fp32"]["file_mb"] = captioner.encoder.path.stat().st_size / 1e6
+    out["image_path"] = image_path_costs(photos, captioner.encoder.preprocessing, 1 if quick else 2)
+    if args.baseline is not None:
+        out["same_weights"] = compare_with_baseline(
+            captioner, json.loads(Path(args.baseline).read_text()), photos, args.max_words
+        )
+    out["peak_rss_mb"] = rss_peak_mb()
+    return out
+
+
+# -- quantisation --
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over preprocessed photos, one image per batch."""
+
+    def __init__(self, input_name: str, arrays: list[np.ndarray]):
+        self._items = iter([{input_name: a[None]} for a in arrays])
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+def quantize_encoder(src: Path, out_dir: Path, calibration_photos: list[Path]) -> dict[str, Path]:
+    """int8 (static, QDQ, per-channel weights, calibrated on the photos) and float16 copies of an encoder.
+
+    The captioner metadata (preprocessing, feature size) is kept, so OnnxEncoder loads either one as is.
+    Returns {"int8": path, "fp16": path}, leaving out any variant whose conversion fails.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from captioner.encoders.images import load_and_preprocess
+    from captioner.encoders.runtime import OnnxEncoder
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = OnnxEncoder(src, threads=1)
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    out: dict[str, Path] = {}
+    int8 = out_dir / f"{src.stem}.int8.onnx"
+    fp16 = out_dir / f"{src.stem}.fp16.onnx"
+    if not int8.is_file():
+        prepared = out_dir / f"{src.stem}.prep.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        arrays = [load_and_preprocess(p, encoder.preprocessing) for p in calibration_photos]
+        quantize_static(
+            str(prepared), str(int8), _Calibration(encoder.input_name, arrays),
+            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        )  # fmt: skip
+        prepared.unlink(missing_ok=True)
+        _set_metadata(int8, meta)
+    out["int8"] = int8
+    if not fp16.is_file():
+        try:
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+            onnx.save(model, str(fp16))
+            _set_metadata(fp16, meta)
+        except Exception as exc:  # noqa: BLE001 - report it, keep the int8 result
+            print(f"float16 conversion failed: {exc}", file=sys.stderr)
+            return out
+    out["fp16"] = fp16
+    return out
+
+
+def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def quality(args) -> dict:
+    """BLEU-4 (and CIDEr) on the dev split, beam 3, for each encoder variant with the bundle's decoder."""
+    from captioner.data.flickr8k import load_flickr8k
+    from captioner.decode.options import DecodeOptions
+    from captioner.evaluation.metrics import compute_metrics
+
+    data = load_flickr8k(args.data)
+    names = sorted(data.available("dev"))[: args.limit]
+    refs = data.references("dev")
+    options = DecodeOptions()
+    out: dict = {"split": "dev", "n_images": len(names), "options": options.to_dict(), "variants": {}}
+    for name, path in args.encoder:
+        captioner = load_captioner(args.bundle, None, Path(path))
+        t = time.perf_counter()
+        results = captioner.caption_files([data.image_path(n) for n in names], options, batch_size=32)
+        seconds = time.perf_counter() - t
+        hyps = {n: r.caption for n, r in zip(names, results, strict=True)}
+        metrics = compute_metrics({n: refs[n] for n in names}, hyps, meteor=False)
+        out["variants"][name] = {
+            "BLEU-4": metrics["BLEU-4"],
+            "CIDEr": metrics["CIDEr"],
+            "seconds": seconds,
+            "captions": dict(list(hyps.items())[:5]),
+            "_all": hyps,
+        }
+    base = out["variants"].get("fp32")
+    for v in out["variants"].values():
+        if base is not None:
+            v["BLEU-4_delta"] = v["BLEU-4"] - base["BLEU-4"]
+            v["same_caption_fraction"] = float(np.mean([v["_all"][n] == base["_all"][n] for n in names]))
+    for v in out["variants"].values():
+        v.pop("_all")
+    return out
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, _, path = text.partition("=")
+    if not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--bundle", type=Path)
+    r.add_argument("--merge", type=Path, help="the baseline's artefact folder")
+    r.add_argument("--baseline", type=Path, help="baseline.json, to check that the weights are the same")
+    r.add_argument("--photos", nargs="+", required=True)
+    r.add_argument("--max-words", type=int, default=12)
+    r.add_argument("--variant", type=_pair, action="append", help="NAME=encoder.onnx, e.g. int8=...")
+    r.add_argument("--quick", action="store_true")
+    r.add_argument("--started", type=float, default=None)
+    r.add_argument("--out", type=Path, required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--bundle", type=Path, required=True)
+    q.add_argument("--encoder", type=_pair, nargs="+", required=True)
+    q.add_argument("--data", type=Path, required=True)
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        args.started = args.started or time.time()
+        result = run(args)
+    else:
+        result = quality(args)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.exit(main())

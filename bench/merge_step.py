@@ -1,0 +1,79 @@
+"""An incremental NumPy step for the tutorial "merge" captioner, so our engine can run the original model's weights.
+
+The tutorial model (``bench.baseline.build_merge_model``) is
+    fe     = relu(features @ W_fe + b_fe)                                   [B, U]
+    s      = LSTM(Embedding(ids, mask_zero=True))   last state over the real (non-0) ids of a left-padded prefix
+    logits = relu((fe + s) @ W_1 + b_1) @ W_out + b_out,  softmax          [B, V]
+With ``mask_zero`` the LSTM skips the padding on the left, so running it one token at a time from a zero state
+gives the same last state as rerunning it over the whole padded prefix: exact while the prefix fits in
+``max_length`` (the tutorial's pad_sequences truncates longer prefixes; captions here never get that long).
+
+State per row: (h [N, U], c [N, U], fe [N, U]). Weights come from ``merge_weights.npz`` written next to the Keras
+model by ``bench.baseline`` (named by role, so no Keras is needed to read them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+WEIGHT_NAMES = (
+    "fe/kernel", "fe/bias", "embedding", "lstm/kernel", "lstm/recurrent_kernel", "lstm/bias",
+    "hidden/kernel", "hidden/bias", "out/kernel", "out/bias",
+)  # fmt: skip
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+class MergeStepDecoder:
+    """StepDecoder (see captioner.decode.captioner) over the merge model's weights, float32.
+
+    Padding (id 0) gets log-probability -inf-like (as LegacyStepDecoder does): the tutorial stopped on id 0, and
+    a search must never emit padding as a word.
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        missing = [n for n in WEIGHT_NAMES if n not in weights]
+        if missing:
+            raise ValueError(f"merge weights lack {missing}")
+        w = {n: np.ascontiguousarray(weights[n], dtype=np.float32) for n in WEIGHT_NAMES}
+        self.units = w["lstm/recurrent_kernel"].shape[0]
+        self.vocab_size = w["out/kernel"].shape[1]
+        self.feature_size = w["fe/kernel"].shape[0]
+        self.w = w
+        # Embedding then input kernel is a per-word table: [V, 4U]; one row gather per token instead of a matmul.
+        self.token_gates = w["embedding"] @ w["lstm/kernel"] + w["lstm/bias"]
+        self.out_bias = w["out/bias"].copy()
+        self.out_bias[0] = -1e9  # padding
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> MergeStepDecoder:
+        with np.load(path) as f:
+            return cls({k: f[k] for k in f.files})
+
+    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+        """features [B, F] -> (h0 = 0, c0 = 0, fe) with fe = relu(features @ W_fe + b_fe)."""
+        w = self.w
+        fe = np.maximum(np.asarray(features, np.float32) @ w["fe/kernel"] + w["fe/bias"], 0)
+        zeros = np.zeros((fe.shape[0], self.units), np.float32)
+        return zeros, zeros.copy(), fe
+
+    def step(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """tokens [N] -> (log_probs float32 [N, V], new state). Keras gate order i, f, c, o."""
+        h, c, fe = state
+        w, u = self.w, self.units
+        gates = self.token_gates[np.asarray(tokens, np.int64)] + h @ w["lstm/recurrent_kernel"]
+        i = _sigmoid(gates[:, :u])
+        f = _sigmoid(gates[:, u : 2 * u])
+        g = np.tanh(gates[:, 2 * u : 3 * u])
+        o = _sigmoid(gates[:, 3 * u :])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        hidden = np.maximum((fe + h) @ w["hidden/kernel"] + w["hidden/bias"], 0)
+        logits = hidden @ w["out/kernel"] + self.out_bias
+        logits -= logits.max(axis=1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return log_probs.astype(np.float32, copy=False), (h, c, fe)

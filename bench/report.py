@@ -1,0 +1,248 @@
+"""Turn the raw measurements into ratios against the targets, a JSON file, a PNG chart and a printed table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CONFIGS = ("blas_default", "blas_1")  # OpenBLAS on all cores (as shipped) / one thread (threadpoolctl)
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _target(name: str, value: float | None, target: float, higher_is_better: bool, unit: str, note: str = "") -> dict:
+    met = None if value is None else (value >= target if higher_is_better else value <= target)
+    return {"name": name, "value": value, "target": target, "op": ">=" if higher_is_better else "<=", "unit": unit,
+            "met": met, "note": note}  # fmt: skip
+
+
+def encoder_efficiency(flops: dict, encoder_only: dict, peak_gflops: float) -> dict:
+    """Achieved GFLOP/s of the encoder and its fraction of the machine's measured matmul peak."""
+    out = {"gflops_per_image": flops["gflops"], "peak_gflops": peak_gflops}
+    for label, ms in (("b1_best", encoder_only["b1_ms_best"]), ("b1_p50", encoder_only["b1_ms"]["p50"]),
+                      ("b8", encoder_only["b8_ms_per_image"])):  # fmt: skip
+        achieved = flops["gflops"] / (ms / 1000)
+        out[label] = {"ms_per_image": ms, "gflops": achieved, "fraction_of_peak": achieved / peak_gflops}
+    return out
+
+
+def summarize(raw: dict) -> dict:
+    """Ratios ours/baseline and each target, for both BLAS configurations where it matters."""
+    summary: dict = {"targets": []}
+    peak = _get(raw, "machine", "matmul_peak", "gflops")
+    inc = raw.get("inception_v3")
+    if inc and "baseline" in inc:
+        base, eng = inc["baseline"], inc["engine"]
+        summary["inception_v3"] = {"baseline": {
+            "latency_p50_ms": base["latency_ms"]["p50"], "throughput_img_s": base["throughput_img_s"],
+            "cold_start_s": base["cold_start_s"], "peak_rss_mb": base["peak_rss_mb"],
+            "encoder_ms": base["encoder_ms_mean"], "decoder_ms": base["decoder_ms_mean"]}}  # fmt: skip
+        for cfg in CONFIGS:
+            sec = eng.get(cfg)
+            if not sec:
+                continue
+            best_greedy = sec["batch32_greedy"]["throughput_img_s"]
+            best_beam = max(sec["batch8_beam3"]["throughput_img_s"], sec["batch32_beam3"]["throughput_img_s"])
+            ratios = {
+                "throughput_batched_greedy_x": best_greedy / base["throughput_img_s"],
+                "throughput_batched_beam3_x": best_beam / base["throughput_img_s"],
+                "throughput_single_greedy_x": sec["single_greedy"]["throughput_img_s"] / base["throughput_img_s"],
+                "latency_p50_single_greedy_x": base["latency_ms"]["p50"] / sec["single_greedy"]["latency_ms"]["p50"],
+                "latency_p50_single_beam3_x": base["latency_ms"]["p50"] / sec["single_beam3"]["latency_ms"]["p50"],
+                "decoder_share_batch32_beam3": sec["batch32_beam3"]["decoder_share"],
+                "decoder_share_single_beam3": sec["single_beam3"]["parts_ms_mean"]["decoder"]
+                / sec["single_beam3"]["latency_ms"]["mean"],
+            }
+            summary["inception_v3"][cfg] = ratios
+            summary["targets"] += [
+                _target("InceptionV3 end-to-end throughput vs original loop (batched, greedy like the original)",
+                        ratios["throughput_batched_greedy_x"], 20, True, "x", cfg),
+                _target("InceptionV3 single-image p50 latency vs original loop (greedy)",
+                        ratios["latency_p50_single_greedy_x"], 10, True, "x", cfg),
+                _target("InceptionV3 decoding share of end-to-end time (beam 3, batch 32)",
+                        ratios["decoder_share_batch32_beam3"], 0.10, False, "fraction", cfg),
+            ]  # fmt: skip
+        if peak and "flops" in inc:
+            summary["inception_v3"]["encoder"] = encoder_efficiency(inc["flops"], eng["encoder_only"]["fp32"], peak)
+        if "same_weights" in eng:
+            summary["inception_v3"]["same_weights"] = eng["same_weights"]
+    bun = raw.get("bundle")
+    if bun:
+        eng = bun["engine"]
+        summary["bundle"] = {"encoder": eng["encoder"], "engine_cold_start_s": eng["cold_start_s"],
+                             "engine_peak_rss_mb": eng["peak_rss_mb"]}  # fmt: skip
+        for cfg in CONFIGS:
+            sec = eng.get(cfg)
+            if not sec:
+                continue
+            best_beam = max(sec["batch8_beam3"]["throughput_img_s"], sec["batch32_beam3"]["throughput_img_s"])
+            summary["bundle"][cfg] = {
+                "single_beam3_p50_ms": sec["single_beam3"]["latency_ms"]["p50"],
+                "batched_beam3_img_s": best_beam,
+                "micro_batched_c8_img_s": sec["micro_batched_c8_beam3"]["throughput_img_s"],
+                "decoder_share_batch32_beam3": sec["batch32_beam3"]["decoder_share"],
+            }
+            summary["targets"].append(
+                _target(f"{eng['encoder']} decoding share of end-to-end time (beam 3, batch 32)",
+                        sec["batch32_beam3"]["decoder_share"], 0.10, False, "fraction", cfg)  # fmt: skip
+            )
+        if peak and "flops" in bun:
+            summary["bundle"]["encoder_efficiency"] = encoder_efficiency(bun["flops"], eng["encoder_only"]["fp32"], peak)
+        for name, http in (bun.get("http") or {}).items():
+            cfg = http.get("config", "blas_default")
+            engine_best = _get(summary, "bundle", cfg, "batched_beam3_img_s") or _get(
+                summary, "bundle", "blas_default", "batched_beam3_img_s"
+            )
+            c8 = _get(http, "levels", "8", "throughput_rps")
+            levels = {c: {"rps": lv["throughput_rps"], **lv["latency_ms"], "statuses": lv["statuses"]}
+                      for c, lv in http["levels"].items()}  # fmt: skip
+            summary["bundle"][f"http_{name}"] = {"levels": levels, "cold_start_s": http["cold_start_s"],
+                                                 "peak_rss_mb": http["process"]["peak_rss_mb"],
+                                                 "libraries": http["process"]["libraries"]}  # fmt: skip
+            if c8 is not None and engine_best:
+                summary["targets"].append(_target(
+                    "HTTP throughput at concurrency 8 vs the bare engine's batched throughput (beam 3)",
+                    c8 / engine_best, 0.8, True, "fraction", f"server {name}, engine {cfg}"))  # fmt: skip
+            summary["targets"] += [
+                _target("serving the bundle: peak RSS", http["process"]["peak_rss_mb"], 600, False, "MB", name),
+                _target("serving the bundle: cold start to ready", http["cold_start_s"], 3.0, False, "s", name),
+                _target("serving the bundle: TensorFlow not loaded",
+                        0.0 if not http["process"]["libraries"].get("tensorflow") else 1.0, 0.0, False, "", name),
+            ]  # fmt: skip
+    if raw.get("quality"):
+        summary["quantization"] = {
+            k: {m: v.get(m) for m in ("BLEU-4", "BLEU-4_delta", "CIDEr", "same_caption_fraction")}
+            for k, v in raw["quality"]["variants"].items()
+        }
+        for k, v in raw["quality"]["variants"].items():
+            if k != "fp32" and v.get("BLEU-4_delta") is not None:
+                summary["targets"].append(
+                    _target(f"{k} encoder: dev BLEU-4 change vs fp32", abs(v["BLEU-4_delta"]), 0.005, False, "BLEU",
+                            f"{raw['quality']['n_images']} dev images")  # fmt: skip
+                )
+    return summary
+
+
+def write_json(raw: dict, summary: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"summary": summary, "raw": raw}, indent=1, default=float))
+    tmp.replace(path)
+    return path
+
+
+def print_table(summary: dict) -> None:
+    print("\n== targets (ratios ours/baseline in the same run) ==")
+    for t in summary["targets"]:
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        print(f"[{mark}] {t['name']}: {value} {t['unit']} (target {t['op']} {t['target']}) [{t['note']}]")
+    for section in ("inception_v3", "bundle"):
+        if section in summary:
+            print(f"\n== {section} ==")
+            for k, v in summary[section].items():
+                print(f"  {k}: {json.dumps(v, default=lambda x: round(x, 3))[:400]}")
+    if "quantization" in summary:
+        print("\n== quantization (dev) ==")
+        for k, v in summary["quantization"].items():
+            print(f"  {k}: {v}")
+
+
+def chart(raw: dict, summary: dict, path: Path) -> Path | None:
+    """A 2x2 PNG: throughput, single-image latency, HTTP latency by concurrency, per-image time breakdown."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)")
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (ax_tp, ax_lat), (ax_http, ax_parts) = axes
+
+    bars_tp, bars_lat = {}, {}
+    inc = raw.get("inception_v3")
+    if inc and "baseline" in inc:
+        base, eng = inc["baseline"], inc["engine"]
+        bars_tp["IncV3 original loop"] = base["throughput_img_s"]
+        bars_lat["IncV3 original loop"] = base["latency_ms"]["p50"]
+        for cfg, tag in (("blas_default", ""), ("blas_1", " blas1")):
+            if cfg in eng:
+                bars_tp[f"IncV3 ours b32 greedy{tag}"] = eng[cfg]["batch32_greedy"]["throughput_img_s"]
+                bars_tp[f"IncV3 ours b32 beam3{tag}"] = eng[cfg]["batch32_beam3"]["throughput_img_s"]
+                bars_lat[f"IncV3 ours greedy{tag}"] = eng[cfg]["single_greedy"]["latency_ms"]["p50"]
+                bars_lat[f"IncV3 ours beam3{tag}"] = eng[cfg]["single_beam3"]["latency_ms"]["p50"]
+    bun = raw.get("bundle")
+    if bun:
+        eng = bun["engine"]
+        name = eng["encoder"]
+        for cfg, tag in (("blas_default", ""), ("blas_1", " blas1")):
+            if cfg in eng:
+                bars_tp[f"{name} b32 beam3{tag}"] = eng[cfg]["batch32_beam3"]["throughput_img_s"]
+                bars_lat[f"{name} beam3{tag}"] = eng[cfg]["single_beam3"]["latency_ms"]["p50"]
+        for label, http in (bun.get("http") or {}).items():
+            if "8" in http["levels"]:
+                bars_tp[f"{name} HTTP c8 {label}"] = http["levels"]["8"]["throughput_rps"]
+            cs = sorted(http["levels"], key=int)
+            for q, style in (("p50", "-o"), ("p95", "--s"), ("p99", ":^")):
+                ax_http.plot([int(c) for c in cs], [http["levels"][c]["latency_ms"][q] for c in cs], style,
+                             label=f"{label} {q}")  # fmt: skip
+    _barh(ax_tp, bars_tp, "images / s (log)", "Throughput", log=True)
+    _barh(ax_lat, bars_lat, "ms (log)", "Single-image p50 latency, from the JPEG file", log=True)
+    ax_http.set_xscale("log", base=2)
+    ax_http.set_xlabel("concurrent clients")
+    ax_http.set_ylabel("ms")
+    ax_http.set_title("Service over HTTP (loopback): latency")
+    if ax_http.lines:
+        ax_http.legend(fontsize=7)
+
+    parts = {}
+    for label, sec in ((f"IncV3 ({'b32'})", _get(raw, "inception_v3", "engine", "blas_1", "batch32_beam3")),
+                       (f"{_get(raw, 'bundle', 'engine', 'encoder', default='bundle')} (b32)",
+                        _get(raw, "bundle", "engine", "blas_1", "batch32_beam3")),
+                       ("IncV3 original", _get(raw, "inception_v3", "baseline"))):  # fmt: skip
+        if not sec:
+            continue
+        if "encoder_ms_mean" in sec:
+            parts[label] = (sec["encoder_ms_mean"], sec["decoder_ms_mean"])
+        else:
+            parts[label] = (sec["encoder_ms_per_image"], sec["decoder_ms_per_image"])
+    if parts:
+        labels = list(parts)
+        enc = [parts[k][0] for k in labels]
+        dec = [parts[k][1] for k in labels]
+        ax_parts.barh(labels, enc, label="encoder")
+        ax_parts.barh(labels, dec, left=enc, label="decoder (beam 3; original: greedy)")
+        ax_parts.set_xscale("log")
+        ax_parts.legend(fontsize=7)
+    ax_parts.set_title("Per-image time: encoder + decoder (ms, log; ours with 1 BLAS thread)")
+    load = _get(raw, "machine", "load_avg_start")
+    fig.suptitle(
+        f"captioner bench ({raw.get('mode')}) on {_get(raw, 'machine', 'cpu', default='?')}, "
+        f"{_get(raw, 'machine', 'cores', default='?')} cores; load average at start {load}"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _barh(ax, bars: dict, xlabel: str, title: str, log: bool = False) -> None:
+    if bars:
+        labels = list(bars)
+        ax.barh(labels, [bars[k] for k in labels], color=["#b44" if "original" in k else "#48b" for k in labels])
+        for i, k in enumerate(labels):
+            ax.text(bars[k], i, f" {bars[k]:.3g}", va="center", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        if log:
+            ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)

@@ -1,0 +1,218 @@
+"""Dynamic micro-batching: concurrent single-image requests run as one encoder batch and one decoding batch.
+
+    batcher = MicroBatcher(captioner, max_batch_size=8, max_wait_ms=5.0, max_queue=64)
+    future = batcher.submit(image, options)        # from any thread; QueueFull at once when the queue is full
+    result = future.result()                       # a CaptionResult, the same as captioner.caption_images([image])
+    result = await batcher.caption(image, options) # from asyncio code
+
+One worker thread takes requests in arrival order. It starts a batch when ``max_batch_size`` requests are
+waiting or the oldest has waited ``max_wait_ms``, whichever comes first; a request that arrives while a batch
+runs waits for that batch, so under load batches fill up without any added delay. The images of a batch go
+through the encoder together (options do not matter there); requests with identical ``DecodeOptions`` share
+one search, others get a search per distinct options. An error fails only the requests it belongs to.
+
+Onnxruntime and NumPy release the GIL, so a single worker keeps the cores busy; a second one would only make
+two batches fight over the same cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.decode.options import DecodeOptions
+
+
+class QueueFull(Exception):
+    """More than ``max_queue`` requests are waiting: shed load (HTTP 503) instead of queueing without bound."""
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """Counters since the batcher started. mean_batch_size = images / batches (encoder batches)."""
+
+    batches: int
+    images: int
+    decode_groups: int
+    rejected: int
+    largest_batch: int
+    queued: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.images / self.batches if self.batches else 0.0
+
+
+@dataclass
+class _Request:
+    image: Image.Image
+    options: DecodeOptions
+    future: Future
+    enqueued: float  # time.perf_counter() at submit
+
+
+class MicroBatcher:
+    """Gathers concurrent caption requests into batches for one Captioner; see the module docstring.
+
+    max_batch_size: most images per encoder batch. max_wait_ms: how long the oldest waiting request may wait
+    for others to join before its batch starts. max_queue: most requests waiting to start (a running batch
+    is not counted); one more raises QueueFull.
+    """
+
+    def __init__(
+        self, captioner: Captioner, max_batch_size: int = 8, max_wait_ms: float = 5.0, max_queue: int = 64
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be 0 or more, got {max_wait_ms}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self.captioner = captioner
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self._pending: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batches = self._images = self._groups = self._rejected = self._largest = 0
+        self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
+        self._worker.start()
+
+    # -- public API --
+
+    def submit(self, image: Image.Image, options: DecodeOptions = DecodeOptions()) -> Future[CaptionResult]:
+        """Queue one RGB image; the future gets its CaptionResult or the exception that caption raised.
+
+        Raises QueueFull at once when max_queue requests are waiting, RuntimeError after close().
+        """
+        future: Future[CaptionResult] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the MicroBatcher is closed; create a new one to caption more images")
+            if len(self._pending) >= self.max_queue:
+                self._rejected += 1
+                raise QueueFull(
+                    f"{len(self._pending)} captioning requests are already waiting (max_queue={self.max_queue}); "
+                    "retry in a moment"
+                )
+            self._pending.append(_Request(image, options, future, time.perf_counter()))
+            self._cond.notify()
+        return future
+
+    async def caption(self, image: Image.Image, options: DecodeOptions = DecodeOptions()) -> CaptionResult:
+        """submit() for asyncio code: awaits the result without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(image, options))
+
+    @property
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            return BatcherStats(
+                self._batches, self._images, self._groups, self._rejected, self._largest, len(self._pending)
+            )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, finish every queued one, stop the worker. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+
+    def __enter__(self) -> MicroBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the worker --
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._run_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers or kill the worker
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Block until a batch is due; None once closed and drained."""
+        with self._cond:
+            while not self._pending:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            # The oldest request's deadline: one that already waited (the worker was busy) starts at once.
+            deadline = self._pending[0].enqueued + self.max_wait_s
+            while len(self._pending) < self.max_batch_size and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(len(self._pending), self.max_batch_size)
+            return [self._pending.popleft() for _ in range(n)]
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        start = time.perf_counter()
+        features, ok = self._encode(live)
+        enc_ms = (time.perf_counter() - start) * 1000 / len(live)
+        groups: dict[DecodeOptions, list[int]] = {}
+        for i in ok:
+            groups.setdefault(live[i].options, []).append(i)
+        for options, idx in groups.items():
+            try:
+                results = self.captioner.decode_features(features[idx], options)
+            except Exception as exc:  # noqa: BLE001 - belongs to this options group's callers only
+                for i in idx:
+                    live[i].future.set_exception(exc)
+                continue
+            for i, r in zip(idx, results, strict=True):
+                queue_ms = (start - live[i].enqueued) * 1000
+                timings = {"encoder": enc_ms, **r.timings_ms, "queue": queue_ms}
+                live[i].future.set_result(CaptionResult(r.caption, r.candidates, timings))
+        with self._cond:
+            self._batches += 1
+            self._images += len(live)
+            self._groups += len(groups)
+            self._largest = max(self._largest, len(live))
+
+    def _encode(self, live: list[_Request]) -> tuple[np.ndarray, list[int]]:
+        """Features [len(live), F] and the indices that have them; a failed image fails only its own future.
+
+        The whole batch is tried first; if that raises, each image is encoded alone to find the culprit(s).
+        """
+        encoder = self.captioner.encoder
+        try:
+            return encoder.encode([r.image for r in live]), list(range(len(live)))
+        except Exception as exc:  # noqa: BLE001
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return np.zeros((1, 0), np.float32), []
+        rows: list[np.ndarray | None] = []
+        for r in live:
+            try:
+                rows.append(encoder.encode([r.image])[0])
+            except Exception as exc:  # noqa: BLE001
+                r.future.set_exception(exc)
+                rows.append(None)
+        ok = [i for i, row in enumerate(rows) if row is not None]
+        if not ok:
+            return np.zeros((len(live), 0), np.float32), []
+        width = rows[ok[0]].shape[0]  # type: ignore[union-attr]
+        features = np.zeros((len(live), width), np.float32)
+        for i in ok:
+            features[i] = rows[i]
+        return features, ok

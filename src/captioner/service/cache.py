@@ -1,0 +1,170 @@
+"""Result cache: sha256(image bytes) + decode options + model version -> caption result (a JSON-able dict).
+
+In-memory LRU by default; Redis when ``redis_url`` is set, so that several instances share results (with a
+logged fallback to memory if Redis cannot be reached). ``SingleFlight`` makes identical concurrent requests
+compute once: the first one runs, the others wait for its future.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Protocol
+
+from captioner.decode.options import DecodeOptions
+
+log = logging.getLogger("captioner.service")
+
+
+def cache_key(image: bytes, options: DecodeOptions, model_version: str) -> str:
+    """Hex sha256 over the image bytes, the canonical options JSON and the model version."""
+    h = hashlib.sha256(image)
+    h.update(json.dumps(options.to_dict(), sort_keys=True).encode())
+    h.update(model_version.encode())
+    return h.hexdigest()
+
+
+class ResultCache(Protocol):
+    backend: str
+
+    def get(self, key: str) -> dict | None: ...
+
+    def set(self, key: str, value: dict) -> None: ...
+
+    def size(self) -> int | None: ...
+
+
+class NoCache:
+    backend = "none"
+
+    def get(self, key: str) -> dict | None:
+        return None
+
+    def set(self, key: str, value: dict) -> None:
+        pass
+
+    def size(self) -> int | None:
+        return 0
+
+
+class MemoryCache:
+    """Thread-safe LRU of at most ``max_entries`` results."""
+
+    backend = "memory"
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: dict) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def size(self) -> int | None:
+        return len(self._data)
+
+
+class RedisCache:
+    """Results as JSON strings with a TTL; eviction beyond that is Redis's maxmemory policy. A Redis error at
+    request time is logged and treated as a miss (get) or ignored (set): the cache never fails a request."""
+
+    backend = "redis"
+    prefix = "captioner:cache:"
+
+    def __init__(self, client, ttl_s: int):
+        self.client, self.ttl_s = client, ttl_s
+
+    def get(self, key: str) -> dict | None:
+        try:
+            raw = self.client.get(self.prefix + key)
+        except Exception as exc:  # noqa: BLE001 - any redis/network error
+            log.warning("redis cache get failed (%s); treating as a miss", exc)
+            return None
+        return json.loads(raw) if raw else None
+
+    def set(self, key: str, value: dict) -> None:
+        try:
+            self.client.set(self.prefix + key, json.dumps(value), ex=self.ttl_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("redis cache set failed (%s)", exc)
+
+    def size(self) -> int | None:
+        return None  # unknown without a scan, and shared with other instances anyway
+
+
+def connect_redis(url: str):
+    """A redis client that answered PING, or None (with a warning) if the package or the server is missing."""
+    try:
+        import redis
+    except ImportError:
+        log.warning("CAPTIONER_REDIS_URL is set but the 'redis' package is not installed; using memory")
+        return None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001
+        log.warning(
+            "cannot reach Redis at %s (%s); using in-memory cache and rate limits instead", _safe(url), exc
+        )
+        return None
+
+
+def _safe(url: str) -> str:
+    """The URL without a password, for logs."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def make_cache(max_entries: int, redis_client=None, ttl_s: int = 86_400) -> ResultCache:
+    if max_entries <= 0:
+        return NoCache()
+    if redis_client is not None:
+        return RedisCache(redis_client, ttl_s)
+    return MemoryCache(max_entries)
+
+
+class SingleFlight:
+    """key -> the Future of the one computation in progress for it."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, Future] = {}
+        self._lock = threading.Lock()
+
+    def join_or_start(self, key: str, start: Callable[[], Future]) -> tuple[Future, bool]:
+        """Return (future, started_here). ``start`` is called under the lock only when no computation for
+        ``key`` is running; if it raises (queue full), nothing is registered."""
+        with self._lock:
+            running = self._inflight.get(key)
+            if running is not None:
+                return running, False
+            future = start()
+            self._inflight[key] = future
+        future.add_done_callback(lambda f: self._forget(key, f))
+        return future, True
+
+    def _forget(self, key: str, future: Future) -> None:
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    def __len__(self) -> int:
+        return len(self._inflight)

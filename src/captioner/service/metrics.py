@@ -1,0 +1,62 @@
+"""Prometheus metrics, in a registry of the app's own (two apps in one process never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "captioner_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "captioner_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "captioner_inference_duration_seconds",
+            "Decode + encode + search time of one inference job",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.cache = Counter("captioner_cache_lookups", "Result cache lookups", ["result"], registry=r)
+        self.rate_limited = Counter(
+            "captioner_rate_limited", "Requests refused by the rate limiter", registry=r
+        )
+        self.rejected = Counter(
+            "captioner_rejected_uploads", "Uploads refused, by reason", ["reason"], registry=r
+        )
+        self.overloaded = Counter(
+            "captioner_overloaded", "Requests refused because the queue was full", registry=r
+        )
+        self.auth_failures = Counter(
+            "captioner_auth_failures", "Requests refused for a missing/bad API key", registry=r
+        )
+        self.inflight = Gauge("captioner_inference_inflight", "Inference jobs queued or running", registry=r)
+        self.ready = Gauge("captioner_ready", "1 when the model is loaded and warmed", registry=r)
+
+    def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(duration_s)
+
+    def cache_lookup(self, hit: bool) -> None:
+        self.cache.labels("hit" if hit else "miss").inc()
+
+    def rejected_upload(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

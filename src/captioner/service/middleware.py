@@ -1,0 +1,167 @@
+"""Pure ASGI middleware: request context (id, timing, access log, metrics, last-resort 500) and the body limit.
+
+Pure ASGI rather than ``BaseHTTPMiddleware`` so that the body limit can count bytes as they stream in and stop
+reading the moment the limit is passed, and so that nothing buffers a response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from captioner.service.logs import request_id_var
+from captioner.service.metrics import Metrics
+from captioner.service.problems import MEDIA_TYPE, problem_body
+
+access_log = logging.getLogger("captioner.service.access")
+log = logging.getLogger("captioner.service")
+
+# A client-sent X-Request-ID is reused only if it is short and harmless in logs and headers.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+async def send_problem(send: Send, status: int, slug: str, detail: str, request_id=None, headers=()) -> None:
+    body = json.dumps(problem_body(status, slug, detail, request_id=request_id)).encode()
+    raw = [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    """X-Request-ID in and out, X-Process-Time-ms + Server-Timing, a JSON access log line, request metrics, and
+    a problem+json 500 (never a traceback) for any exception that escaped the app."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        status = 500
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                elapsed_ms = (time.perf_counter() - start) * 1000
+                extra = [
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-process-time-ms", f"{elapsed_ms:.1f}".encode()),
+                    (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error serving %s %s", scope.get("method"), scope.get("path"))
+            status = 500
+            if not started:
+                await send_problem(
+                    send_wrapper,
+                    500,
+                    "internal-error",
+                    "the server failed on this request; it was logged with this request_id",
+                    request_id,
+                )
+        finally:
+            duration = time.perf_counter() - start
+            route = scope.get("route")
+            route_path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(route_path, scope.get("method", ""), status, duration)
+            client = scope.get("client")
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "route": route_path,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 2),
+                        "client": client[0] if client else None,
+                        "user_agent": headers.get(b"user-agent", b"").decode("latin-1")[:200],
+                    }
+                },
+            )
+            request_id_var.reset(token)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies above ``limit_for(path)`` bytes with 413: at once when Content-Length says so,
+    otherwise as soon as the streamed bytes pass the limit (chunked uploads, lying Content-Length)."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], metrics: Metrics):
+        self.app, self.limit_for, self.metrics = app, limit_for, metrics
+
+    def _detail(self, limit: int) -> str:
+        return f"the request body is larger than {limit:,} bytes: send a smaller image (or fewer images)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        request_id = scope.get("state", {}).get("request_id")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await send_problem(
+                    send, 400, "bad-request", "the Content-Length header is not a number", request_id
+                )
+                return
+            if declared > limit:
+                self.metrics.rejected_upload("body_too_large")
+                await send_problem(
+                    send, 413, "body-too-large", self._detail(limit), request_id, [(b"connection", b"close")]
+                )
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_wrapper)
+        except BodyTooLarge:
+            self.metrics.rejected_upload("body_too_large")
+            if not started:
+                await send_problem(
+                    send, 413, "body-too-large", self._detail(limit), request_id, [(b"connection", b"close")]
+                )

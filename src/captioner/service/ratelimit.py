@@ -1,0 +1,128 @@
+"""Token-bucket rate limiting per client (API key if any, else IP), in memory or in Redis.
+
+A bucket holds at most ``burst`` tokens and refills at ``per_minute / 60`` tokens per second; each request
+takes one. In Redis the whole read-refill-take step is one Lua script (atomic, clocked by the Redis server's
+TIME), so several instances behind a load balancer share one limit per client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+log = logging.getLogger("captioner.service")
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int  # bucket size
+    remaining: int  # whole tokens left after this request
+    reset_s: int  # seconds until the bucket is full again
+    retry_after_s: int  # seconds until one token is available (0 if allowed)
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            out["Retry-After"] = str(self.retry_after_s)
+        return out
+
+
+def _decide(tokens: float, allowed: bool, burst: int, rate_per_s: float) -> Decision:
+    return Decision(
+        allowed=allowed,
+        limit=burst,
+        remaining=max(0, math.floor(tokens)),
+        reset_s=max(0, math.ceil((burst - tokens) / rate_per_s)),
+        retry_after_s=0 if allowed else max(1, math.ceil((1 - tokens) / rate_per_s)),
+    )
+
+
+class MemoryRateLimiter:
+    backend = "memory"
+
+    def __init__(self, per_minute: int, burst: int, max_clients: int = 100_000):
+        self.rate_per_s, self.burst = per_minute / 60.0, burst
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = (
+            OrderedDict()
+        )  # client -> (tokens, monotonic s)
+        self._lock = threading.Lock()
+
+    def hit(self, client: str) -> Decision:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate_per_s)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[client] = (tokens, now)
+            self._buckets.move_to_end(client)
+            while len(self._buckets) > self.max_clients:  # forget the least recently seen clients
+                self._buckets.popitem(last=False)
+        return _decide(tokens, allowed, self.burst, self.rate_per_s)
+
+
+# KEYS[1] bucket hash; ARGV: rate (tokens/s), burst. Returns {allowed 0|1, tokens as a string (Lua numbers
+# become integers in replies)}.
+_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil then tokens = burst; ts = now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+
+class RedisRateLimiter:
+    """Shared limit. If Redis fails at request time the request is judged by a local in-memory bucket
+    (logged), so an outage degrades to per-instance limits instead of refusing or admitting everyone."""
+
+    backend = "redis"
+    prefix = "captioner:ratelimit:"
+
+    def __init__(self, client, per_minute: int, burst: int):
+        self.client, self.rate_per_s, self.burst = client, per_minute / 60.0, burst
+        self._script = client.register_script(_LUA)
+        self._fallback = MemoryRateLimiter(per_minute, burst)
+
+    def hit(self, client: str) -> Decision:
+        try:
+            allowed, tokens = self._script(keys=[self.prefix + client], args=[self.rate_per_s, self.burst])
+        except Exception as exc:  # noqa: BLE001 - any redis/network error
+            log.warning("redis rate limiter failed (%s); using this instance's in-memory limit", exc)
+            return self._fallback.hit(client)
+        return _decide(float(tokens), bool(int(allowed)), self.burst, self.rate_per_s)
+
+
+class NoRateLimiter:
+    backend = "none"
+
+    def hit(self, client: str) -> Decision | None:
+        return None
+
+
+def make_rate_limiter(per_minute: int, burst: int, redis_client=None):
+    if per_minute <= 0:
+        return NoRateLimiter()
+    if redis_client is not None:
+        return RedisRateLimiter(redis_client, per_minute, burst)
+    return MemoryRateLimiter(per_minute, burst)

@@ -1,0 +1,189 @@
+"""POST /generate-caption/ (one image) and POST /generate-captions/ (a batch): the inference endpoints.
+
+Handlers are plain ``def``: FastAPI runs them in its threadpool, where they wait (bounded by the request
+timeout) for a job on the inference pool. Uploads are parsed by an async dependency before the handler runs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from captioner.decode.captioner import Captioner
+from captioner.decode.options import DecodeOptions
+from captioner.errors import CaptionerError, ImageError
+from captioner.service.cache import cache_key
+from captioner.service.deps import (
+    CaptionerDep,
+    OptionsDep,
+    StateDep,
+    rate_limit,
+    read_files,
+)
+from captioner.service.problems import ServiceError, from_captioner_error, problem_body
+from captioner.service.schemas import PROBLEM_RESPONSES, BatchItem, BatchOut, CaptionOut
+from captioner.service.state import ServiceState
+
+router = APIRouter(tags=["captions"], dependencies=[Depends(rate_limit)], responses=PROBLEM_RESPONSES)
+
+
+async def _one_file(request: Request, state: StateDep) -> bytes:
+    return (await read_files(request, state, ("file",), 1))[0]
+
+
+async def _many_files(request: Request, state: StateDep) -> list[bytes]:
+    return await read_files(request, state, ("files", "file"), state.settings.max_batch_images)
+
+
+def _body_schema(batch: bool) -> dict:
+    binary = {"type": "string", "format": "binary"}
+    if batch:
+        props = {"files": {"type": "array", "items": binary, "minItems": 1}}
+        required = ["files"]
+    else:
+        props = {"file": {**binary, "description": "a JPEG, PNG, WebP, BMP or GIF image"}}
+        required = ["file"]
+    schema = {"type": "object", "properties": props, "required": required}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _entry(result) -> dict:
+    return {
+        "caption": result.caption,
+        "candidates": [c.__dict__ for c in result.candidates],
+        "timings_ms": {
+            "encoder": result.timings_ms.get("encoder", 0.0),
+            "decoder": result.timings_ms.get("decoder", 0.0),
+        },
+    }
+
+
+def _caption_one(
+    state: ServiceState, captioner: Captioner, image: bytes, options: DecodeOptions, key: str
+) -> dict:
+    start = time.perf_counter()
+    result = captioner.caption_images([captioner.load(image)], options)[0]
+    state.metrics.inference.labels("single").observe(time.perf_counter() - start)
+    entry = _entry(result)
+    state.cache.set(key, entry)
+    return entry
+
+
+def _caption_many(
+    state: ServiceState,
+    captioner: Captioner,
+    images: dict[int, bytes],
+    options: DecodeOptions,
+    keys: list[str],
+) -> dict[int, dict | CaptionerError]:
+    """Decode each image on its own (one bad file fails only its item), then caption the good ones as one batch."""
+    start = time.perf_counter()
+    out: dict[int, dict | CaptionerError] = {}
+    decoded = {}
+    for i, data in images.items():
+        try:
+            decoded[i] = captioner.load(data)
+        except ImageError as exc:
+            out[i] = exc
+    if decoded:
+        for i, result in zip(decoded, captioner.caption_images(list(decoded.values()), options), strict=True):
+            out[i] = _entry(result)
+            state.cache.set(keys[i], out[i])
+    state.metrics.inference.labels("batch").observe(time.perf_counter() - start)
+    return out
+
+
+def _response(entry: dict, version: str, cached: bool, started: float) -> CaptionOut:
+    timings = {"encoder": 0.0, "decoder": 0.0} if cached else entry["timings_ms"]
+    total = (time.perf_counter() - started) * 1000
+    return CaptionOut(
+        caption=entry["caption"],
+        candidates=entry["candidates"],
+        model_version=version,
+        timings_ms={**timings, "total": total},
+        cached=cached,
+    )
+
+
+@router.post(
+    "/generate-caption/",
+    response_model=CaptionOut,
+    summary="Caption one image",
+    openapi_extra=_body_schema(batch=False),
+)
+def generate_caption(
+    response: Response,
+    state: StateDep,
+    captioner: CaptionerDep,
+    options: OptionsDep,
+    image: Annotated[bytes, Depends(_one_file)],
+) -> CaptionOut:
+    """Upload one image as multipart field `file`; get its caption and the n-best candidates.
+
+    The image type is read from the bytes (the filename and content type are ignored). Identical requests
+    (same bytes, options and model) are answered from the cache: header `X-Cache: HIT`.
+    """
+    started = time.perf_counter()
+    key = cache_key(image, options, captioner.version)
+    entry = state.cache.get(key)
+    cached = entry is not None
+    state.metrics.cache_lookup(cached)
+    if entry is None:
+        future, leader = state.flights.join_or_start(
+            key, lambda: state.pool.submit(lambda: _caption_one(state, captioner, image, options, key))
+        )
+        try:
+            entry = state.pool.wait(future, started)
+        except ImageError as exc:
+            state.metrics.rejected_upload(from_captioner_error(exc).slug)
+            raise
+        cached = not leader
+    response.headers["X-Cache"] = "HIT" if cached else "MISS"
+    return _response(entry, captioner.version, cached, started)
+
+
+@router.post(
+    "/generate-captions/",
+    response_model=BatchOut,
+    summary="Caption several images",
+    openapi_extra=_body_schema(batch=True),
+)
+def generate_captions(
+    request: Request,
+    state: StateDep,
+    captioner: CaptionerDep,
+    options: OptionsDep,
+    images: Annotated[list[bytes], Depends(_many_files)],
+) -> BatchOut:
+    """Upload up to `CAPTIONER_MAX_BATCH_IMAGES` images as repeated multipart field `files`.
+
+    Returns one item per file, in order: `{"index", "result"}` or `{"index", "error"}` (a problem object), so
+    one bad file does not fail the others. The status is 200 whenever the request itself was valid.
+    """
+    started = time.perf_counter()
+    keys = [cache_key(data, options, captioner.version) for data in images]
+    entries: list[dict | None] = [state.cache.get(k) for k in keys]
+    for e in entries:
+        state.metrics.cache_lookup(e is not None)
+    todo = {i: images[i] for i, e in enumerate(entries) if e is None}
+    computed: dict[int, dict | CaptionerError] = {}
+    if todo:
+        future = state.pool.submit(lambda: _caption_many(state, captioner, todo, options, keys))
+        computed = state.pool.wait(future, started)
+    request_id = request.scope.get("state", {}).get("request_id")
+    items = []
+    for i, entry in enumerate(entries):
+        if entry is not None:
+            items.append(BatchItem(index=i, result=_response(entry, captioner.version, True, started)))
+            continue
+        outcome = computed[i]
+        if isinstance(outcome, CaptionerError):
+            err: ServiceError = from_captioner_error(outcome)
+            state.metrics.rejected_upload(err.slug)
+            body = problem_body(err.status, err.slug, f"file {i + 1}: {err.detail}", err.title, request_id)
+            items.append(BatchItem(index=i, error=body))
+        else:
+            items.append(BatchItem(index=i, result=_response(outcome, captioner.version, False, started)))
+    return BatchOut(results=items, model_version=captioner.version)

@@ -1,0 +1,188 @@
+"""MicroBatcher: batched results equal one-at-a-time runs, batches form, back-pressure, errors stay local."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from captioner.decode.batcher import MicroBatcher, QueueFull
+from captioner.decode.captioner import Captioner
+from captioner.decode.options import DecodeOptions
+
+GREEDY = DecodeOptions(strategy="greedy", max_length=10)
+BEAM = DecodeOptions(strategy="beam", beam_size=3, max_length=10, n_best=2)
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_bundle) -> Captioner:
+    return Captioner.from_bundle(tiny_bundle, threads=1)
+
+
+@pytest.fixture(scope="module")
+def images(captioner, photo_files):
+    return [captioner.load(p) for p in photo_files]
+
+
+@pytest.fixture(scope="module")
+def reference(captioner, images):
+    """One-at-a-time results per (image index, options)."""
+    return {
+        (i, opts): captioner.caption_images([im], opts)[0] for i, im in enumerate(images) for opts in (GREEDY, BEAM)
+    }
+
+
+class GatedEncoder:
+    """Wraps an encoder: blocks every encode() until ``gate`` is set; raises for images in ``bad``."""
+
+    def __init__(self, encoder, bad: tuple[int, ...] = ()):
+        self.encoder, self.bad = encoder, {id(x) for x in bad}
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.preprocessing, self.feature_size = encoder.preprocessing, encoder.feature_size
+
+    def encode(self, images):
+        self.entered.set()
+        self.gate.wait(10)
+        if any(id(im) in self.bad for im in images):
+            raise ValueError("this image cannot be encoded")
+        return self.encoder.encode(images)
+
+
+def _same(result, ref):
+    assert result.caption == ref.caption
+    assert [c.caption for c in result.candidates] == [c.caption for c in ref.candidates]
+    # Batched BLAS may sum in another order than the single-row case: log-probs agree to float32 rounding.
+    np.testing.assert_allclose(
+        [c.log_prob for c in result.candidates], [c.log_prob for c in ref.candidates], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_concurrent_results_equal_one_at_a_time_runs(captioner, images, reference):
+    jobs = [(i % len(images), (GREEDY, BEAM)[(i // len(images)) % 2]) for i in range(48)]
+    with MicroBatcher(captioner, max_batch_size=8, max_wait_ms=20) as batcher:
+        with ThreadPoolExecutor(16) as pool:
+            futures = list(pool.map(lambda job: batcher.submit(images[job[0]], job[1]), jobs))
+        results = [f.result(timeout=60) for f in futures]
+        stats = batcher.stats
+    for job, result in zip(jobs, results, strict=True):
+        _same(result, reference[job])
+        assert set(result.timings_ms) >= {"encoder", "decoder", "queue"}
+    assert stats.images == len(jobs) and stats.rejected == 0
+
+
+def test_batches_form_under_concurrent_submission(captioner, images):
+    n = 8
+    barrier = threading.Barrier(n)
+
+    def submit(i):
+        barrier.wait()
+        return batcher.submit(images[i % len(images)], GREEDY)
+
+    with MicroBatcher(captioner, max_batch_size=n, max_wait_ms=300) as batcher:
+        with ThreadPoolExecutor(n) as pool:
+            futures = list(pool.map(submit, range(n)))
+        for f in futures:
+            f.result(timeout=60)
+        stats = batcher.stats
+    assert stats.images == n
+    assert stats.mean_batch_size > 1 and stats.largest_batch <= n
+
+
+def test_queue_full_when_the_worker_is_blocked(captioner, images):
+    gated = GatedEncoder(captioner.encoder)
+    gated.gate.clear()
+    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    batcher = MicroBatcher(blocked, max_batch_size=2, max_wait_ms=0, max_queue=3)
+    try:
+        first = [batcher.submit(images[0], GREEDY)]
+        assert gated.entered.wait(10)  # the worker holds a batch and is stuck in encode()
+        queued = [batcher.submit(images[i % len(images)], GREEDY) for i in range(3)]
+        with pytest.raises(QueueFull, match="max_queue=3"):
+            batcher.submit(images[0], GREEDY)
+        assert batcher.stats.rejected == 1 and batcher.stats.queued == 3
+    finally:
+        gated.gate.set()
+        batcher.close()
+    for f in first + queued:
+        assert f.result(timeout=60).caption is not None
+
+
+def test_mixed_options_share_an_encoder_batch_but_not_a_search(captioner, images, reference):
+    gated = GatedEncoder(captioner.encoder)
+    gated.gate.clear()
+    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    with MicroBatcher(blocked, max_batch_size=8, max_wait_ms=0) as batcher:
+        batcher.submit(images[0], GREEDY)  # occupies the worker while the mixed batch queues up
+        assert gated.entered.wait(10)
+        jobs = [(i, opts) for i in range(len(images)) for opts in (GREEDY, BEAM)]
+        futures = [batcher.submit(images[i], opts) for i, opts in jobs]
+        gated.gate.set()
+        results = [f.result(timeout=60) for f in futures]
+        stats = batcher.stats
+    for job, result in zip(jobs, results, strict=True):
+        _same(result, reference[job])
+        assert len(result.candidates) == job[1].n_best
+    assert stats.batches == 2 and stats.largest_batch == len(jobs)
+    assert stats.decode_groups == 1 + 2  # the first batch, then one search per distinct options
+
+
+def test_an_error_fails_only_its_own_request(captioner, images, reference):
+    bad = images[1].copy()
+    gated = GatedEncoder(captioner.encoder, bad=(bad,))
+    gated.gate.clear()
+    with MicroBatcher(Captioner(gated, captioner.decoder, captioner.vocabulary), max_wait_ms=0) as batcher:
+        batcher.submit(images[0], GREEDY)
+        assert gated.entered.wait(10)
+        good = [batcher.submit(images[i], GREEDY) for i in (0, 2, 3)]
+        failed = batcher.submit(bad, GREEDY)
+        gated.gate.set()
+        with pytest.raises(ValueError, match="cannot be encoded"):
+            failed.result(timeout=60)
+        for i, f in zip((0, 2, 3), good, strict=True):
+            _same(f.result(timeout=60), reference[(i, GREEDY)])
+
+
+def test_close_drains_the_queue_and_refuses_new_work(captioner, images):
+    batcher = MicroBatcher(captioner, max_batch_size=2, max_wait_ms=1000)
+    futures = [batcher.submit(images[i % len(images)], GREEDY) for i in range(7)]
+    batcher.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert batcher.stats.images == 7 and batcher.stats.queued == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(images[0], GREEDY)
+    batcher.close()  # idempotent
+
+
+def test_cancelled_requests_are_skipped(captioner, images):
+    gated = GatedEncoder(captioner.encoder)
+    gated.gate.clear()
+    with MicroBatcher(Captioner(gated, captioner.decoder, captioner.vocabulary), max_wait_ms=0) as batcher:
+        batcher.submit(images[0], GREEDY)
+        assert gated.entered.wait(10)
+        cancelled, kept = batcher.submit(images[1], GREEDY), batcher.submit(images[2], GREEDY)
+        assert cancelled.cancel()
+        gated.gate.set()
+        assert kept.result(timeout=60).caption is not None
+    assert batcher.stats.images == 2
+
+
+def test_async_caption(captioner, images, reference):
+    async def main():
+        with MicroBatcher(captioner, max_wait_ms=20) as batcher:
+            return await asyncio.gather(*(batcher.caption(im, BEAM) for im in images))
+
+    for i, result in enumerate(asyncio.run(main())):
+        _same(result, reference[(i, BEAM)])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_batch_size": 0}, {"max_wait_ms": -1}, {"max_queue": 0}], ids=["batch", "wait", "queue"]
+)
+def test_invalid_settings_are_refused(captioner, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        MicroBatcher(captioner, **kwargs)

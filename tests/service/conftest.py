@@ -1,0 +1,116 @@
+"""Service fixtures: the app built around the tiny random-weight bundle (tests/conftest.py), driven by TestClient.
+
+``make_client(**settings)`` builds a fresh app (its own cache, limiter and metrics) with any settings changed;
+the captioner is loaded once per session and injected, so each app starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# The test modules import their input builders as ``service_inputs`` (test folders are not packages).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fastapi.testclient import TestClient
+
+from captioner.decode.captioner import Captioner
+from captioner.service.app import create_app
+from captioner.service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def service_captioner(tiny_bundle) -> Captioner:
+    return Captioner.from_bundle(tiny_bundle, threads=1)
+
+
+def service_settings(tiny_bundle: Path, **overrides) -> Settings:
+    """Settings that ignore the environment's .env and default to no rate limit (tests opt in)."""
+    values = {"bundle_path": tiny_bundle, "rate_limit_per_minute": 0, "inference_workers": 1}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def make_client(tiny_bundle, service_captioner) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def build(captioner: Captioner | None = service_captioner, **overrides) -> TestClient:
+        app = create_app(service_settings(tiny_bundle, **overrides), captioner=captioner)
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()  # runs the lifespan: model warm-up, readiness
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for the shared rate limit and cache tests."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.skip("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def temp_listing() -> Callable[[], set[str]]:
+    """Names in the temp folder, to check that no request leaves (or writes) a temp file."""
+    folder = tempfile.gettempdir()
+    return lambda: set(os.listdir(folder))
