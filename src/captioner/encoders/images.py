@@ -6,6 +6,7 @@ Training features and serving features must come from identical pixels, so every
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import asdict, dataclass
@@ -101,13 +102,14 @@ def load_image(
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"the {fmt} image{name} is corrupt or truncated and cannot be decoded ({exc})") from None
+        raise ImageError(
+            f"the {fmt} image{name} is corrupt or truncated and cannot be decoded ({exc})"
+        ) from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
         raise ImageTooLarge(str(exc)) from None
-    try:
+    # A broken EXIF block must not reject an otherwise good photo.
+    with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject an otherwise good photo
-        pass
     return _to_rgb(image)
 
 

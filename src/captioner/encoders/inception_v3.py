@@ -27,7 +27,9 @@ def build_feature_model(weights: str | Path | None = "imagenet", seed: int = 0):
     path = Path(weights)
     if not path.is_file():
         raise EncoderError(f"InceptionV3 weights file not found: {path} (use 'imagenet' or a local .h5 file)")
-    model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3))
+    model = keras.applications.InceptionV3(
+        weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3)
+    )
     try:
         model.load_weights(str(path), skip_mismatch=False)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a wrong file

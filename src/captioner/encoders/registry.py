@@ -66,4 +66,6 @@ def get_encoder_spec(name: str) -> EncoderSpec:
     try:
         return ENCODERS[name]
     except KeyError:
-        raise EncoderError(f"unknown encoder {name!r}; choose one of: {', '.join(sorted(ENCODERS))}") from None
+        raise EncoderError(
+            f"unknown encoder {name!r}; choose one of: {', '.join(sorted(ENCODERS))}"
+        ) from None

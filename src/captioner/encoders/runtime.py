@@ -46,7 +46,9 @@ class OnnxEncoder:
             raise EncoderError(f"{self.path} is not a valid ONNX encoder: {exc}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
-            raise EncoderError(f"{self.path} has no '{METADATA_KEY}' metadata: export it with captioner export-encoder")
+            raise EncoderError(
+                f"{self.path} has no '{METADATA_KEY}' metadata: export it with captioner export-encoder"
+            )
         self.info = json.loads(meta[METADATA_KEY])
         self.name: str = self.info["name"]
         self.preprocessing = Preprocessing.from_dict(self.info["preprocessing"])

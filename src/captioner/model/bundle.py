@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -49,10 +50,8 @@ def sha256_file(path: Path) -> str:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("captioner", "keras", "tensorflow-cpu", "onnxruntime", "onnx", "numpy", "torch"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

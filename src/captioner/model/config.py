@@ -20,13 +20,15 @@ class DecoderConfig:
     hidden_dim: int = 512
     dropout: float = 0.5
     max_length: int = 30
+    feature_dropout: float = 0.5  # dropout on the encoder's pooled features (training only)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "feature_size", "embed_dim", "hidden_dim", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DecoderConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"DecoderConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "feature_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"DecoderConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +48,7 @@ class TrainConfig:
     embed_dim: int = 256
     hidden_dim: int = 512
     dropout: float = 0.5
+    feature_dropout: float = 0.5
     batch_size: int = 64
     epochs: int = 30
     learning_rate: float = 2e-3

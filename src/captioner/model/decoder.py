@@ -28,7 +28,9 @@ def build_decoder(config: DecoderConfig) -> keras.Model:
     c = config
     features = keras.Input((c.feature_size,), dtype="float32", name="features")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    v = layers.Dense(c.embed_dim, activation="relu", name="image_proj")(layers.Dropout(c.dropout)(features))
+    v = layers.Dense(c.embed_dim, activation="relu", name="image_proj")(
+        layers.Dropout(c.feature_dropout)(features)
+    )
     h0 = layers.Dense(c.hidden_dim, activation="tanh", name="init_h")(v)
     c0 = layers.Dense(c.hidden_dim, activation="tanh", name="init_c")(v)
     e = layers.Dropout(c.dropout)(layers.Embedding(c.vocab_size, c.embed_dim, name="embedding")(tokens))

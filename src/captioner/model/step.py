@@ -55,7 +55,9 @@ class NumpyDecoder:
         for name, shape in expected.items():
             if name not in w or w[name].shape != shape:
                 got = w[name].shape if name in w else "missing"
-                raise BundleError(f"decoder weight {name} should have shape {shape}, got {got}: weights and config disagree")
+                raise BundleError(
+                    f"decoder weight {name} should have shape {shape}, got {got}: weights and config disagree"
+                )
         self.w = w
         # The input-side LSTM matmul is a table lookup: embedding @ kernel precomputed per word ([V, 4H]).
         self.token_gates = w["embedding"] @ w["lstm/kernel"] + w["lstm/bias"]
@@ -69,9 +71,10 @@ class NumpyDecoder:
             with h5py.File(path, "r") as f:
                 w = {}
                 for name, key in _H5_KEYS.items():
-                    names = {"embedding": ["embedding"], "lstm": ["lstm/kernel", "lstm/recurrent_kernel", "lstm/bias"]}.get(
-                        name, [f"{name}/kernel", f"{name}/bias"]
-                    )
+                    names = {
+                        "embedding": ["embedding"],
+                        "lstm": ["lstm/kernel", "lstm/recurrent_kernel", "lstm/bias"],
+                    }.get(name, [f"{name}/kernel", f"{name}/bias"])
                     for i, wname in enumerate(names):
                         w[wname] = f[f"{key}/vars/{i}"][()]
         except (OSError, KeyError) as exc:
@@ -81,12 +84,16 @@ class NumpyDecoder:
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         """features [B, F] -> (h0 [B, H], c0 [B, H], v [B, E])."""
         w = self.w
-        v = np.maximum(features.astype(np.float32, copy=False) @ w["image_proj/kernel"] + w["image_proj/bias"], 0)
+        v = np.maximum(
+            features.astype(np.float32, copy=False) @ w["image_proj/kernel"] + w["image_proj/bias"], 0
+        )
         h = np.tanh(v @ w["init_h/kernel"] + w["init_h/bias"])
         c = np.tanh(v @ w["init_c/kernel"] + w["init_c/bias"])
         return h, c, v
 
-    def step(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    def step(
+        self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """tokens int [N], state (h, c, v) -> (log_probs float32 [N, V], new state). Keras gate order i, f, c, o."""
         h, c, v = state
         w = self.w

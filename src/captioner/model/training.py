@@ -46,6 +46,7 @@ class TrainResult:
 
 def numpy_decoder_from_model(model, config: DecoderConfig) -> NumpyDecoder:
     """A NumpyDecoder over the current weights of a Keras model built by ``build_decoder``."""
+
     def get(layer: str, i: int) -> np.ndarray:
         return keras.ops.convert_to_numpy(model.get_layer(layer).weights[i])
 
@@ -101,6 +102,7 @@ def train(
         hidden_dim=config.hidden_dim,
         dropout=config.dropout,
         max_length=config.max_length,
+        feature_dropout=config.feature_dropout,
     )
     (run_dir / "run_config.json").write_text(
         json.dumps({"train": config.to_dict(), "decoder": dconf.to_dict()}, indent=2)
@@ -109,12 +111,16 @@ def train(
     def batches(names: list[str], shuffle: bool, seed: int) -> LengthBuckets:
         seqs = build_sequences(names, dataset.captions, vocab, config.max_length)
         feats = np.stack([features[n] for n in names]).astype(np.float32)
-        return LengthBuckets(feats, seqs.image_index, seqs.inputs, seqs.targets, config.batch_size, shuffle, seed)
+        return LengthBuckets(
+            feats, seqs.image_index, seqs.inputs, seqs.targets, config.batch_size, shuffle, seed
+        )
 
     train_data = batches(train_names, True, config.seed)
     dev_data = batches(dev_names, False, config.seed)
     dev_features = np.stack([features[n] for n in dev_names]).astype(np.float32)
-    log.info("training on %d captions of %d images, vocabulary %d", train_data.rows, len(train_names), len(vocab))
+    log.info(
+        "training on %d captions of %d images, vocabulary %d", train_data.rows, len(train_names), len(vocab)
+    )
 
     model = build_decoder(dconf)
     model.compile(
@@ -220,9 +226,17 @@ class LengthBuckets:
 class _DevScore(keras.callbacks.Callback):
     """After each epoch, caption the dev images with the NumPy step decoder and log dev_<metric> values."""
 
-    def __init__(self, score_fn: ScoreFn, config: DecoderConfig, features: np.ndarray, names: list[str], monitor: str):
+    def __init__(
+        self, score_fn: ScoreFn, config: DecoderConfig, features: np.ndarray, names: list[str], monitor: str
+    ):
         super().__init__()
-        self.score_fn, self.config, self.features, self.names, self.monitor = score_fn, config, features, names, monitor
+        self.score_fn, self.config, self.features, self.names, self.monitor = (
+            score_fn,
+            config,
+            features,
+            names,
+            monitor,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         scores = self.score_fn(numpy_decoder_from_model(self.model, self.config), self.features, self.names)
