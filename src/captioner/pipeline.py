@@ -38,14 +38,35 @@ def encoder_file(name: str, cache_dir: Path, weights: str | None = "imagenet") -
 
 
 def dataset_features(
-    dataset, encoder: OnnxEncoder, cache_dir: Path, splits, batch_size: int = 32, progress=True
+    dataset,
+    encoder: OnnxEncoder,
+    cache_dir: Path,
+    splits,
+    batch_size: int = 32,
+    progress=True,
+    flip_split=None,
 ):
-    """{image name: feature [F]} for every available image of ``splits``, cached per encoder."""
+    """{image name: features [F]} for every available image of ``splits``, cached per encoder.
+
+    flip_split: also extract mirrored-image features for this split; its images then map to [2, F].
+    """
     names = sorted({n for s in splits for n in dataset.available(s)})
-    feats = extract_features(
-        names, dataset.image_dir, encoder, Path(cache_dir) / "features" / encoder.name, batch_size, progress
+    root = Path(cache_dir) / "features" / encoder.name
+    out = dict(
+        zip(
+            names,
+            extract_features(names, dataset.image_dir, encoder, root, batch_size, progress),
+            strict=True,
+        )
     )
-    return dict(zip(names, feats, strict=True))
+    if flip_split:
+        flipped = dataset.available(flip_split)
+        root_flip = root / f"flip-{flip_split}"
+        mirrored = extract_features(
+            flipped, dataset.image_dir, encoder, root_flip, batch_size, progress, flip=True
+        )
+        out.update({n: np.stack([out[n], m]) for n, m in zip(flipped, mirrored, strict=True)})
+    return out
 
 
 def make_score_fn(dataset, vocabulary_path: Path, options: DecodeOptions = SELECTION_OPTIONS):
@@ -83,8 +104,9 @@ def train_pipeline(
     onnx_path = encoder_file(config.encoder, cache_dir, encoder_weights)
     encoder = OnnxEncoder(onnx_path)
     features = dataset_features(
-        dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress
-    )
+        dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress,
+        flip_split=config.train_split if config.flip_augment else None,
+    )  # fmt: skip
     score_fn = make_score_fn(dataset, run_dir / "vocabulary.json")
     model, result = train(dataset, features, run_dir, config, score_fn=score_fn, progress=progress)
     training = {

@@ -129,3 +129,24 @@ def test_score_fn_selects_the_best_epoch(dataset, features, tmp_path):
     for name, value in seen[1].items():
         np.testing.assert_array_equal(best[name], value, err_msg=name)
     assert not np.array_equal(best["logits/kernel"], seen[3]["logits/kernel"])
+
+
+def test_augmented_views_are_drawn_at_random_per_caption():
+    from captioner.model.training import LengthBuckets
+
+    feats = np.stack([np.stack([np.full(3, 10 * i), np.full(3, 10 * i + 1)]) for i in range(4)]).astype(np.float32)
+    targets = np.array([[5, 2, 0]] * 40, np.int32)
+    data = LengthBuckets(feats, np.arange(40, dtype=np.int32) % 4, targets, targets, 8, shuffle=True, seed=0)
+    seen = set()
+    for i in range(len(data)):
+        (x_feats, _), _ = data[i]
+        seen |= {int(v) % 10 for v in x_feats[:, 0]}
+    assert seen == {0, 1}  # both the image and its mirrored view are used
+    dev = LengthBuckets(feats[:, :1], np.arange(40, dtype=np.int32) % 4, targets, targets, 8, shuffle=False, seed=0)
+    assert all(int(v) % 10 == 0 for i in range(len(dev)) for v in dev[i][0][0][:, 0])
+
+
+def test_trains_with_mirrored_views(dataset, features, tmp_path):
+    views = {n: np.stack([f, f[::-1]]) for n, f in features.items()}
+    _, result = train(dataset, views, tmp_path, TrainConfig(**FAST, flip_augment=True), progress=False)
+    assert result.decoder_config.feature_size == len(NAMES) and "val_loss" in result.best_scores

@@ -39,9 +39,11 @@ def extract_features(
     cache_dir: str | Path,
     batch_size: int = 32,
     progress: bool = True,
+    flip: bool = False,
 ) -> np.ndarray:
     """Features float32 [len(names), encoder.feature_size] for image_dir/name, computed once and cached.
 
+    flip: features of the horizontally mirrored images (training-time augmentation).
     An unreadable image raises DataError naming it (training on a silently zeroed row would be worse).
     """
     from tqdm import tqdm
@@ -54,6 +56,7 @@ def extract_features(
         "names_sha256": _names_digest(names),
         "count": len(names),
         "feature_size": encoder.feature_size,
+        **({"flip": True} if flip else {}),
     }
     index_path, feat_path, done_path = (
         cache_dir / "index.json",
@@ -77,7 +80,10 @@ def extract_features(
 
     def load(i: int) -> np.ndarray:
         try:
-            return load_and_preprocess(image_dir / names[i], spec)
+            x = load_and_preprocess(image_dir / names[i], spec)
+            return (
+                np.ascontiguousarray(x[..., ::-1] if spec.layout == "NCHW" else x[:, ::-1, :]) if flip else x
+            )
         except ImageError as exc:
             raise DataError(f"cannot extract features for {names[i]}: {exc}") from None
 
@@ -88,7 +94,7 @@ def extract_features(
             total=len(names),
             initial=len(names) - len(todo),
             disable=not progress,
-            desc=f"features[{encoder.name}]",
+            desc=f"features[{encoder.name}{'-flip' if flip else ''}]",
             unit="img",
         ) as bar,
     ):

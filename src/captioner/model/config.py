@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 1234
     train_split: str = "train"
     dev_split: str = "dev"
+    flip_augment: bool = False  # also train on features of mirrored images (a random view per caption)
     limit_images: int | None = None  # use only the first N training images (smoke runs)
 
     def to_dict(self) -> dict:

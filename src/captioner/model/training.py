@@ -68,7 +68,8 @@ def train(
 ):
     """Train a decoder; returns (keras model with the best weights, TrainResult).
 
-    features: image name -> pooled feature vector [F] for every train and dev image used.
+    features: image name -> pooled features [F], or [K, F] for K views (view 0 the image itself, the others
+        augmentations such as the mirrored image; training draws a random view per caption per epoch).
     monitor: the key of ``score_fn``'s result to maximise (ignored without score_fn: val_loss is minimised).
     """
     from captioner.model.decoder import build_decoder
@@ -94,7 +95,7 @@ def train(
             (c for n in train_names for c in dataset.captions[n]), min_count=config.min_count
         )
         vocab.save(vocab_path)
-    feature_size = int(next(iter(features.values())).shape[-1])
+    feature_size = int(np.shape(next(iter(features.values())))[-1])
     dconf = DecoderConfig(
         vocab_size=len(vocab),
         feature_size=feature_size,
@@ -110,14 +111,19 @@ def train(
 
     def batches(names: list[str], shuffle: bool, seed: int) -> LengthBuckets:
         seqs = build_sequences(names, dataset.captions, vocab, config.max_length)
-        feats = np.stack([features[n] for n in names]).astype(np.float32)
+        # [images, views, F]: view 0 is the image itself, others are augmentations (mirrored).
+        feats = np.stack([np.reshape(features[n], (-1, feature_size)) for n in names]).astype(np.float32)
+        if not shuffle:
+            feats = feats[:, :1]
         return LengthBuckets(
             feats, seqs.image_index, seqs.inputs, seqs.targets, config.batch_size, shuffle, seed
         )
 
     train_data = batches(train_names, True, config.seed)
     dev_data = batches(dev_names, False, config.seed)
-    dev_features = np.stack([features[n] for n in dev_names]).astype(np.float32)
+    dev_features = np.stack([np.reshape(features[n], (-1, feature_size))[0] for n in dev_names]).astype(
+        np.float32
+    )
     log.info(
         "training on %d captions of %d images, vocabulary %d", train_data.rows, len(train_names), len(vocab)
     )
@@ -200,7 +206,13 @@ class LengthBuckets:
     def __getitem__(self, i):
         rows = self.plan[i]
         width = min(self.inputs.shape[1], -(-int(self.lengths[rows].max()) // 4) * 4)
-        x = (self.feats[self.image_index[rows]], self.inputs[rows, :width])
+        images = self.image_index[rows]
+        views = (
+            self.rng.integers(self.feats.shape[1], size=len(rows))
+            if self.shuffle
+            else np.zeros(len(rows), int)
+        )
+        x = (self.feats[images, views], self.inputs[rows, :width])
         return x, self.targets[rows, :width]
 
     def tf_dataset(self):
@@ -213,7 +225,7 @@ class LengthBuckets:
             for i in range(len(self.plan)):
                 yield self[i]
 
-        F = self.feats.shape[1]
+        F = self.feats.shape[2]
         signature = (
             (tf.TensorSpec((None, F), tf.float32), tf.TensorSpec((None, None), tf.int32)),
             tf.TensorSpec((None, None), tf.int32),
