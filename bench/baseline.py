@@ -69,12 +69,17 @@ def merge_weights(model) -> dict[str, np.ndarray]:
     fe, hidden, out = dense  # creation order: image Dense, decoder Dense, output Dense
     kernel, recurrent, bias = lstm.get_weights()
     return {
-        "fe/kernel": fe.get_weights()[0], "fe/bias": fe.get_weights()[1],
+        "fe/kernel": fe.get_weights()[0],
+        "fe/bias": fe.get_weights()[1],
         "embedding": embedding.get_weights()[0],
-        "lstm/kernel": kernel, "lstm/recurrent_kernel": recurrent, "lstm/bias": bias,
-        "hidden/kernel": hidden.get_weights()[0], "hidden/bias": hidden.get_weights()[1],
-        "out/kernel": out.get_weights()[0], "out/bias": out.get_weights()[1],
-    }  # fmt: skip
+        "lstm/kernel": kernel,
+        "lstm/recurrent_kernel": recurrent,
+        "lstm/bias": bias,
+        "hidden/kernel": hidden.get_weights()[0],
+        "hidden/bias": hidden.get_weights()[1],
+        "out/kernel": out.get_weights()[0],
+        "out/bias": out.get_weights()[1],
+    }
 
 
 def suppress_ids(model, ids: list[int]) -> None:
@@ -187,7 +192,9 @@ def run(artefacts: Path, photos: list[str], max_words: int, started: float) -> d
     import keras
 
     meta = json.loads((artefacts / "meta.json").read_text())
-    encoder = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3))
+    encoder = keras.applications.InceptionV3(
+        weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3)
+    )
     encoder.load_weights(artefacts / "inception_v3.weights.h5")
     model = keras.models.load_model(artefacts / "caption_model.keras")
     with open(artefacts / "tokenizer.pkl", "rb") as f:

@@ -9,7 +9,7 @@ single-image latency (one request at a time), batched throughput (batch 8 and 32
 8 concurrent callers, the encoder alone (for the fraction of machine peak), the decoder's share, the image
 decoding path, and each encoder variant (int8/fp16) given. Every figure with OpenBLAS on all cores (as shipped)
 and again limited to one thread (threadpoolctl), because onnxruntime's spinning threads and OpenBLAS's fight
-over the same 2 cores. ``quality`` captions the dev split with each encoder variant and scores BLEU-4.
+over the same 2 cores; and once more with onnxruntime's spinning off. ``quality`` captions the dev split with each encoder variant and scores BLEU-4.
 
 Also here: ``quantize_encoder`` (onnxruntime static int8 QDQ, calibrated on training photos; float16 conversion).
 """
@@ -41,7 +41,10 @@ def rss_peak_mb() -> float:
 
 def percentiles(values) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
-    return {f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)} | {"mean": float(v.mean()), "n": int(v.size)}
+    return {f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)} | {
+        "mean": float(v.mean()),
+        "n": int(v.size),
+    }
 
 
 @contextlib.contextmanager
@@ -148,7 +151,9 @@ def batched(captioner, photos: list[Path], options, batch_size: int, n_images: i
     }
 
 
-def micro_batched(captioner, photos: list[Path], options, concurrency: int, n_images: int, max_batch: int = 8) -> dict:
+def micro_batched(
+    captioner, photos: list[Path], options, concurrency: int, n_images: int, max_batch: int = 8
+) -> dict:
     """MicroBatcher fed by ``concurrency`` closed-loop callers (each decodes its JPEG, submits, waits)."""
     from captioner.decode.batcher import MicroBatcher
 
@@ -178,23 +183,39 @@ def micro_batched(captioner, photos: list[Path], options, concurrency: int, n_im
     }
 
 
-def encoder_only(encoder, photos: list[Path], repeats: int) -> dict:
-    """Encoder run time per image on preprocessed arrays, batch 1 (median) and batch 8."""
+def encoder_only(encoders: dict, photos: list[Path], repeats: int) -> dict:
+    """Encoder run time per image on preprocessed arrays, batch 1 and batch 8, for each named encoder.
+
+    The encoders take turns image by image, so a change in the machine's load hits all of them alike.
+    """
     from captioner.encoders.images import load_and_preprocess
 
-    arrays = np.stack([load_and_preprocess(p, encoder.preprocessing) for p in photos[:8]])
-    encoder.encode_arrays(arrays[:1])
-    b1 = []
+    first = next(iter(encoders.values()))
+    arrays = np.stack([load_and_preprocess(p, first.preprocessing) for p in photos[:8]])
+    b1: dict[str, list[float]] = {name: [] for name in encoders}
+    b8: dict[str, list[float]] = {name: [] for name in encoders}
+    for encoder in encoders.values():
+        encoder.encode_arrays(arrays[:1])
     for i in range(repeats):
-        t = time.perf_counter()
-        encoder.encode_arrays(arrays[i % len(arrays)][None])
-        b1.append((time.perf_counter() - t) * 1000)
-    t = time.perf_counter()
-    reps = max(1, repeats // 8)
-    for _ in range(reps):
-        encoder.encode_arrays(arrays)
-    b8 = (time.perf_counter() - t) * 1000 / (reps * len(arrays))
-    return {"b1_ms": percentiles(b1), "b1_ms_best": float(min(b1)), "b8_ms_per_image": b8, "path": str(encoder.path)}
+        for name, encoder in encoders.items():
+            t = time.perf_counter()
+            encoder.encode_arrays(arrays[i % len(arrays)][None])
+            b1[name].append((time.perf_counter() - t) * 1000)
+    for _ in range(max(1, repeats // 8)):
+        for name, encoder in encoders.items():
+            t = time.perf_counter()
+            encoder.encode_arrays(arrays)
+            b8[name].append((time.perf_counter() - t) * 1000 / len(arrays))
+    return {
+        name: {
+            "b1_ms": percentiles(b1[name]),
+            "b1_ms_best": float(min(b1[name])),
+            "b8_ms_per_image": float(np.median(b8[name])),
+            "path": str(encoder.path),
+            "file_mb": encoder.path.stat().st_size / 1e6,
+        }
+        for name, encoder in encoders.items()
+    }
 
 
 def decoder_only(captioner, photos: list[Path], options, batch_size: int) -> dict:
@@ -227,6 +248,7 @@ def image_path_costs(photos: list[Path], spec, repeats: int = 2) -> dict:
     from captioner.encoders.images import load_image, preprocess
 
     def timed(fn) -> float:
+        fn(photos[0])  # warm caches, so the order of the variants does not matter
         t = time.perf_counter()
         for _ in range(repeats):
             for p in photos:
@@ -240,7 +262,9 @@ def image_path_costs(photos: list[Path], spec, repeats: int = 2) -> dict:
         "no_draft_ms": timed(lambda p: preprocess(load_image(p.read_bytes()), spec)),
         "decode_only_ms": timed(lambda p: load_image(p.read_bytes(), draft_size=spec.size)),
         "nearest_resize_ms": timed(
-            lambda p: np.asarray(Image.open(p).convert("RGB").resize((spec.size, spec.size), Image.NEAREST), np.float32)
+            lambda p: np.asarray(
+                Image.open(p).convert("RGB").resize((spec.size, spec.size), Image.NEAREST), np.float32
+            )
         ),
     }
 
@@ -257,7 +281,9 @@ def compare_with_baseline(captioner, baseline: dict, photos: list[Path], max_wor
     feats = np.asarray([r["features"] for r in baseline["requests"]], np.float32)
     vocab = captioner.vocabulary
     greedy = DecodeOptions(strategy="greedy", max_length=max_words)
-    hyps = search(captioner.decoder.step, captioner.decoder.initial_state(feats), greedy, vocab.start_id, vocab.end_id)
+    hyps = search(
+        captioner.decoder.step, captioner.decoder.initial_state(feats), greedy, vocab.start_id, vocab.end_id
+    )
     same = [list(h[0].tokens) == r["ids"] for h, r in zip(hyps, baseline["requests"], strict=True)]
     ours_e2e = {r["photo"]: r for r in baseline["requests"]}
     return {
@@ -266,6 +292,28 @@ def compare_with_baseline(captioner, baseline: dict, photos: list[Path], max_wor
         "decoder_same_tokens_fraction": float(np.mean(same)),
         "baseline_captions": {k: v["caption"] for k, v in list(ours_e2e.items())[:3]},
     }
+
+
+def onnx_encoder(path: Path, threads: int | None = None, spinning: bool = True):
+    """An OnnxEncoder whose session has ``threads`` intra-op threads and spinning on or off."""
+    import onnxruntime as ort
+
+    from captioner.encoders.runtime import OnnxEncoder, session_options
+
+    encoder = OnnxEncoder(path, threads=threads)
+    if not spinning:
+        opts = session_options(threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        encoder.session = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    return encoder
+
+
+def _with_encoder(captioner, encoder):
+    from captioner.decode.captioner import Captioner
+
+    return Captioner(encoder, captioner.decoder, captioner.vocabulary, captioner.info, captioner.max_pixels)
 
 
 def run(args) -> dict:
@@ -282,7 +330,16 @@ def run(args) -> dict:
     greedy = DecodeOptions(strategy="greedy", max_length=max_length)
     captioner.caption_images([captioner.load(photos[0])], beam)  # warm-up = ready to serve
     ready_s = time.time() - args.started
+    if args.batched_only:  # the reference for the HTTP runs, measured right before each of them
+        n_ref = len(photos) if args.quick else 32
+        with blas_threads(args.blas_threads):
+            return {
+                "blas_threads": args.blas_threads,
+                "batch8_beam3": batched(captioner, photos, beam, 8, n_ref),
+                "batch32_beam3": batched(captioner, photos, beam, 32, n_ref),
+            }
     quick = args.quick
+    repeats = 1 if quick else SINGLE_REPEATS
     n_batch = len(photos) if quick else max(32, 2 * len(photos))
     out: dict = {
         "side": "engine",
@@ -290,6 +347,7 @@ def run(args) -> dict:
         "encoder": captioner.encoder.name,
         "options": {"beam": beam.to_dict(), "greedy": greedy.to_dict()},
         "cold_start_s": ready_s,
+        "rss_ready_mb": rss_peak_mb(),
         "tensorflow_imported": "tensorflow" in sys.modules,
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
@@ -299,9 +357,9 @@ def run(args) -> dict:
         if quick and threads is not None:
             continue
         with blas_threads(threads):
-            section = {
-                "single_greedy": single_image(captioner, photos, greedy, 1 if quick else SINGLE_REPEATS),
-                "single_beam3": single_image(captioner, photos, beam, 1 if quick else SINGLE_REPEATS),
+            out[label] = {
+                "single_greedy": single_image(captioner, photos, greedy, repeats),
+                "single_beam3": single_image(captioner, photos, beam, repeats),
                 "batch8_beam3": batched(captioner, photos, beam, 8, n_batch),
                 "batch32_beam3": batched(captioner, photos, beam, 32, n_batch),
                 "batch32_greedy": batched(captioner, photos, greedy, 32, n_batch),
@@ -309,19 +367,49 @@ def run(args) -> dict:
                 "decoder_only_b32_beam3": decoder_only(captioner, photos, beam, 32),
                 "decoder_only_b1_beam3": decoder_only(captioner, photos, beam, 1),
             }
-        out[label] = section
-    out["encoder_only"] = {"fp32": encoder_only(captioner.encoder, photos, 8 if quick else 24)}
-    from captioner.encoders.runtime import OnnxEncoder
-
-    for name, path in args.variant or []:
-        variant = OnnxEncoder(path)
-        out["encoder_only"][name] = encoder_only(variant, photos, 8 if quick else 24)
-        feats = (variant.encode([captioner.load(p) for p in photos[:4]]), captioner.encoder.encode([captioner.load(p) for p in photos[:4]]))
-        cos = (feats[0] * feats[1]).sum(1) / (np.linalg.norm(feats[0], axis=1) * np.linalg.norm(feats[1], axis=1) + 1e-12)
+    out["rss_after_main_mb"] = rss_peak_mb()
+    if not quick:
+        # onnxruntime's idle threads spin for a while after each run; on a shared machine they steal the cores
+        # the NumPy decoder (and the other process) needs. Same engine, spinning off.
+        nospin = _with_encoder(captioner, onnx_encoder(captioner.encoder.path, spinning=False))
+        with blas_threads(1):
+            nospin.caption_images([nospin.load(photos[0])], beam)
+            out["blas_1_ort_nospin"] = {
+                "single_greedy": single_image(nospin, photos, greedy, repeats),
+                "single_beam3": single_image(nospin, photos, beam, repeats),
+                "batch32_beam3": batched(nospin, photos, beam, 32, n_batch),
+                "batch32_greedy": batched(nospin, photos, greedy, 32, n_batch),
+                "micro_batched_c8_beam3": micro_batched(nospin, photos, beam, 8, n_batch),
+            }
+        del nospin
+    encoders = {"fp32": captioner.encoder, "fp32_1_thread": onnx_encoder(captioner.encoder.path, 1)}
+    encoders |= {name: onnx_encoder(Path(path)) for name, path in args.variant or []}
+    out["encoder_only"] = encoder_only(encoders, photos, 8 if quick else 24)
+    reference = captioner.encoder.encode([captioner.load(p) for p in photos[:4]])
+    out["variants"] = {}
+    for name, variant in encoders.items():
+        if name == "fp32_1_thread":
+            continue
+        feats = variant.encode([captioner.load(p) for p in photos[:4]])
+        cos = (feats * reference).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(reference, axis=1))
         out["encoder_only"][name]["cosine_to_fp32"] = float(cos.mean())
-        out["encoder_only"][name]["file_mb"] = Path(path).stat().st_size / 1e6
-    out["encoder_only"]["fp32"]["file_mb"] = captioner.encoder.path.stat().st_size / 1e6
-    out["image_path"] = image_path_costs(photos, captioner.encoder.preprocessing, 1 if quick else 2)
+        if name == "fp32" and not args.variant:
+            continue
+        # End to end with this encoder (fp32 again first: a reference measured minutes after the main sections).
+        engine = _with_encoder(captioner, variant)
+        with blas_threads(1):
+            out["variants"][name] = {
+                "single_greedy": single_image(engine, photos, greedy, 1),
+                "single_beam3": single_image(engine, photos, beam, 1),
+                "batch32_greedy": batched(engine, photos, greedy, 32, n_batch),
+                "batch32_beam3": batched(engine, photos, beam, 32, n_batch),
+            }
+    spec = captioner.encoder.preprocessing
+    out["image_path"] = {"photos": image_path_costs(photos, spec, repeats)}
+    if args.camera_photos:
+        out["image_path"]["camera_2000x1500"] = image_path_costs(
+            [Path(p) for p in args.camera_photos], spec, 2
+        )
     if args.baseline is not None:
         out["same_weights"] = compare_with_baseline(
             captioner, json.loads(Path(args.baseline).read_text()), photos, args.max_words
@@ -367,10 +455,15 @@ def quantize_encoder(src: Path, out_dir: Path, calibration_photos: list[Path]) -
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         arrays = [load_and_preprocess(p, encoder.preprocessing) for p in calibration_photos]
         quantize_static(
-            str(prepared), str(int8), _Calibration(encoder.input_name, arrays),
-            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-        )  # fmt: skip
+            str(prepared),
+            str(int8),
+            _Calibration(encoder.input_name, arrays),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         prepared.unlink(missing_ok=True)
         _set_metadata(int8, meta)
     out["int8"] = int8
@@ -413,7 +506,8 @@ def quality(args) -> dict:
     for name, path in args.encoder:
         captioner = load_captioner(args.bundle, None, Path(path))
         t = time.perf_counter()
-        results = captioner.caption_files([data.image_path(n) for n in names], options, batch_size=32)
+        with blas_threads(1):  # speed only: the captions are the same with any thread count
+            results = captioner.caption_files([data.image_path(n) for n in names], options, batch_size=32)
         seconds = time.perf_counter() - t
         hyps = {n: r.caption for n, r in zip(names, results, strict=True)}
         metrics = compute_metrics({n: refs[n] for n in names}, hyps, meteor=False)
@@ -450,8 +544,11 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--baseline", type=Path, help="baseline.json, to check that the weights are the same")
     r.add_argument("--photos", nargs="+", required=True)
     r.add_argument("--max-words", type=int, default=12)
+    r.add_argument("--camera-photos", nargs="*", default=[], help="large JPEGs for the image decoding costs")
     r.add_argument("--variant", type=_pair, action="append", help="NAME=encoder.onnx, e.g. int8=...")
     r.add_argument("--quick", action="store_true")
+    r.add_argument("--batched-only", action="store_true", help="only batch 8 and 32, beam 3 (HTTP reference)")
+    r.add_argument("--blas-threads", type=int, default=None, help="with --batched-only")
     r.add_argument("--started", type=float, default=None)
     r.add_argument("--out", type=Path, required=True)
     q = sub.add_parser("quality")

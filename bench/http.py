@@ -72,7 +72,9 @@ class Server:
             env.pop(legacy, None)
         env.update(
             {
-                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(
+                    os.pathsep
+                ),
                 "CAPTIONER_BUNDLE_PATH": str(self.bundle),
                 "CAPTIONER_RATE_LIMIT_PER_MINUTE": "0",
                 "CAPTIONER_CACHE_MAX_ENTRIES": "0",
@@ -81,10 +83,24 @@ class Server:
                 **self.extra_env,
             }
         )
-        args = [sys.executable, "-m", "uvicorn", "captioner.service.app:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "captioner.service.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
         started = time.perf_counter()
-        self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         probe = "/readyz"
         with httpx.Client(timeout=2.0) as client:
             while time.perf_counter() - started < self.ready_timeout_s:
@@ -165,7 +181,9 @@ def load(
                 data = unique_jpeg(data, i)
                 t = time.perf_counter()
                 try:
-                    r = client.post("/generate-caption/", files={"file": (name, data, "image/jpeg")}, params=params)
+                    r = client.post(
+                        "/generate-caption/", files={"file": (name, data, "image/jpeg")}, params=params
+                    )
                     status = str(r.status_code)
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
@@ -190,7 +208,8 @@ def load(
         "statuses": statuses,
         "seconds": wall,
         "throughput_rps": len(latencies) / wall,
-        "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} | {"mean": float(lat.mean())},
+        "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
+        | {"mean": float(lat.mean())},
     }
 
 

@@ -30,7 +30,12 @@ def cpu_info() -> dict:
     except OSError:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "f16c") if f in flags]
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "simd": simd, "load_avg": os.getloadavg()}
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "simd": simd,
+        "load_avg": os.getloadavg(),
+    }
 
 
 def matmul_peak(n: int = 2048, threads: int | None = None, repeats: int = 5) -> dict:

@@ -61,7 +61,9 @@ class MergeStepDecoder:
         zeros = np.zeros((fe.shape[0], self.units), np.float32)
         return zeros, zeros.copy(), fe
 
-    def step(self, tokens: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    def step(
+        self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """tokens [N] -> (log_probs float32 [N, V], new state). Keras gate order i, f, c, o."""
         h, c, fe = state
         w, u = self.w, self.units

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CONFIGS = ("blas_default", "blas_1")  # OpenBLAS on all cores (as shipped) / one thread (threadpoolctl)
+# OpenBLAS on all cores (as shipped) / one thread (threadpoolctl) / one thread and onnxruntime not spinning.
+CONFIGS = ("blas_default", "blas_1", "blas_1_ort_nospin")
 
 
 def _get(d: dict, *keys, default=None):
@@ -16,17 +17,29 @@ def _get(d: dict, *keys, default=None):
     return d
 
 
-def _target(name: str, value: float | None, target: float, higher_is_better: bool, unit: str, note: str = "") -> dict:
+def _target(
+    name: str, value: float | None, target: float, higher_is_better: bool, unit: str, note: str = ""
+) -> dict:
     met = None if value is None else (value >= target if higher_is_better else value <= target)
-    return {"name": name, "value": value, "target": target, "op": ">=" if higher_is_better else "<=", "unit": unit,
-            "met": met, "note": note}  # fmt: skip
+    return {
+        "name": name,
+        "value": value,
+        "target": target,
+        "op": ">=" if higher_is_better else "<=",
+        "unit": unit,
+        "met": met,
+        "note": note,
+    }
 
 
 def encoder_efficiency(flops: dict, encoder_only: dict, peak_gflops: float) -> dict:
     """Achieved GFLOP/s of the encoder and its fraction of the machine's measured matmul peak."""
     out = {"gflops_per_image": flops["gflops"], "peak_gflops": peak_gflops}
-    for label, ms in (("b1_best", encoder_only["b1_ms_best"]), ("b1_p50", encoder_only["b1_ms"]["p50"]),
-                      ("b8", encoder_only["b8_ms_per_image"])):  # fmt: skip
+    for label, ms in (
+        ("b1_best", encoder_only["b1_ms_best"]),
+        ("b1_p50", encoder_only["b1_ms"]["p50"]),
+        ("b8", encoder_only["b8_ms_per_image"]),
+    ):
         achieved = flops["gflops"] / (ms / 1000)
         out[label] = {"ms_per_image": ms, "gflops": achieved, "fraction_of_peak": achieved / peak_gflops}
     return out
@@ -35,86 +48,182 @@ def encoder_efficiency(flops: dict, encoder_only: dict, peak_gflops: float) -> d
 def summarize(raw: dict) -> dict:
     """Ratios ours/baseline and each target, for both BLAS configurations where it matters."""
     summary: dict = {"targets": []}
-    peak = _get(raw, "machine", "matmul_peak", "gflops")
+    # The other jobs on the machine move the peak too: the best of the measurements at start and end.
+    peaks = [
+        _get(raw, "machine", k, "gflops") for k in ("matmul_peak", "matmul_peak_middle", "matmul_peak_end")
+    ]
+    peak = max((p for p in peaks if p), default=None)
+    summary["machine"] = {
+        "peak_gflops": peak,
+        "peaks_measured": peaks,
+        "load_avg_start": _get(raw, "machine", "load_avg_start"),
+        "load_avg_end": _get(raw, "machine", "load_avg_end"),
+    }
     inc = raw.get("inception_v3")
     if inc and "baseline" in inc:
         base, eng = inc["baseline"], inc["engine"]
-        summary["inception_v3"] = {"baseline": {
-            "latency_p50_ms": base["latency_ms"]["p50"], "throughput_img_s": base["throughput_img_s"],
-            "cold_start_s": base["cold_start_s"], "peak_rss_mb": base["peak_rss_mb"],
-            "encoder_ms": base["encoder_ms_mean"], "decoder_ms": base["decoder_ms_mean"]}}  # fmt: skip
-        for cfg in CONFIGS:
-            sec = eng.get(cfg)
+        summary["inception_v3"] = {
+            "baseline": {
+                "latency_p50_ms": base["latency_ms"]["p50"],
+                "throughput_img_s": base["throughput_img_s"],
+                "cold_start_s": base["cold_start_s"],
+                "peak_rss_mb": base["peak_rss_mb"],
+                "encoder_ms": base["encoder_ms_mean"],
+                "decoder_ms": base["decoder_ms_mean"],
+            }
+        }
+        configs = [(cfg, eng.get(cfg)) for cfg in CONFIGS]
+        configs += [(f"blas_1 + {k} encoder", v) for k, v in (eng.get("variants") or {}).items()]
+        for cfg, sec in configs:
             if not sec:
                 continue
             best_greedy = sec["batch32_greedy"]["throughput_img_s"]
-            best_beam = max(sec["batch8_beam3"]["throughput_img_s"], sec["batch32_beam3"]["throughput_img_s"])
+            best_beam = max(sec[k]["throughput_img_s"] for k in ("batch8_beam3", "batch32_beam3") if k in sec)
             ratios = {
                 "throughput_batched_greedy_x": best_greedy / base["throughput_img_s"],
                 "throughput_batched_beam3_x": best_beam / base["throughput_img_s"],
-                "throughput_single_greedy_x": sec["single_greedy"]["throughput_img_s"] / base["throughput_img_s"],
-                "latency_p50_single_greedy_x": base["latency_ms"]["p50"] / sec["single_greedy"]["latency_ms"]["p50"],
-                "latency_p50_single_beam3_x": base["latency_ms"]["p50"] / sec["single_beam3"]["latency_ms"]["p50"],
+                "throughput_single_greedy_x": sec["single_greedy"]["throughput_img_s"]
+                / base["throughput_img_s"],
+                "latency_p50_single_greedy_x": base["latency_ms"]["p50"]
+                / sec["single_greedy"]["latency_ms"]["p50"],
+                "latency_p50_single_beam3_x": base["latency_ms"]["p50"]
+                / sec["single_beam3"]["latency_ms"]["p50"],
                 "decoder_share_batch32_beam3": sec["batch32_beam3"]["decoder_share"],
                 "decoder_share_single_beam3": sec["single_beam3"]["parts_ms_mean"]["decoder"]
                 / sec["single_beam3"]["latency_ms"]["mean"],
             }
             summary["inception_v3"][cfg] = ratios
             summary["targets"] += [
-                _target("InceptionV3 end-to-end throughput vs original loop (batched, greedy like the original)",
-                        ratios["throughput_batched_greedy_x"], 20, True, "x", cfg),
-                _target("InceptionV3 single-image p50 latency vs original loop (greedy)",
-                        ratios["latency_p50_single_greedy_x"], 10, True, "x", cfg),
-                _target("InceptionV3 decoding share of end-to-end time (beam 3, batch 32)",
-                        ratios["decoder_share_batch32_beam3"], 0.10, False, "fraction", cfg),
-            ]  # fmt: skip
+                _target(
+                    "InceptionV3 end-to-end throughput vs original loop (batched, greedy like the original)",
+                    ratios["throughput_batched_greedy_x"],
+                    20,
+                    True,
+                    "x",
+                    cfg,
+                ),
+                _target(
+                    "InceptionV3 single-image p50 latency vs original loop (greedy)",
+                    ratios["latency_p50_single_greedy_x"],
+                    10,
+                    True,
+                    "x",
+                    cfg,
+                ),
+                _target(
+                    "InceptionV3 decoding share of end-to-end time (beam 3, batch 32)",
+                    ratios["decoder_share_batch32_beam3"],
+                    0.10,
+                    False,
+                    "fraction",
+                    cfg,
+                ),
+            ]
         if peak and "flops" in inc:
-            summary["inception_v3"]["encoder"] = encoder_efficiency(inc["flops"], eng["encoder_only"]["fp32"], peak)
+            summary["inception_v3"]["encoder"] = encoder_efficiency(
+                inc["flops"], eng["encoder_only"]["fp32"], peak
+            )
+            # No fp32 engine can beat the encoder's FLOPs at the machine's peak: the best ratio this caption
+            # length allows. And the original loop's cost at 20 words, from its measured per-word cost.
+            floor_ms = inc["flops"]["gflops"] / peak * 1000
+            base_ms = 1000 / base["throughput_img_s"]
+            words = base.get("max_words") or 12
+            base20 = base["encoder_ms_mean"] + 20 * base["decoder_ms_per_word"]
+            summary["inception_v3"]["bounds"] = {
+                "fp32_encoder_floor_ms": floor_ms,
+                "max_throughput_ratio_fp32": base_ms / floor_ms,
+                "caption_words": words,
+                "baseline_ms_at_20_words_projected": base20,
+                "max_throughput_ratio_fp32_at_20_words": base20 / floor_ms,
+            }
         if "same_weights" in eng:
             summary["inception_v3"]["same_weights"] = eng["same_weights"]
     bun = raw.get("bundle")
     if bun:
         eng = bun["engine"]
-        summary["bundle"] = {"encoder": eng["encoder"], "engine_cold_start_s": eng["cold_start_s"],
-                             "engine_peak_rss_mb": eng["peak_rss_mb"]}  # fmt: skip
-        for cfg in CONFIGS:
-            sec = eng.get(cfg)
+        summary["bundle"] = {
+            "encoder": eng["encoder"],
+            "engine_cold_start_s": eng["cold_start_s"],
+            "engine_rss_at_ready_mb": eng.get("rss_ready_mb"),
+            "engine_peak_rss_mb": eng["peak_rss_mb"],
+        }
+        configs = [(cfg, eng.get(cfg)) for cfg in CONFIGS]
+        configs += [(f"blas_1 + {k} encoder", v) for k, v in (eng.get("variants") or {}).items()]
+        for cfg, sec in configs:
             if not sec:
                 continue
-            best_beam = max(sec["batch8_beam3"]["throughput_img_s"], sec["batch32_beam3"]["throughput_img_s"])
+            best_beam = max(sec[k]["throughput_img_s"] for k in ("batch8_beam3", "batch32_beam3") if k in sec)
             summary["bundle"][cfg] = {
                 "single_beam3_p50_ms": sec["single_beam3"]["latency_ms"]["p50"],
+                "single_greedy_p50_ms": sec["single_greedy"]["latency_ms"]["p50"],
                 "batched_beam3_img_s": best_beam,
-                "micro_batched_c8_img_s": sec["micro_batched_c8_beam3"]["throughput_img_s"],
+                "micro_batched_c8_img_s": _get(sec, "micro_batched_c8_beam3", "throughput_img_s"),
+                "micro_batched_c8_mean_batch": _get(sec, "micro_batched_c8_beam3", "mean_batch_size"),
                 "decoder_share_batch32_beam3": sec["batch32_beam3"]["decoder_share"],
+                "decoder_ms_batch32_beam3": sec["batch32_beam3"]["decoder_ms_per_image"],
             }
             summary["targets"].append(
-                _target(f"{eng['encoder']} decoding share of end-to-end time (beam 3, batch 32)",
-                        sec["batch32_beam3"]["decoder_share"], 0.10, False, "fraction", cfg)  # fmt: skip
+                _target(
+                    f"{eng['encoder']} decoding share of end-to-end time (beam 3, batch 32)",
+                    sec["batch32_beam3"]["decoder_share"],
+                    0.10,
+                    False,
+                    "fraction",
+                    cfg,
+                )
             )
         if peak and "flops" in bun:
-            summary["bundle"]["encoder_efficiency"] = encoder_efficiency(bun["flops"], eng["encoder_only"]["fp32"], peak)
+            summary["bundle"]["encoder_efficiency"] = encoder_efficiency(
+                bun["flops"], eng["encoder_only"]["fp32"], peak
+            )
         for name, http in (bun.get("http") or {}).items():
             cfg = http.get("config", "blas_default")
-            engine_best = _get(summary, "bundle", cfg, "batched_beam3_img_s") or _get(
-                summary, "bundle", "blas_default", "batched_beam3_img_s"
-            )
+            ref = http.get("engine_reference")
+            if ref:  # measured just before this server ran
+                engine_best = max(
+                    ref["batch8_beam3"]["throughput_img_s"], ref["batch32_beam3"]["throughput_img_s"]
+                )
+            else:
+                engine_best = _get(summary, "bundle", cfg, "batched_beam3_img_s")
             c8 = _get(http, "levels", "8", "throughput_rps")
-            levels = {c: {"rps": lv["throughput_rps"], **lv["latency_ms"], "statuses": lv["statuses"]}
-                      for c, lv in http["levels"].items()}  # fmt: skip
-            summary["bundle"][f"http_{name}"] = {"levels": levels, "cold_start_s": http["cold_start_s"],
-                                                 "peak_rss_mb": http["process"]["peak_rss_mb"],
-                                                 "libraries": http["process"]["libraries"]}  # fmt: skip
+            levels = {
+                c: {"rps": lv["throughput_rps"], **lv["latency_ms"], "statuses": lv["statuses"]}
+                for c, lv in http["levels"].items()
+            }
+            summary["bundle"][f"http_{name}"] = {
+                "levels": levels,
+                "cold_start_s": http["cold_start_s"],
+                "engine_reference_batched_beam3_img_s": engine_best,
+                "peak_rss_mb": http["process"]["peak_rss_mb"],
+                "libraries": http["process"]["libraries"],
+            }
             if c8 is not None and engine_best:
-                summary["targets"].append(_target(
-                    "HTTP throughput at concurrency 8 vs the bare engine's batched throughput (beam 3)",
-                    c8 / engine_best, 0.8, True, "fraction", f"server {name}, engine {cfg}"))  # fmt: skip
+                summary["targets"].append(
+                    _target(
+                        "HTTP throughput at concurrency 8 vs the bare engine's batched throughput (beam 3)",
+                        c8 / engine_best,
+                        0.8,
+                        True,
+                        "fraction",
+                        f"server {name}, engine {cfg}",
+                    )
+                )
             summary["targets"] += [
-                _target("serving the bundle: peak RSS", http["process"]["peak_rss_mb"], 600, False, "MB", name),
-                _target("serving the bundle: cold start to ready", http["cold_start_s"], 3.0, False, "s", name),
-                _target("serving the bundle: TensorFlow not loaded",
-                        0.0 if not http["process"]["libraries"].get("tensorflow") else 1.0, 0.0, False, "", name),
-            ]  # fmt: skip
+                _target(
+                    "serving the bundle: peak RSS", http["process"]["peak_rss_mb"], 600, False, "MB", name
+                ),
+                _target(
+                    "serving the bundle: cold start to ready", http["cold_start_s"], 3.0, False, "s", name
+                ),
+                _target(
+                    "serving the bundle: TensorFlow not loaded",
+                    0.0 if not http["process"]["libraries"].get("tensorflow") else 1.0,
+                    0.0,
+                    False,
+                    "",
+                    name,
+                ),
+            ]
     if raw.get("quality"):
         summary["quantization"] = {
             k: {m: v.get(m) for m in ("BLEU-4", "BLEU-4_delta", "CIDEr", "same_caption_fraction")}
@@ -123,8 +232,14 @@ def summarize(raw: dict) -> dict:
         for k, v in raw["quality"]["variants"].items():
             if k != "fp32" and v.get("BLEU-4_delta") is not None:
                 summary["targets"].append(
-                    _target(f"{k} encoder: dev BLEU-4 change vs fp32", abs(v["BLEU-4_delta"]), 0.005, False, "BLEU",
-                            f"{raw['quality']['n_images']} dev images")  # fmt: skip
+                    _target(
+                        f"{k} encoder: dev BLEU-4 change vs fp32",
+                        abs(v["BLEU-4_delta"]),
+                        0.005,
+                        False,
+                        "BLEU",
+                        f"{raw['quality']['n_images']} dev images",
+                    )
                 )
     return summary
 
@@ -139,11 +254,15 @@ def write_json(raw: dict, summary: dict, path: Path) -> Path:
 
 def print_table(summary: dict) -> None:
     print("\n== targets (ratios ours/baseline in the same run) ==")
-    for t in summary["targets"]:
-        mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
-        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
-        print(f"[{mark}] {t['name']}: {value} {t['unit']} (target {t['op']} {t['target']}) [{t['note']}]")
-    for section in ("inception_v3", "bundle"):
+    names = list(dict.fromkeys(t["name"] for t in summary["targets"]))
+    for name in names:
+        rows = [t for t in summary["targets"] if t["name"] == name]
+        print(f"{name} (target {rows[0]['op']} {rows[0]['target']} {rows[0]['unit']}):")
+        for t in rows:
+            mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+            value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+            print(f"    [{mark}] {value:>8}  {t['note']}")
+    for section in ("machine", "inception_v3", "bundle"):
         if section in summary:
             print(f"\n== {section} ==")
             for k, v in summary[section].items():
@@ -192,8 +311,12 @@ def chart(raw: dict, summary: dict, path: Path) -> Path | None:
                 bars_tp[f"{name} HTTP c8 {label}"] = http["levels"]["8"]["throughput_rps"]
             cs = sorted(http["levels"], key=int)
             for q, style in (("p50", "-o"), ("p95", "--s"), ("p99", ":^")):
-                ax_http.plot([int(c) for c in cs], [http["levels"][c]["latency_ms"][q] for c in cs], style,
-                             label=f"{label} {q}")  # fmt: skip
+                ax_http.plot(
+                    [int(c) for c in cs],
+                    [http["levels"][c]["latency_ms"][q] for c in cs],
+                    style,
+                    label=f"{label} {q}",
+                )
     _barh(ax_tp, bars_tp, "images / s (log)", "Throughput", log=True)
     _barh(ax_lat, bars_lat, "ms (log)", "Single-image p50 latency, from the JPEG file", log=True)
     ax_http.set_xscale("log", base=2)
@@ -203,11 +326,16 @@ def chart(raw: dict, summary: dict, path: Path) -> Path | None:
     if ax_http.lines:
         ax_http.legend(fontsize=7)
 
+    def b32(section: str):  # one BLAS thread where measured, else as shipped
+        eng = _get(raw, section, "engine", default={})
+        return _get(eng, "blas_1", "batch32_beam3") or _get(eng, "blas_default", "batch32_beam3")
+
     parts = {}
-    for label, sec in ((f"IncV3 ({'b32'})", _get(raw, "inception_v3", "engine", "blas_1", "batch32_beam3")),
-                       (f"{_get(raw, 'bundle', 'engine', 'encoder', default='bundle')} (b32)",
-                        _get(raw, "bundle", "engine", "blas_1", "batch32_beam3")),
-                       ("IncV3 original", _get(raw, "inception_v3", "baseline"))):  # fmt: skip
+    for label, sec in (
+        ("IncV3 ours (b32)", b32("inception_v3")),
+        (f"{_get(raw, 'bundle', 'engine', 'encoder', default='bundle')} ours (b32)", b32("bundle")),
+        ("IncV3 original", _get(raw, "inception_v3", "baseline")),
+    ):
         if not sec:
             continue
         if "encoder_ms_mean" in sec:
@@ -221,8 +349,9 @@ def chart(raw: dict, summary: dict, path: Path) -> Path | None:
         ax_parts.barh(labels, enc, label="encoder")
         ax_parts.barh(labels, dec, left=enc, label="decoder (beam 3; original: greedy)")
         ax_parts.set_xscale("log")
+        ax_parts.set_xlim(left=1)  # a log axis cannot start at 0, where the encoder bars start
         ax_parts.legend(fontsize=7)
-    ax_parts.set_title("Per-image time: encoder + decoder (ms, log; ours with 1 BLAS thread)")
+    ax_parts.set_title("Per image: encoder + decoder, ms (ours: 1 BLAS thread)")
     load = _get(raw, "machine", "load_avg_start")
     fig.suptitle(
         f"captioner bench ({raw.get('mode')}) on {_get(raw, 'machine', 'cpu', default='?')}, "
@@ -238,7 +367,9 @@ def chart(raw: dict, summary: dict, path: Path) -> Path | None:
 def _barh(ax, bars: dict, xlabel: str, title: str, log: bool = False) -> None:
     if bars:
         labels = list(bars)
-        ax.barh(labels, [bars[k] for k in labels], color=["#b44" if "original" in k else "#48b" for k in labels])
+        ax.barh(
+            labels, [bars[k] for k in labels], color=["#b44" if "original" in k else "#48b" for k in labels]
+        )
         for i, k in enumerate(labels):
             ax.text(bars[k], i, f" {bars[k]:.3g}", va="center", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)

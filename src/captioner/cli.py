@@ -64,13 +64,48 @@ def caption(
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
-            typer.echo(json.dumps({"image": str(path), **result.to_dict(), "model_version": captioner.version}))
+            typer.echo(
+                json.dumps({"image": str(path), **result.to_dict(), "model_version": captioner.version})
+            )
         elif n_best > 1:
             typer.echo(f"{path}:")
             for c in result.candidates:
                 typer.echo(f"  {c.score:8.3f}  {c.caption}")
         else:
             typer.echo(f"{path}: {result.caption}")
+
+
+@app.command("caption-dir")
+def caption_dir_cmd(
+    source: Annotated[
+        Path, typer.Argument(help="A folder (searched recursively) or a text file of image paths/URLs.")
+    ],
+    out: Annotated[Path, typer.Option(help="JSONL results, one line per image; an existing file resumes.")],
+    bundle: BundleOpt = None,
+    strategy: Strategy = "beam",
+    beam_size: BeamSize = 3,
+    max_length: MaxLength = 30,
+    length_penalty: LengthPenalty = 0.0,
+    n_best: NBest = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per engine batch (and per fsync).")] = 32,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (all; 1 per replica).")] = None,
+    ray: Annotated[bool, typer.Option(help="Run on a new local Ray instance.")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="A Ray cluster: auto or ray://host:10001.")] = None,
+    workers: Annotated[int, typer.Option(help="Model replicas on Ray.")] = 2,
+    max_download_bytes: Annotated[int, typer.Option(help="Largest image fetched from a URL.")] = 20_971_520,
+    download_timeout_s: Annotated[float, typer.Option(help="Longest download of one URL.")] = 20.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
+    from captioner.batch import caption_dir
+
+    options = _options(strategy, beam_size, max_length, length_penalty, n_best)
+    summary = caption_dir(
+        source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
+        ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
+        download_timeout_s=download_timeout_s, progress=progress,
+    )  # fmt: skip
+    typer.echo(json.dumps(summary))
 
 
 @app.command()
@@ -116,10 +151,12 @@ def evaluate(
 @app.command()
 def train(
     data_root: Annotated[Path, typer.Option(help="Flickr8k folder (captions, split files, images).")],
-    run_dir: Annotated[Path, typer.Option(help="Run folder: checkpoints, history, vocabulary; resumes.")] = Path(
-        "runs/train"
-    ),
-    out: Annotated[Path | None, typer.Option(help="Bundle folder to export (default: RUN_DIR/bundle).")] = None,
+    run_dir: Annotated[
+        Path, typer.Option(help="Run folder: checkpoints, history, vocabulary; resumes.")
+    ] = Path("runs/train"),
+    out: Annotated[
+        Path | None, typer.Option(help="Bundle folder to export (default: RUN_DIR/bundle).")
+    ] = None,
     cache_dir: Annotated[Path, typer.Option(help="Encoder ONNX files and feature caches.")] = Path("cache"),
     encoder: Annotated[str, typer.Option(help="inception_v3, efficientnet_lite0 or efficientnet_lite2.")] = (
         "efficientnet_lite0"
@@ -133,11 +170,16 @@ def train(
     hidden_dim: int = 512,
     embed_dim: int = 256,
     dropout: float = 0.5,
+    feature_dropout: float = 0.5,
     learning_rate: float = 2e-3,
     min_count: int = 5,
     max_length: int = 22,
     patience: int = 3,
     seed: int = 1234,
+    flip_augment: Annotated[bool, typer.Option(help="Also train on mirrored-image features.")] = False,
+    encoder_weights_dtype: Annotated[
+        str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
+    ] = "float32",
     limit_images: Annotated[int | None, typer.Option(help="Use only N training images (smoke runs).")] = None,
 ) -> None:
     """Train the LSTM decoder on Flickr8k and export a bundle."""
@@ -148,8 +190,9 @@ def train(
     get_encoder_spec(encoder)  # fail fast, before TensorFlow loads
     config = TrainConfig(
         encoder=encoder, epochs=epochs, batch_size=batch_size, hidden_dim=hidden_dim, embed_dim=embed_dim,
-        dropout=dropout, learning_rate=learning_rate, min_count=min_count, max_length=max_length,
-        patience=patience, seed=seed, limit_images=limit_images,
+        dropout=dropout, feature_dropout=feature_dropout, learning_rate=learning_rate, min_count=min_count, max_length=max_length,
+        patience=patience, seed=seed, flip_augment=flip_augment,
+        encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
     )  # fmt: skip
     weights = None if encoder_weights == "random" else encoder_weights
     path = train_pipeline(data_root, run_dir, config, cache_dir, out, weights, image_dir)

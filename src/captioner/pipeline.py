@@ -26,14 +26,15 @@ log = logging.getLogger(__name__)
 SELECTION_OPTIONS = DecodeOptions(strategy="greedy", max_length=25)
 
 
-def encoder_file(name: str, cache_dir: Path, weights: str | None = "imagenet") -> Path:
+def encoder_file(name: str, cache_dir: Path, weights: str | None = "imagenet", weights_dtype: str = "float32") -> Path:
     """The encoder's ONNX file under cache_dir, exported once."""
     get_encoder_spec(name)
     tag = "random" if weights is None else ("imagenet" if weights == "imagenet" else Path(weights).stem)
-    path = Path(cache_dir) / "encoders" / f"{name}-{tag}.onnx"
+    suffix = "-fp16" if weights_dtype == "float16" else ""
+    path = Path(cache_dir) / "encoders" / f"{name}-{tag}{suffix}.onnx"
     if not path.is_file():
         log.info("exporting %s to %s", name, path)
-        export_encoder(name, path, weights)
+        export_encoder(name, path, weights, weights_dtype)
     return path
 
 
@@ -101,7 +102,7 @@ def train_pipeline(
 
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
     dataset = load_flickr8k(data_root, image_dir)
-    onnx_path = encoder_file(config.encoder, cache_dir, encoder_weights)
+    onnx_path = encoder_file(config.encoder, cache_dir, encoder_weights, config.encoder_weights_dtype)
     encoder = OnnxEncoder(onnx_path)
     features = dataset_features(
         dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress,

@@ -31,7 +31,9 @@ def images(captioner, photo_files):
 def reference(captioner, images):
     """One-at-a-time results per (image index, options)."""
     return {
-        (i, opts): captioner.caption_images([im], opts)[0] for i, im in enumerate(images) for opts in (GREEDY, BEAM)
+        (i, opts): captioner.caption_images([im], opts)[0]
+        for i, im in enumerate(images)
+        for opts in (GREEDY, BEAM)
     }
 
 

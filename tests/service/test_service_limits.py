@@ -144,7 +144,8 @@ def test_no_cors_by_default(client):
 
 def test_full_queue_is_503_at_once(make_client, service_captioner):
     gate = threading.Event()
-    client = make_client(captioner=SlowCaptioner(service_captioner), max_queue=1)
+    # microbatch_max_size=1: this test gates the pool itself (batching is tested in test_service_batching.py).
+    client = make_client(captioner=SlowCaptioner(service_captioner), max_queue=1, microbatch_max_size=1)
     client.app.state.service.captioner = SlowCaptioner(service_captioner, gate=gate)  # after the warm-up
     first: list = []
     worker = threading.Thread(target=lambda: first.append(client.post(URL, files={"file": jpeg(seed=1)})))
@@ -170,7 +171,7 @@ def test_identical_concurrent_requests_compute_once(make_client, service_caption
     slow = SlowCaptioner(service_captioner, gate=gate)
     original = slow.caption_images
     slow.caption_images = lambda images, options=None: calls.append(1) or original(images, options)
-    client = make_client()
+    client = make_client(microbatch_max_size=1)
     client.app.state.service.captioner = slow
     results: list = []
     threads = [
@@ -190,7 +191,7 @@ def test_identical_concurrent_requests_compute_once(make_client, service_caption
 
 
 def test_slow_inference_times_out_with_504(make_client, service_captioner):
-    client = make_client(request_timeout_s=0.2)
+    client = make_client(request_timeout_s=0.2, microbatch_max_size=1)  # SlowCaptioner wraps caption_images
     client.app.state.service.captioner = SlowCaptioner(service_captioner, delay_s=1.0)
     assert_problem(client.post(URL, files={"file": jpeg()}), 504, "timeout")
     assert client.get("/health").status_code == 200

@@ -6,10 +6,14 @@
     result = await batcher.caption(image, options) # from asyncio code
 
 One worker thread takes requests in arrival order. It starts a batch when ``max_batch_size`` requests are
-waiting or the oldest has waited ``max_wait_ms``, whichever comes first; a request that arrives while a batch
-runs waits for that batch, so under load batches fill up without any added delay. The images of a batch go
-through the encoder together (options do not matter there); requests with identical ``DecodeOptions`` share
-one search, others get a search per distinct options. An error fails only the requests it belongs to.
+waiting, or ``max_wait_ms`` after the later of the oldest request's arrival and the end of the previous batch,
+whichever comes first. Measuring the wait from the end of the previous batch too lets the callers just answered
+rejoin (closed-loop clients resubmit within a millisecond or two): without it, 8 clients on a batcher of 8
+settle into alternating half-full batches. The wait adds at most ``max_wait_ms`` to a request's latency.
+
+The images of a batch go through the encoder together (options do not matter there); requests with identical
+``DecodeOptions`` share one search, others get a search per distinct options. An error fails only the requests
+it belongs to.
 
 Onnxruntime and NumPy release the GIL, so a single worker keeps the cores busy; a second one would only make
 two batches fight over the same cores.
@@ -81,6 +85,7 @@ class MicroBatcher:
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._free_since = 0.0  # perf_counter() when the worker finished its last batch
         self._batches = self._images = self._groups = self._rejected = self._largest = 0
         self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
         self._worker.start()
@@ -144,6 +149,7 @@ class MicroBatcher:
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(exc)
+            self._free_since = time.perf_counter()
 
     def _next_batch(self) -> list[_Request] | None:
         """Block until a batch is due; None once closed and drained."""
@@ -152,8 +158,7 @@ class MicroBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            # The oldest request's deadline: one that already waited (the worker was busy) starts at once.
-            deadline = self._pending[0].enqueued + self.max_wait_s
+            deadline = max(self._pending[0].enqueued, self._free_since) + self.max_wait_s
             while len(self._pending) < self.max_batch_size and not self._closed:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:

@@ -11,12 +11,22 @@ import tempfile
 from pathlib import Path
 
 from captioner.encoders.registry import get_encoder_spec
+from captioner.errors import EncoderError
 
 METADATA_KEY = "captioner.encoder"
 
 
-def export_encoder(name: str, out_path: str | Path, weights: str | Path | None = "imagenet") -> Path:
-    """Export encoder ``name`` with ``weights`` ("imagenet", a file, or None = random) to ``out_path``."""
+def export_encoder(
+    name: str, out_path: str | Path, weights: str | Path | None = "imagenet", weights_dtype: str = "float32"
+) -> Path:
+    """Export encoder ``name`` with ``weights`` ("imagenet", a file, or None = random) to ``out_path``.
+
+    weights_dtype="float16" stores the large weight tensors in half precision (half the file size) with a Cast
+    back to float32 that onnxruntime folds at load time: computation stays float32. Features for training must
+    then be extracted with this same file, as the pipeline does.
+    """
+    if weights_dtype not in ("float32", "float16"):
+        raise EncoderError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
     import onnx
 
     spec = get_encoder_spec(name)
@@ -33,8 +43,12 @@ def export_encoder(name: str, out_path: str | Path, weights: str | Path | None =
 
             efficientnet_lite.export_onnx(name, raw, weights)
         model = onnx.load(str(raw), load_external_data=True)
+        if weights_dtype == "float16":
+            store_weights_as_float16(model)
         meta = dict(
-            spec.to_dict(), weights=str(weights) if weights in (None, "imagenet") else Path(weights).name
+            spec.to_dict(),
+            weights=str(weights) if weights in (None, "imagenet") else Path(weights).name,
+            weights_dtype=weights_dtype,
         )
         del model.metadata_props[:]
         entry = model.metadata_props.add()
@@ -44,3 +58,22 @@ def export_encoder(name: str, out_path: str | Path, weights: str | Path | None =
         onnx.save_model(model, str(tmp_out), save_as_external_data=False)
         tmp_out.replace(out_path)  # atomic: a crashed export never leaves a half-written file
     return out_path
+
+
+def store_weights_as_float16(model, min_elements: int = 1024) -> None:
+    """Rewrite float32 initializers of at least ``min_elements`` as float16 + a Cast to float32 (in place)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    casts = []
+    for init in list(graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT or np.prod(init.dims) < min_elements:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
+    for i, node in enumerate(casts):  # Cast nodes first keep the graph topologically sorted
+        graph.node.insert(i, node)

@@ -43,6 +43,7 @@ class TrainConfig:
     """One training run: data, encoder, optimisation and early stopping. Saved as run_config.json."""
 
     encoder: str = "efficientnet_lite0"
+    encoder_weights_dtype: str = "float32"  # "float16": half-size encoder file (compute stays float32)
     min_count: int = 5
     max_length: int = 30
     embed_dim: int = 256

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
         metrics.ready.set(0)
         if task is not None and not task.done():
             task.cancel()
-        state.pool.shutdown()
+        state.close()
 
     app = FastAPI(
         title="captioner",
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
             ],
             max_age=600,
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, instance_id=settings.instance_id)
     return app
 
 

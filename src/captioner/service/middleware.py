@@ -34,11 +34,12 @@ async def send_problem(send: Send, status: int, slug: str, detail: str, request_
 
 
 class RequestContextMiddleware:
-    """X-Request-ID in and out, X-Process-Time-ms + Server-Timing, a JSON access log line, request metrics, and
-    a problem+json 500 (never a traceback) for any exception that escaped the app."""
+    """X-Request-ID in and out, X-Process-Time-ms + Server-Timing, X-Instance-ID (if set), a JSON access log
+    line, request metrics, and a problem+json 500 (never a traceback) for any exception that escaped the app."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics, instance_id: str | None = None):
         self.app, self.metrics = app, metrics
+        self.instance_header = [(b"x-instance-id", instance_id.encode())] if instance_id else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +65,7 @@ class RequestContextMiddleware:
                     (b"x-process-time-ms", f"{elapsed_ms:.1f}".encode()),
                     (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode()),
                     (b"x-content-type-options", b"nosniff"),
+                    *self.instance_header,
                 ]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)

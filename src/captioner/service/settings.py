@@ -69,7 +69,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_batch_images: int = Field(8, ge=1, le=256)
     max_queue: int = Field(32, ge=1)  # in-flight inference requests; more -> 503 at once
-    inference_workers: int = Field(2, ge=1, le=64)  # requests decoded/encoded at the same time
+    inference_workers: int = Field(2, ge=1, le=64)  # requests decoded/encoded at the same time (no micro-batching)
+    # Dynamic micro-batching of single-image requests: gather up to this many concurrent requests, waiting at most
+    # microbatch_max_wait_ms for more, and run them as one encoder batch and one decoding batch. 1 turns it off.
+    microbatch_max_size: int = Field(8, ge=1, le=64)
+    microbatch_max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     request_timeout_s: float = Field(30.0, gt=0)
 
     # -- cross-origin --
@@ -90,6 +94,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(86_400, ge=1)  # Redis entries only
 
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # Sent as X-Instance-ID on every response so that requests can be traced to a replica behind a load
+    # balancer (e.g. the pod name); None: no header.
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
 
     # -- default decode options (a request's query parameters override them) --
     default_strategy: Literal["greedy", "beam"] = "beam"

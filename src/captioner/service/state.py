@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from captioner.decode.captioner import Captioner
+from captioner.decode.batcher import MicroBatcher, QueueFull
+from captioner.decode.captioner import CaptionResult, Captioner
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
+from captioner.service.problems import ServiceError
 from captioner.service.ratelimit import make_rate_limiter
 from captioner.service.security import ApiKeys
 from captioner.service.settings import Settings
@@ -55,9 +57,11 @@ class ServiceState:
         self.cache = make_cache(s.cache_max_entries, redis_client, s.cache_ttl_s)
         self.limiter = make_rate_limiter(s.rate_limit_per_minute, s.burst, redis_client)
         self.api_keys = ApiKeys(s.api_keys_sha256, s.api_keys_file)
-        self.pool = InferencePool(
-            s.max_queue, s.inference_workers, s.request_timeout_s, self.metrics.inflight.set
-        )
+        # With micro-batching, pool threads only decode images and wait on the batcher, so every queued
+        # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
+        workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
+        self.pool = InferencePool(s.max_queue, workers, s.request_timeout_s, self.metrics.inflight.set)
+        self.batcher: MicroBatcher | None = None
         self._cpu = (time.monotonic(), _cpu_seconds())
         self._cpu_lock = threading.Lock()
 
@@ -71,12 +75,37 @@ class ServiceState:
             self.captioner.caption_images(
                 [Image.new("RGB", (64, 64), (127, 127, 127))], self.settings.default_options()
             )
+            if self.settings.microbatch_max_size > 1:
+                self.batcher = MicroBatcher(
+                    self.captioner,
+                    max_batch_size=self.settings.microbatch_max_size,
+                    max_wait_ms=self.settings.microbatch_max_wait_ms,
+                    max_queue=self.settings.max_queue,
+                )
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
             raise
         self.ready = True
         self.metrics.ready.set(1)
+
+    def caption_one(self, image, options) -> CaptionResult:
+        """One decoded image -> its result, through the micro-batcher when enabled (blocks the calling thread)."""
+        if self.batcher is None:
+            return self.captioner.caption_images([image], options)[0]
+        try:
+            future = self.batcher.submit(image, options)
+        except QueueFull:
+            raise ServiceError(
+                503, "overloaded", "the server is busy: too many images waiting; retry in a moment",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+        return future.result()
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close(timeout=5)
+        self.pool.shutdown()
 
     def model_info(self) -> dict:
         if self.captioner is None:

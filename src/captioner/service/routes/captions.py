@@ -64,7 +64,7 @@ def _caption_one(
     state: ServiceState, captioner: Captioner, image: bytes, options: DecodeOptions, key: str
 ) -> dict:
     start = time.perf_counter()
-    result = captioner.caption_images([captioner.load(image)], options)[0]
+    result = state.caption_one(captioner.load(image), options)
     state.metrics.inference.labels("single").observe(time.perf_counter() - start)
     entry = _entry(result)
     state.cache.set(key, entry)

@@ -1,0 +1,45 @@
+"""Dynamic micro-batching: concurrent single-image requests share encoder and decoder batches, same answers."""
+
+from __future__ import annotations
+
+import threading
+
+from service_inputs import jpeg
+
+URL = "/generate-caption/"
+
+
+def test_concurrent_requests_are_batched_and_answer_like_one_at_a_time(make_client):
+    client = make_client(microbatch_max_size=8, microbatch_max_wait_ms=50, cache_max_entries=0, rate_limit_per_minute=0)
+    images = [jpeg(size=(80 + 8 * i, 64), seed=100 + i) for i in range(8)]
+    params = {"beam_size": 3, "n_best": 2}
+    # One at a time first (each request is its own batch): the reference answers.
+    reference = [client.post(URL, params=params, files={"file": img}).json() for img in images]
+    batcher = client.app.state.service.batcher
+    before = batcher.stats.batches
+    results: dict[int, dict] = {}
+    barrier = threading.Barrier(len(images))
+
+    def send(i: int) -> None:
+        barrier.wait()
+        results[i] = client.post(URL, params=params, files={"file": images[i]}).json()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == len(images)
+    for i, ref in enumerate(reference):
+        assert results[i]["caption"] == ref["caption"]
+        assert [c["caption"] for c in results[i]["candidates"]] == [c["caption"] for c in ref["candidates"]]
+        for got, want in zip(results[i]["candidates"], ref["candidates"], strict=True):
+            assert abs(got["log_prob"] - want["log_prob"]) < 1e-3
+    batches = batcher.stats.batches - before
+    assert batches < len(images), f"{len(images)} concurrent requests ran as {batches} batches: no batching"
+
+
+def test_batching_can_be_turned_off(make_client):
+    client = make_client(microbatch_max_size=1)
+    assert client.app.state.service.batcher is None
+    assert client.post(URL, files={"file": jpeg(seed=3)}).status_code == 200

@@ -1,0 +1,131 @@
+"""Smoke test of the benchmark (bench/): it runs end to end on tiny inputs, and its pieces measure the right thing.
+
+Not a measurement: the numbers are not checked, only that every section is there and well-formed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+sys.path.insert(0, str(REPO))  # bench/ is a top-level folder, not part of the installed package
+
+
+def test_quick_run_writes_every_section(tiny_bundle, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "bench", "--bundle", str(tiny_bundle), "--quick", "--out", str(out),
+           "--work", str(tmp_path / "work")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "== targets" in proc.stdout
+
+    result = json.loads((out / "quick.json").read_text())
+    raw, summary = result["raw"], result["summary"]
+    assert raw["machine"]["matmul_peak"]["gflops"] > 0 and raw["machine"]["cores"] >= 1
+    engine = raw["bundle"]["engine"]
+    assert engine["tensorflow_imported"] is False
+    assert engine["cold_start_s"] > 0 and engine["peak_rss_mb"] > 0
+    section = engine["blas_default"]
+    for key in ("single_greedy", "single_beam3"):
+        assert section[key]["latency_ms"]["p50"] > 0 and len(section[key]["captions"]) == len(raw["photos"])
+    for key in ("batch8_beam3", "batch32_beam3", "batch32_greedy", "micro_batched_c8_beam3"):
+        assert section[key]["throughput_img_s"] > 0
+    assert 0 <= section["batch32_beam3"]["decoder_share"] <= 1
+    assert raw["bundle"]["flops"]["gflops"] == pytest.approx(0.77, rel=0.05)  # EfficientNet-Lite0: 0.38 GMACs
+    http = raw["bundle"]["http"]["as_shipped"]
+    assert http["cold_start_s"] > 0 and http["process"]["libraries"]["tensorflow"] is False
+    for level in http["levels"].values():
+        assert level["ok"] == level["requests"] > 0 and level["latency_ms"]["p50"] > 0
+    names = {t["name"] for t in summary["targets"]}
+    assert any("HTTP throughput at concurrency 8" in n for n in names)
+    assert any("peak RSS" in n for n in names)
+    assert summary["bundle"]["encoder_efficiency"]["b1_best"]["fraction_of_peak"] > 0
+    pytest.importorskip("matplotlib")
+    assert (out / "quick.png").stat().st_size > 10_000
+
+
+# -- the InceptionV3 comparison's pieces, on tiny sizes (the real ones take minutes) --
+
+FEATURES, VOCAB, MAX_LENGTH, UNITS = 12, 40, 8, 16
+
+
+@pytest.fixture(scope="module")
+def merge_model():
+    keras = pytest.importorskip("keras")
+    from bench.baseline import build_merge_model, suppress_ids
+
+    keras.utils.set_random_seed(0)
+    model = build_merge_model(keras, FEATURES, VOCAB, MAX_LENGTH, units=UNITS)
+    for layer in model.layers:  # weights big enough that the argmax changes from step to step
+        layer.set_weights([np.random.default_rng(1).normal(0, 0.5, w.shape) for w in layer.get_weights()])
+    suppress_ids(model, [0])
+    return model
+
+
+def test_merge_step_reproduces_the_keras_merge_model(merge_model):
+    from bench.baseline import merge_weights
+    from bench.merge_step import MergeStepDecoder
+    from keras.utils import pad_sequences
+
+    decoder = MergeStepDecoder(merge_weights(merge_model))
+    assert (decoder.vocab_size, decoder.feature_size) == (VOCAB, FEATURES)
+    rng = np.random.default_rng(2)
+    photos = rng.normal(0, 1, (3, FEATURES)).astype(np.float32)
+    prefix = rng.integers(1, VOCAB, (3, MAX_LENGTH))
+    state = decoder.initial_state(photos)
+    for t in range(MAX_LENGTH):
+        log_probs, state = decoder.step(prefix[:, t], state)
+        expected = merge_model.predict(
+            [photos, pad_sequences(prefix[:, : t + 1], maxlen=MAX_LENGTH)], verbose=0
+        )
+        np.testing.assert_allclose(np.exp(log_probs), expected, atol=2e-6)
+
+
+def test_original_loop_and_our_greedy_search_write_the_same_caption(merge_model):
+    from bench.baseline import generate_desc, merge_weights
+    from bench.merge_step import MergeStepDecoder
+    from keras.src.legacy.preprocessing.text import Tokenizer
+
+    from captioner.decode.options import DecodeOptions
+    from captioner.decode.search import greedy_search
+
+    tokenizer = Tokenizer()
+    tokenizer.fit_on_texts([" ".join(["startseq", "endseq"] + [f"w{i}" for i in range(VOCAB - 3)])])
+    assert len(tokenizer.word_index) + 1 == VOCAB
+    decoder = MergeStepDecoder(merge_weights(merge_model))
+    start, end = tokenizer.word_index["startseq"], tokenizer.word_index["endseq"]
+    photos = np.random.default_rng(3).normal(0, 1, (2, FEATURES)).astype(np.float32)
+    ours = greedy_search(
+        decoder.step, decoder.initial_state(photos), DecodeOptions("greedy", max_length=6), start, end
+    )
+    for photo, hyps in zip(photos, ours, strict=True):
+        text = generate_desc(merge_model, tokenizer, photo[None], MAX_LENGTH, max_words=6)
+        words = [tokenizer.index_word[i] for i in hyps[0].tokens]
+        if hyps[0].finished:
+            words.append("endseq")
+        assert text == " ".join(["startseq", *words])
+
+
+def test_encoder_flops_and_quantised_copies(tiny_encoder_onnx, photo_files, tmp_path):
+    from bench.engine import quantize_encoder
+    from bench.machine import encoder_flops
+
+    from captioner.encoders.runtime import OnnxEncoder
+
+    flops = encoder_flops(tiny_encoder_onnx)
+    assert flops["nodes_without_shapes"] == 0 and flops["gmacs"] == pytest.approx(0.384, rel=0.02)
+    made = quantize_encoder(Path(tiny_encoder_onnx), tmp_path, photo_files)
+    assert "int8" in made
+    for path in made.values():
+        encoder = OnnxEncoder(path)  # the captioner metadata survived
+        assert encoder.encode([]).shape == (0, 1280)
