@@ -346,15 +346,23 @@ def test_state_must_be_a_tuple_of_arrays(state):
         beam_search(_ok, state, DecodeOptions(), START, END)
 
 
-def test_top_k_matches_a_stable_full_sort():
-    # The partition shortcut must pick exactly what a stable argsort would, ties and -inf included.
-    from captioner.decode.search import _top_k_stable
+def test_best_candidates_match_a_stable_full_sort():
+    # The per-row partition shortcut must pick exactly what a stable argsort of all sums would, ties and -inf
+    # included (integer-valued log-probs make ties common).
+    from captioner.decode.search import _best_candidates
 
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        rows, cols = int(rng.integers(1, 5)), int(rng.integers(1, 60))
-        k = int(rng.integers(1, cols + 1))
-        x = rng.integers(-3, 1, size=(rows, cols)).astype(np.float64)
-        x[rng.random((rows, cols)) < 0.2] = -np.inf
-        expected = np.argsort(-x, axis=1, kind="stable")[:, :k]
-        np.testing.assert_array_equal(_top_k_stable(x, k), expected)
+    for _ in range(300):
+        images, rows, vocab = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 40))
+        k = int(rng.integers(1, rows * vocab + 1))
+        log_prob = rng.integers(-4, 1, size=(images, rows)).astype(np.float64)
+        log_probs = rng.integers(-3, 1, size=(images * rows, vocab)).astype(np.float32)
+        log_probs[rng.random(log_probs.shape) < 0.2] = -np.inf
+        got = _best_candidates(log_prob, log_probs, k)
+        full = (log_prob[:, :, None] + log_probs.astype(np.float64).reshape(images, rows, vocab)).reshape(
+            images, -1
+        )
+        for i in range(images):
+            order = np.argsort(-full[i], kind="stable")[:k]
+            assert [flat for flat, _ in got[i]] == order.tolist()
+            assert [lp for _, lp in got[i]] == full[i, order].tolist()

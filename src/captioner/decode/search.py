@@ -123,20 +123,15 @@ def beam_search(
         n_images, rows = log_prob.shape
         log_probs, state = _checked_step(step, tokens, state, n_images * rows, end_id)
         vocab = log_probs.shape[1]
-        # Row-major flattening keeps (beam, token) order, so ties go to the earlier beam, then lower id.
-        cand = (log_prob[:, :, None] + log_probs.astype(np.float64).reshape(n_images, rows, vocab)).reshape(
-            n_images, rows * vocab
-        )
         # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
-        top = _top_k_stable(cand, min(2 * beam, rows * vocab))
-        top_lp = np.take_along_axis(cand, top, axis=1)
+        candidates = _best_candidates(log_prob, log_probs, min(2 * beam, rows * vocab))
         parent = np.zeros((n_images, beam), dtype=np.int64)
         token = np.full((n_images, beam), end_id, dtype=np.int64)
         new_lp = np.full((n_images, beam), -np.inf)
         going = np.zeros(n_images, dtype=bool)
         for i in range(n_images):
             n_live = 0
-            for flat, lp in zip(top[i].tolist(), top_lp[i].tolist(), strict=True):
+            for flat, lp in candidates[i]:
                 if lp == -np.inf:  # impossible continuation; the rest are sorted below it
                     break
                 src, tok = divmod(flat, vocab)
@@ -184,21 +179,31 @@ def _keep(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
         del kept[n_best:]
 
 
-def _top_k_stable(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices [R, k] of the k largest entries of each row of x [R, M], best first, ties by lower index.
+def _best_candidates(log_prob: np.ndarray, log_probs: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """The k best (flat, log_prob) continuations of each image, best first, ties by lower flat index.
 
-    Same result as a stable argsort of -x cut to k, in O(M) per row instead of O(M log M): the partition
-    finds the k-th value, then only entries at least that good are sorted.
+    log_prob: float64 [I, R], the running sums of the R rows of each image. log_probs: [I*R, V], the step's output.
+    flat = row * V + token. Equal to a stable sort of all I x R*V sums cut to k, but only the tokens at least as
+    good as each row's own k-th best (ties included) can be among an image's best k, so only those are summed
+    in float64 and sorted: O(R*V) partition work instead of a float64 copy and sort of every sum.
     """
-    n = x.shape[1]
-    if k >= n:
-        return np.argsort(-x, axis=1, kind="stable")
-    kth = np.partition(x, n - k, axis=1)[:, n - k]  # k-th largest; partitioning x beats -x (no copy)
-    out = np.empty((x.shape[0], k), dtype=np.int64)
-    for r in range(x.shape[0]):
-        idx = np.flatnonzero(x[r] >= kth[r])
-        out[r] = idx[np.argsort(-x[r, idx], kind="stable")[:k]]
-    return out
+    n_images, rows = log_prob.shape
+    vocab = log_probs.shape[1]
+    if k < vocab:
+        kth = np.partition(log_probs, vocab - k, axis=1)[:, vocab - k]
+        row, tok = np.nonzero(log_probs >= kth[:, None])
+    else:
+        row, tok = np.divmod(np.arange(log_probs.size), vocab)
+    lp = log_prob.reshape(-1)[row] + log_probs[row, tok].astype(np.float64)
+    image, flat = np.divmod(row, rows)
+    flat = flat * vocab + tok
+    order = np.lexsort((flat, -lp, image))  # by image, then best sum, then lower flat index
+    image, flat, lp = image[order], flat[order], lp[order]
+    starts = np.searchsorted(image, np.arange(n_images + 1))
+    return [
+        list(zip(flat[a : min(b, a + k)].tolist(), lp[a : min(b, a + k)].tolist(), strict=True))
+        for a, b in zip(starts[:-1], starts[1:], strict=True)
+    ]
 
 
 def _batch_size(state: State) -> int:
