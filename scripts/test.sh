@@ -8,11 +8,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v java >/dev/null || missing+=(default-jre-headless)   # METEOR scorer
   command -v redis-server >/dev/null || missing+=(redis-server)   # shared rate limit / cache tests
   command -v chromium >/dev/null || missing+=(chromium)           # web page end-to-end test
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)  # load-balancer integration test
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
-bash scripts/setup.sh train,serve,test
+bash scripts/setup.sh train,serve,test,distributed
 exec .venv/bin/python -m pytest "$@"

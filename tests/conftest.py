@@ -9,20 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from conftest_helpers import make_photo
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
-
-
-def make_photo(size=(96, 64), seed=0) -> Image.Image:
-    """A smooth random RGB image (gradients + blobs), JPEG-friendly."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    channels = [np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)]
-    arr = ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
-    return Image.fromarray(arr, "RGB")
 
 
 @pytest.fixture(scope="session")

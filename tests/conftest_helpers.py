@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+
+def make_photo(size=(96, 64), seed=0) -> Image.Image:
+    """A smooth random RGB image (gradients + blobs), JPEG-friendly."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    channels = [np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)]
+    arr = ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
 WORDS = ["dog", "cat", "man", "girl", "ball", "grass", "water", "snow", "runs", "jumps", "sits", "plays"]
 
 
 def write_tiny_flickr8k(root: Path, n_train: int = 12, n_dev: int = 4) -> Path:
     """A Flickr8k folder in the original layout: token file, three split files, generated JPEGs."""
-    from conftest import make_photo
-
     root.mkdir(parents=True)
     (root / "Images").mkdir()
     names = [f"{1000 + i}_abc.jpg" for i in range(n_train + n_dev)]

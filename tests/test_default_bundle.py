@@ -66,7 +66,9 @@ def test_captions_are_fluent_and_distinct(captions, captioner):
 def test_captions_see_the_content(captions):
     assert PEOPLE & set(captions["astronaut"].caption.split()), captions["astronaut"].caption
     motorcycle = captions["stereo_motorcycle"].caption.split()
-    assert {"motorcycle", "bike", "motorbike", "dirt", "motorcyclist", "bicycle"} & set(motorcycle), motorcycle
+    assert {"motorcycle", "bike", "motorbike", "dirt", "motorcyclist", "bicycle"} & set(motorcycle), (
+        motorcycle
+    )
     animal = {"dog", "cat", "animal", "puppy", "kitten", "dogs"}
     assert animal & set(captions["chelsea"].caption.split()), captions["chelsea"].caption
 

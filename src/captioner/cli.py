@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
 
 app = typer.Typer(
@@ -33,9 +34,10 @@ LengthPenalty = Annotated[float, typer.Option(help="alpha in score = log_prob / 
 NBest = Annotated[int, typer.Option(help="Captions returned per image (<= beam size).")]
 
 
-def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
-    from captioner.decode.options import DecodeOptions
+_DEFAULT = DecodeOptions()
 
+
+def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
     return DecodeOptions(
         strategy=strategy,  # type: ignore[arg-type]
         beam_size=beam_size,
@@ -49,10 +51,10 @@ def _options(strategy: str, beam_size: int, max_length: int, length_penalty: flo
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     bundle: BundleOpt = None,
-    strategy: Strategy = "beam",
-    beam_size: BeamSize = 3,
-    max_length: MaxLength = 30,
-    length_penalty: LengthPenalty = 0.0,
+    strategy: Strategy = _DEFAULT.strategy,
+    beam_size: BeamSize = _DEFAULT.beam_size,
+    max_length: MaxLength = _DEFAULT.max_length,
+    length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     n_best: NBest = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
 ) -> None:
@@ -82,10 +84,10 @@ def caption_dir_cmd(
     ],
     out: Annotated[Path, typer.Option(help="JSONL results, one line per image; an existing file resumes.")],
     bundle: BundleOpt = None,
-    strategy: Strategy = "beam",
-    beam_size: BeamSize = 3,
-    max_length: MaxLength = 30,
-    length_penalty: LengthPenalty = 0.0,
+    strategy: Strategy = _DEFAULT.strategy,
+    beam_size: BeamSize = _DEFAULT.beam_size,
+    max_length: MaxLength = _DEFAULT.max_length,
+    length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     n_best: NBest = 1,
     batch_size: Annotated[int, typer.Option(help="Images per engine batch (and per fsync).")] = 32,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (all; 1 per replica).")] = None,
@@ -117,10 +119,10 @@ def evaluate(
     ),
     bundle: BundleOpt = None,
     image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
-    strategy: Strategy = "beam",
-    beam_size: BeamSize = 3,
-    max_length: MaxLength = 30,
-    length_penalty: LengthPenalty = 0.0,
+    strategy: Strategy = _DEFAULT.strategy,
+    beam_size: BeamSize = _DEFAULT.beam_size,
+    max_length: MaxLength = _DEFAULT.max_length,
+    length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,

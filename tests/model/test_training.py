@@ -134,7 +134,9 @@ def test_score_fn_selects_the_best_epoch(dataset, features, tmp_path):
 def test_augmented_views_are_drawn_at_random_per_caption():
     from captioner.model.training import LengthBuckets
 
-    feats = np.stack([np.stack([np.full(3, 10 * i), np.full(3, 10 * i + 1)]) for i in range(4)]).astype(np.float32)
+    feats = np.stack([np.stack([np.full(3, 10 * i), np.full(3, 10 * i + 1)]) for i in range(4)]).astype(
+        np.float32
+    )
     targets = np.array([[5, 2, 0]] * 40, np.int32)
     data = LengthBuckets(feats, np.arange(40, dtype=np.int32) % 4, targets, targets, 8, shuffle=True, seed=0)
     seen = set()
@@ -142,7 +144,9 @@ def test_augmented_views_are_drawn_at_random_per_caption():
         (x_feats, _), _ = data[i]
         seen |= {int(v) % 10 for v in x_feats[:, 0]}
     assert seen == {0, 1}  # both the image and its mirrored view are used
-    dev = LengthBuckets(feats[:, :1], np.arange(40, dtype=np.int32) % 4, targets, targets, 8, shuffle=False, seed=0)
+    dev = LengthBuckets(
+        feats[:, :1], np.arange(40, dtype=np.int32) % 4, targets, targets, 8, shuffle=False, seed=0
+    )
     assert all(int(v) % 10 == 0 for i in range(len(dev)) for v in dev[i][0][0][:, 0])
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,22 +21,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fastapi.testclient import TestClient
+from service_helpers import free_port, service_settings
 
 from captioner.decode.captioner import Captioner
 from captioner.service.app import create_app
-from captioner.service.settings import Settings
+from captioner.service.settings import Settings  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def service_captioner(tiny_bundle) -> Captioner:
     return Captioner.from_bundle(tiny_bundle, threads=1)
-
-
-def service_settings(tiny_bundle: Path, **overrides) -> Settings:
-    """Settings that ignore the environment's .env and default to no rate limit (tests opt in)."""
-    values = {"bundle_path": tiny_bundle, "rate_limit_per_minute": 0, "inference_workers": 1}
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -59,12 +52,6 @@ def make_client(tiny_bundle, service_captioner) -> Iterator[Callable[..., TestCl
 @pytest.fixture
 def client(make_client) -> TestClient:
     return make_client()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ URL = "/generate-caption/"
 
 
 def test_concurrent_requests_are_batched_and_answer_like_one_at_a_time(make_client):
-    client = make_client(microbatch_max_size=8, microbatch_max_wait_ms=50, cache_max_entries=0, rate_limit_per_minute=0)
+    client = make_client(
+        microbatch_max_size=8, microbatch_max_wait_ms=50, cache_max_entries=0, rate_limit_per_minute=0
+    )
     images = [jpeg(size=(80 + 8 * i, 64), seed=100 + i) for i in range(8)]
     params = {"beam_size": 3, "n_best": 2}
     # One at a time first (each request is its own batch): the reference answers.

@@ -12,9 +12,8 @@ import threading
 import time
 
 import pytest
+from service_helpers import free_port, service_settings
 from service_inputs import jpeg
-
-from conftest import free_port, service_settings
 
 pytestmark = pytest.mark.slow
 

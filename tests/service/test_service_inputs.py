@@ -116,9 +116,9 @@ CASES = {
 @pytest.fixture(scope="module")
 def shared_client(tiny_bundle, service_captioner):
     from fastapi.testclient import TestClient
+    from service_helpers import service_settings
 
     from captioner.service.app import create_app
-    from conftest import service_settings
 
     app = create_app(service_settings(tiny_bundle, max_image_pixels=40_000_000), captioner=service_captioner)
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from service_helpers import free_port
 from service_inputs import jpeg
-
-from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURES, UNITS, MAX_LENGTH = 16, 8, 8

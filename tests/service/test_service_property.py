@@ -67,9 +67,9 @@ def requests_for(draw, ops):
 @pytest.fixture(scope="module")
 def app_client(tiny_bundle, service_captioner):
     from fastapi.testclient import TestClient
+    from service_helpers import service_settings
 
     from captioner.service.app import create_app
-    from conftest import service_settings
 
     app = create_app(service_settings(tiny_bundle, max_upload_bytes=64 * 1024), captioner=service_captioner)
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -39,15 +39,31 @@ def test_two_instances_share_the_cache(make_client, redis_url):
 
 
 def test_unreachable_redis_falls_back_to_memory_with_a_warning(make_client, caplog):
-    from conftest import free_port
+    from service_helpers import free_port
 
     with caplog.at_level(logging.WARNING, logger="captioner.service"):
         client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_per_minute=1)
     assert any("cannot reach Redis" in rec.getMessage() for rec in caplog.records)
-    health = client.get("/health").json()
-    assert health["cache"]["backend"] == "memory" and health["rate_limit"]["backend"] == "memory"
     assert client.post(URL, files={"file": jpeg()}).status_code == 200
-    assert client.post(URL, files={"file": jpeg()}).status_code == 429
+    second = client.post(URL, files={"file": jpeg()})
+    assert second.status_code == 429  # this instance's own limit still holds
+    assert second.headers.get("X-Cache") is None
+    health = client.get("/health").json()
+    assert health["cache"]["degraded"] and health["rate_limit"]["degraded"]
+    warnings = [
+        rec.getMessage() for rec in caplog.records if "using this instance's memory" in rec.getMessage()
+    ]
+    assert len(warnings) <= 2  # one per component per outage, not one per request
+
+
+def test_local_cache_serves_hits_while_redis_is_down(make_client):
+    from service_helpers import free_port
+
+    client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_per_minute=0)
+    first = client.post(URL, files={"file": jpeg(seed=21)})
+    again = client.post(URL, files={"file": jpeg(seed=21)})
+    assert first.headers["X-Cache"] == "MISS" and again.headers["X-Cache"] == "HIT"
+    assert again.json()["caption"] == first.json()["caption"]
 
 
 def test_redis_outage_at_request_time_degrades_to_local_limits(make_client, redis_url):

@@ -11,14 +11,16 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from captioner.decode.options import DecodeOptions
 
 log = logging.getLogger("captioner.service")
+T = TypeVar("T")
 
 
 def cache_key(image: bytes, options: DecodeOptions, model_version: str) -> str:
@@ -80,29 +82,66 @@ class MemoryCache:
         return len(self._data)
 
 
+class RedisGuard:
+    """Runs Redis calls unless Redis failed less than ``retry_s`` ago, else the local fallback.
+
+    One warning when an outage starts and one when Redis answers again (not one per request), and no request
+    waits on a dead server's timeout more than once per ``retry_s``. redis-py reconnects by itself, so an
+    instance that started while Redis was down joins it as soon as it answers.
+    """
+
+    def __init__(self, what: str, retry_s: float = 5.0):
+        self.what, self.retry_s = what, retry_s
+        self._down_until = 0.0
+        self._down = False
+        self._lock = threading.Lock()
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def call(self, fn: Callable[[], T], fallback: Callable[[], T]) -> T:
+        if time.monotonic() < self._down_until:
+            return fallback()
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - any redis/network error degrades, never fails a request
+            with self._lock:
+                if not self._down:
+                    log.warning(
+                        "redis %s failed (%s); using this instance's memory until it answers", self.what, exc
+                    )
+                self._down, self._down_until = True, time.monotonic() + self.retry_s
+            return fallback()
+        if self._down:
+            with self._lock:
+                if self._down:
+                    log.warning("redis %s answers again; shared state restored", self.what)
+                    self._down = False
+        return result
+
+
 class RedisCache:
-    """Results as JSON strings with a TTL; eviction beyond that is Redis's maxmemory policy. A Redis error at
-    request time is logged and treated as a miss (get) or ignored (set): the cache never fails a request."""
+    """Results as JSON strings with a TTL, shared by every instance; eviction beyond that is Redis's maxmemory
+    policy. While Redis is unreachable, results go to and come from a local LRU instead (RedisGuard)."""
 
     backend = "redis"
     prefix = "captioner:cache:"
 
-    def __init__(self, client, ttl_s: int):
+    def __init__(self, client, ttl_s: int, max_entries: int = 1024):
         self.client, self.ttl_s = client, ttl_s
+        self.local = MemoryCache(max_entries)
+        self.guard = RedisGuard("cache")
 
     def get(self, key: str) -> dict | None:
-        try:
-            raw = self.client.get(self.prefix + key)
-        except Exception as exc:  # noqa: BLE001 - any redis/network error
-            log.warning("redis cache get failed (%s); treating as a miss", exc)
-            return None
-        return json.loads(raw) if raw else None
+        raw = self.guard.call(lambda: self.client.get(self.prefix + key), lambda: self.local.get(key))
+        return json.loads(raw) if isinstance(raw, bytes | str) else raw
 
     def set(self, key: str, value: dict) -> None:
-        try:
-            self.client.set(self.prefix + key, json.dumps(value), ex=self.ttl_s)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("redis cache set failed (%s)", exc)
+        self.guard.call(
+            lambda: self.client.set(self.prefix + key, json.dumps(value), ex=self.ttl_s),
+            lambda: self.local.set(key, value),
+        )
 
     def size(self) -> int | None:
         return None  # unknown without a scan, and shared with other instances anyway
@@ -117,13 +156,14 @@ def connect_redis(url: str):
         return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        client.ping()
-        return client
-    except Exception as exc:  # noqa: BLE001
-        log.warning(
-            "cannot reach Redis at %s (%s); using in-memory cache and rate limits instead", _safe(url), exc
-        )
+    except ValueError as exc:
+        log.warning("invalid CAPTIONER_REDIS_URL %s (%s); using memory", _safe(url), exc)
         return None
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cannot reach Redis at %s yet (%s); using memory until it answers", _safe(url), exc)
+    return client
 
 
 def _safe(url: str) -> str:
@@ -138,7 +178,7 @@ def make_cache(max_entries: int, redis_client=None, ttl_s: int = 86_400) -> Resu
     if max_entries <= 0:
         return NoCache()
     if redis_client is not None:
-        return RedisCache(redis_client, ttl_s)
+        return RedisCache(redis_client, ttl_s, max_entries)
     return MemoryCache(max_entries)
 
 

@@ -14,6 +14,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from captioner.service.cache import RedisGuard
+
 log = logging.getLogger("captioner.service")
 
 
@@ -103,14 +105,14 @@ class RedisRateLimiter:
         self.client, self.rate_per_s, self.burst = client, per_minute / 60.0, burst
         self._script = client.register_script(_LUA)
         self._fallback = MemoryRateLimiter(per_minute, burst)
+        self.guard = RedisGuard("rate limiter")
 
     def hit(self, client: str) -> Decision:
-        try:
+        def shared() -> Decision:
             allowed, tokens = self._script(keys=[self.prefix + client], args=[self.rate_per_s, self.burst])
-        except Exception as exc:  # noqa: BLE001 - any redis/network error
-            log.warning("redis rate limiter failed (%s); using this instance's in-memory limit", exc)
-            return self._fallback.hit(client)
-        return _decide(float(tokens), bool(int(allowed)), self.burst, self.rate_per_s)
+            return _decide(float(tokens), bool(int(allowed)), self.burst, self.rate_per_s)
+
+        return self.guard.call(shared, lambda: self._fallback.hit(client))
 
 
 class NoRateLimiter:

@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_batch_images: int = Field(8, ge=1, le=256)
     max_queue: int = Field(32, ge=1)  # in-flight inference requests; more -> 503 at once
-    inference_workers: int = Field(2, ge=1, le=64)  # requests decoded/encoded at the same time (no micro-batching)
+    inference_workers: int = Field(
+        2, ge=1, le=64
+    )  # requests decoded/encoded at the same time (no micro-batching)
     # Dynamic micro-batching of single-image requests: gather up to this many concurrent requests, waiting at most
     # microbatch_max_wait_ms for more, and run them as one encoder batch and one decoding batch. 1 turns it off.
     microbatch_max_size: int = Field(8, ge=1, le=64)
@@ -99,11 +101,12 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
 
     # -- default decode options (a request's query parameters override them) --
-    default_strategy: Literal["greedy", "beam"] = "beam"
-    default_beam_size: int = 3
-    default_max_length: int = 30
-    default_length_penalty: float = 0.0
-    default_n_best: int = 1
+    # Defaults of the per-request decoding options: DecodeOptions' own defaults (chosen on the dev split).
+    default_strategy: Literal["greedy", "beam"] = DecodeOptions().strategy
+    default_beam_size: int = DecodeOptions().beam_size
+    default_max_length: int = DecodeOptions().max_length
+    default_length_penalty: float = DecodeOptions().length_penalty
+    default_n_best: int = DecodeOptions().n_best
 
     @field_validator("log_level", mode="before")
     @classmethod

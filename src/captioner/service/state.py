@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from captioner.decode.batcher import MicroBatcher, QueueFull
-from captioner.decode.captioner import CaptionResult, Captioner
+from captioner.decode.captioner import Captioner, CaptionResult
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics

@@ -49,11 +49,14 @@ def health(state: StateDep) -> Health:
         inference={"inflight": state.pool.inflight, "max_queue": s.max_queue, "workers": s.inference_workers},
         cache={
             "backend": state.cache.backend,
+            # true while Redis is configured but unreachable: results are kept in this instance's memory
+            "degraded": bool(getattr(getattr(state.cache, "guard", None), "down", False)),
             "entries": state.cache.size(),
             "max_entries": s.cache_max_entries,
         },
         rate_limit={
             "backend": state.limiter.backend,
+            "degraded": bool(getattr(getattr(state.limiter, "guard", None), "down", False)),
             "per_minute": s.rate_limit_per_minute,
             "burst": s.burst,
         },

@@ -1,0 +1,21 @@
+"""Plain helpers for the service tests (importable by name; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from captioner.service.settings import Settings
+
+
+def service_settings(tiny_bundle: Path, **overrides) -> Settings:
+    """Settings that ignore the environment's .env and default to no rate limit (tests opt in)."""
+    values = {"bundle_path": tiny_bundle, "rate_limit_per_minute": 0, "inference_workers": 1}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
