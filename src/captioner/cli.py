@@ -179,6 +179,7 @@ def train(
     patience: int = 3,
     seed: int = 1234,
     flip_augment: Annotated[bool, typer.Option(help="Also train on mirrored-image features.")] = False,
+    label_smoothing: float = 0.0,
     encoder_weights_dtype: Annotated[
         str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
     ] = "float32",
@@ -193,7 +194,7 @@ def train(
     config = TrainConfig(
         encoder=encoder, epochs=epochs, batch_size=batch_size, hidden_dim=hidden_dim, embed_dim=embed_dim,
         dropout=dropout, feature_dropout=feature_dropout, learning_rate=learning_rate, min_count=min_count, max_length=max_length,
-        patience=patience, seed=seed, flip_augment=flip_augment,
+        patience=patience, seed=seed, flip_augment=flip_augment, label_smoothing=label_smoothing,
         encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
     )  # fmt: skip
     weights = None if encoder_weights == "random" else encoder_weights

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 SELECTION_OPTIONS = DecodeOptions(strategy="greedy", max_length=25)
 
 
-def encoder_file(name: str, cache_dir: Path, weights: str | None = "imagenet", weights_dtype: str = "float32") -> Path:
+def encoder_file(
+    name: str, cache_dir: Path, weights: str | None = "imagenet", weights_dtype: str = "float32"
+) -> Path:
     """The encoder's ONNX file under cache_dir, exported once."""
     get_encoder_spec(name)
     tag = "random" if weights is None else ("imagenet" if weights == "imagenet" else Path(weights).stem)

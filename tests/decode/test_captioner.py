@@ -12,8 +12,8 @@ from captioner.decode.captioner import Candidate, Captioner, CaptionResult
 from captioner.decode.options import DecodeOptions
 from captioner.errors import ImageError
 
-GREEDY = DecodeOptions(strategy="greedy", max_length=12)
-BEAM = DecodeOptions(strategy="beam", beam_size=4, n_best=3, max_length=12)
+GREEDY = DecodeOptions(strategy="greedy", max_length=12, length_penalty=0.0)
+BEAM = DecodeOptions(strategy="beam", beam_size=4, n_best=3, max_length=12, length_penalty=0.0)
 
 
 @pytest.fixture(scope="module")

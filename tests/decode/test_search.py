@@ -14,6 +14,12 @@ from captioner.decode.search import Hypothesis, beam_search, greedy_search, sear
 START, END = 0, 1
 
 
+def opts(*args, **kwargs) -> DecodeOptions:
+    """DecodeOptions ranking by raw log-probability (alpha 0) unless a test sets length_penalty."""
+    kwargs.setdefault("length_penalty", 0.0)
+    return DecodeOptions(*args, **kwargs)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
@@ -116,7 +122,7 @@ def test_wide_beam_finds_the_brute_force_optimum(seed, alpha, vocab, max_length)
     # 2 words and 4 steps (or 3 words and 3 steps): the beam of 10 holds every live prefix but the
     # last, where a cut costs nothing because all last-step candidates have the same length.
     fake = HistoryStep(vocab, max_length, seed)
-    options = DecodeOptions("beam", beam_size=10, max_length=max_length, length_penalty=alpha, n_best=10)
+    options = opts("beam", beam_size=10, max_length=max_length, length_penalty=alpha, n_best=10)
     (got,) = run(beam_search, fake, [0], options)
     expected = brute_force(fake, 0, vocab, options)[:10]
     assert [h.tokens for h in got] == [h.tokens for h in expected]
@@ -128,7 +134,7 @@ def test_wide_beam_finds_the_brute_force_optimum(seed, alpha, vocab, max_length)
 def test_greedy_is_stepwise_argmax(seed):
     tables = markov_tables(seed, n_images=3, vocab=6)
     fake = MarkovStep(tables)
-    options = DecodeOptions("greedy", max_length=8)
+    options = opts("greedy", max_length=8)
     got = run(greedy_search, fake, [0, 1, 2], options)
     for image in range(3):
         tokens, prev, lp = [], START, 0.0
@@ -146,8 +152,8 @@ def test_greedy_is_stepwise_argmax(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_beam_of_one_equals_greedy(seed):
     fake = MarkovStep(markov_tables(seed, n_images=4, vocab=7))
-    greedy = run(greedy_search, fake, [0, 1, 2, 3], DecodeOptions("greedy", max_length=10))
-    beam = run(beam_search, fake, [0, 1, 2, 3], DecodeOptions("beam", beam_size=1, max_length=10))
+    greedy = run(greedy_search, fake, [0, 1, 2, 3], opts("greedy", max_length=10))
+    beam = run(beam_search, fake, [0, 1, 2, 3], opts("beam", beam_size=1, max_length=10))
     assert beam == greedy
 
 
@@ -160,8 +166,8 @@ def test_batched_equals_one_image_at_a_time(fake_kind, alpha):
         return HistoryStep(vocab=6, max_length=6, seed=5)
 
     for strategy, options in [
-        (greedy_search, DecodeOptions("greedy", max_length=6, length_penalty=alpha)),
-        (beam_search, DecodeOptions("beam", beam_size=4, max_length=6, length_penalty=alpha, n_best=3)),
+        (greedy_search, opts("greedy", max_length=6, length_penalty=alpha)),
+        (beam_search, opts("beam", beam_size=4, max_length=6, length_penalty=alpha, n_best=3)),
     ]:
         batched = run(strategy, make(), [0, 1, 2, 3], options)
         single = [run(strategy, make(), [i], options)[0] for i in range(4)]
@@ -171,7 +177,7 @@ def test_batched_equals_one_image_at_a_time(fake_kind, alpha):
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_n_best_are_distinct_sorted_and_their_log_probs_replay(alpha):
     fake = HistoryStep(vocab=8, max_length=7, seed=11)
-    options = DecodeOptions("beam", beam_size=6, max_length=7, length_penalty=alpha, n_best=6)
+    options = opts("beam", beam_size=6, max_length=7, length_penalty=alpha, n_best=6)
     results = run(beam_search, fake, [0, 1, 2], options)
     for image, hyps in enumerate(results):
         assert len(hyps) == 6
@@ -188,9 +194,9 @@ def test_n_best_are_distinct_sorted_and_their_log_probs_replay(alpha):
 @pytest.mark.parametrize(
     "options",
     [
-        DecodeOptions("greedy", max_length=5),
-        DecodeOptions("beam", beam_size=3, max_length=5, n_best=3),
-        DecodeOptions("beam", beam_size=3, max_length=5, n_best=2, length_penalty=1.0),
+        opts("greedy", max_length=5),
+        opts("beam", beam_size=3, max_length=5, n_best=3),
+        opts("beam", beam_size=3, max_length=5, n_best=2, length_penalty=1.0),
     ],
 )
 def test_max_length_cuts_without_end_token(options):
@@ -209,7 +215,7 @@ def test_max_length_cuts_without_end_token(options):
 @pytest.mark.parametrize("seed", range(4))
 def test_captions_never_exceed_max_length(seed):
     fake = MarkovStep(markov_tables(seed, n_images=3, vocab=6))
-    options = DecodeOptions("beam", beam_size=5, max_length=3, n_best=5)
+    options = opts("beam", beam_size=5, max_length=3, n_best=5)
     for hyps in run(beam_search, fake, [0, 1, 2], options):
         assert all(len(h.tokens) <= 3 for h in hyps)
         assert all(h.finished for h in hyps if len(h.tokens) < 3)
@@ -249,7 +255,7 @@ def test_length_penalty_prefers_the_longer_caption():
     initial[0] = ()
 
     def best(alpha: float) -> Hypothesis:
-        options = DecodeOptions("beam", beam_size=2, max_length=6, length_penalty=alpha)
+        options = opts("beam", beam_size=2, max_length=6, length_penalty=alpha)
         return beam_search(step, (initial,), options, START, END)[0][0]
 
     assert best(0.0).tokens == (a,)
@@ -262,7 +268,7 @@ def test_length_penalty_prefers_the_longer_caption():
 def test_one_batched_step_call_per_time_step(strategy):
     beam_size, n_images, max_length = 4, 5, 9
     fake = HistoryStep(vocab=7, max_length=max_length, seed=3)
-    options = DecodeOptions(strategy, beam_size=beam_size, max_length=max_length)
+    options = opts(strategy, beam_size=beam_size, max_length=max_length)
     run(search, fake, list(range(n_images)), options)
     width = 1 if strategy == "greedy" else beam_size
     assert 1 <= len(fake.calls) <= max_length + 1
@@ -276,8 +282,8 @@ def test_finished_images_leave_the_batch():
     tables[0, START] = log_softmax(np.array([-np.inf, 50.0, 0, 0, 0, 0]))  # image 0 ends at once
     tables[1, :, END] = -np.inf  # image 1 never ends
     for options, width in [
-        (DecodeOptions("greedy", max_length=6), 1),
-        (DecodeOptions("beam", beam_size=3, max_length=6), 3),
+        (opts("greedy", max_length=6), 1),
+        (opts("beam", beam_size=3, max_length=6), 3),
     ]:
         fake = MarkovStep(tables)
         results = run(search, fake, [0, 1], options)
@@ -294,9 +300,9 @@ def test_ties_break_deterministically_toward_lower_ids():
         return log_probs, state
 
     state = (np.zeros(2),)
-    greedy = greedy_search(uniform, state, DecodeOptions("greedy", max_length=3), 0, 3)
+    greedy = greedy_search(uniform, state, opts("greedy", max_length=3), 0, 3)
     assert [h.tokens for h in greedy[0]] == [(1, 1, 1)]
-    options = DecodeOptions("beam", beam_size=3, max_length=3, n_best=3)
+    options = opts("beam", beam_size=3, max_length=3, n_best=3)
     first = beam_search(uniform, state, options, 0, 3)
     assert first == beam_search(uniform, state, options, 0, 3)
     # alpha 0 favours short captions; equal scores keep the order found: () , (1,), then (1, 1).
@@ -306,8 +312,8 @@ def test_ties_break_deterministically_toward_lower_ids():
 
 def test_search_dispatches_on_strategy():
     fake = MarkovStep(markov_tables(1, n_images=2, vocab=6))
-    greedy = DecodeOptions("greedy", max_length=5)
-    beam = DecodeOptions("beam", beam_size=3, max_length=5, n_best=2)
+    greedy = opts("greedy", max_length=5)
+    beam = opts("beam", beam_size=3, max_length=5, n_best=2)
     assert run(search, fake, [0, 1], greedy) == run(greedy_search, fake, [0, 1], greedy)
     assert run(search, fake, [0, 1], beam) == run(beam_search, fake, [0, 1], beam)
 
@@ -315,7 +321,7 @@ def test_search_dispatches_on_strategy():
 def test_empty_batch_gives_empty_result():
     fake = MarkovStep(markov_tables(0, n_images=1, vocab=5))
     for strategy in (greedy_search, beam_search):
-        assert run(strategy, fake, [], DecodeOptions("beam", beam_size=2)) == []
+        assert run(strategy, fake, [], opts("beam", beam_size=2)) == []
     assert fake.calls == []
 
 
@@ -337,13 +343,13 @@ def _ok(tokens, state):
 @pytest.mark.parametrize("strategy", [greedy_search, beam_search])
 def test_wrong_step_output_raises_value_error(strategy, bad_step, message):
     with pytest.raises(ValueError, match=message):
-        strategy(bad_step, (np.zeros(3),), DecodeOptions("beam", beam_size=2), START, END)
+        strategy(bad_step, (np.zeros(3),), opts("beam", beam_size=2), START, END)
 
 
 @pytest.mark.parametrize("state", [(), [np.zeros(2)], np.zeros(2)])
 def test_state_must_be_a_tuple_of_arrays(state):
     with pytest.raises(ValueError, match="state"):
-        beam_search(_ok, state, DecodeOptions(), START, END)
+        beam_search(_ok, state, opts(), START, END)
 
 
 def test_best_candidates_match_a_stable_full_sort():

@@ -25,17 +25,21 @@ class DecodeOptions:
     n_best: how many finished hypotheses to return per image (1..beam_size; 1 for greedy).
     """
 
+    # Defaults chosen on the Flickr8k dev split with the shipped model (beam 3 with alpha 0.7 gave the best BLEU-4;
+    # see models/default/README.md).
     strategy: Strategy = "beam"
     beam_size: int = 3
     max_length: int = 30
-    length_penalty: float = 0.0
+    length_penalty: float = 0.7
     n_best: int = 1
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam"):
             raise OptionsError(f"strategy must be 'greedy' or 'beam', got {self.strategy!r}")
         if not isinstance(self.beam_size, int) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
-            raise OptionsError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
+            raise OptionsError(
+                f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}"
+            )
         if not isinstance(self.max_length, int) or not 1 <= self.max_length <= MAX_LENGTH_LIMIT:
             raise OptionsError(
                 f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}, got {self.max_length!r}"

@@ -93,21 +93,31 @@ def save_bundle(
     extra: dict | None = None,
 ) -> Path:
     """Write a bundle folder from a trained Keras decoder; returns its path (written atomically)."""
+    from captioner.encoders.runtime import OnnxEncoder
+    from captioner.model.decoder import build_decoder
+
     out_dir = Path(out_dir)
+    feature_size = OnnxEncoder(encoder_onnx, threads=1).feature_size
+    if feature_size != config.feature_size:
+        raise BundleError(
+            f"encoder gives {feature_size}-d features but the decoder expects {config.feature_size}"
+        )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "weights").mkdir(parents=True)
-    model.save(tmp / MODEL_FILE)
-    model.save_weights(tmp / WEIGHTS_FILE)
+    # A fresh, uncompiled copy: the trained model carries its optimizer (Adam's two moments per weight would
+    # triple both files), which serving never needs.
+    clean = build_decoder(config)
+    try:
+        clean.set_weights(model.get_weights())
+    except ValueError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"the model does not match the decoder config: {exc}") from None
+    clean.save(tmp / MODEL_FILE)
+    clean.save_weights(tmp / WEIGHTS_FILE)
     vocabulary.save(tmp / TOKENIZER_FILE)
     shutil.copyfile(encoder_onnx, tmp / ENCODER_FILE)
-    from captioner.encoders.runtime import OnnxEncoder
-
     encoder = OnnxEncoder(tmp / ENCODER_FILE, threads=1)
-    if encoder.feature_size != config.feature_size:
-        raise BundleError(
-            f"encoder gives {encoder.feature_size}-d features but the decoder expects {config.feature_size}"
-        )
     files = [MODEL_FILE, *REQUIRED_FILES]
     manifest = {
         "format": FORMAT,

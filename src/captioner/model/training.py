@@ -131,8 +131,7 @@ def train(
     model = build_decoder(dconf)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
-        # ignore_class: padding positions carry no loss (whole sequences, variable lengths).
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=vocab.pad_id),
+        loss=MaskedCaptionLoss(vocab.pad_id, config.label_smoothing),
     )
     callbacks: list = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
     if score_fn is not None:
@@ -169,6 +168,33 @@ def train(
         json.dumps({"best_epoch": best + 1, "best_scores": best_scores, "seconds": seconds}, indent=2)
     )
     return model, result
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class MaskedCaptionLoss(keras.losses.Loss):
+    """Cross-entropy over whole sequences: padding positions carry no loss, optional label smoothing.
+
+    y_true int [B, T] token ids (pad_id where the caption has ended), y_pred float [B, T, V] logits.
+    Averaged over real tokens, so long and short captions weigh by their length, as teacher forcing should.
+    """
+
+    def __init__(self, pad_id: int = 0, label_smoothing: float = 0.0, name: str = "masked_caption_loss"):
+        super().__init__(name=name, reduction="sum")
+        self.pad_id, self.label_smoothing = int(pad_id), float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.cast(y_true, "int32")
+        log_probs = ops.log_softmax(y_pred, axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
+        if self.label_smoothing:
+            # Spread label_smoothing of the target mass uniformly over the vocabulary.
+            nll = (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, axis=-1)
+        mask = ops.cast(ops.not_equal(y_true, self.pad_id), nll.dtype)
+        return ops.sum(nll * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        return {"pad_id": self.pad_id, "label_smoothing": self.label_smoothing, "name": self.name}
 
 
 class LengthBuckets:
