@@ -12,9 +12,6 @@ import pytest
 
 from conftest_helpers import make_photo
 
-REPO = Path(__file__).resolve().parents[1]
-FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
-
 
 @pytest.fixture(scope="session")
 def photo_files(tmp_path_factory) -> list[Path]:

@@ -18,6 +18,9 @@ def make_photo(size=(96, 64), seed=0) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
+REPO = Path(__file__).resolve().parents[1]
+FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
+
 WORDS = ["dog", "cat", "man", "girl", "ball", "grass", "water", "snow", "runs", "jumps", "sits", "plays"]
 
 

@@ -103,7 +103,7 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
     from captioner.decode.captioner import Captioner
     from captioner.evaluation.evaluate import evaluate
     from captioner.model.bundle import load_bundle
-    from conftest import FLICKR8K
+    from conftest_helpers import FLICKR8K
 
     if not (FLICKR8K / "Flickr8k.token.txt").is_file():
         pytest.skip(f"Flickr8k not found at {FLICKR8K}")
