@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.model.step import log_softmax, lstm_cell
+
 WEIGHT_NAMES = (
     "fe/kernel", "fe/bias", "embedding", "lstm/kernel", "lstm/recurrent_kernel", "lstm/bias",
     "hidden/kernel", "hidden/bias", "out/kernel", "out/bias",
 )  # fmt: skip
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
 
 
 class MergeStepDecoder:
@@ -66,16 +64,9 @@ class MergeStepDecoder:
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """tokens [N] -> (log_probs float32 [N, V], new state). Keras gate order i, f, c, o."""
         h, c, fe = state
-        w, u = self.w, self.units
-        gates = self.token_gates[np.asarray(tokens, np.int64)] + h @ w["lstm/recurrent_kernel"]
-        i = _sigmoid(gates[:, :u])
-        f = _sigmoid(gates[:, u : 2 * u])
-        g = np.tanh(gates[:, 2 * u : 3 * u])
-        o = _sigmoid(gates[:, 3 * u :])
-        c = f * c + i * g
-        h = o * np.tanh(c)
+        w = self.w
+        h, c = lstm_cell(self.token_gates[np.asarray(tokens, np.int64)] + h @ w["lstm/recurrent_kernel"], c)
         hidden = np.maximum((fe + h) @ w["hidden/kernel"] + w["hidden/bias"], 0)
         logits = hidden @ w["out/kernel"] + self.out_bias
-        logits -= logits.max(axis=1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        log_probs = log_softmax(logits)
         return log_probs.astype(np.float32, copy=False), (h, c, fe)

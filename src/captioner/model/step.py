@@ -32,9 +32,20 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free and as accurate as 1 / (1 + exp(-x))
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def lstm_cell(gates: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Keras LSTM step from pre-activation gates [N, 4H] (order i, f, c, o) and cell state [N, H] -> (h, c)."""
+    H = c.shape[1]
+    i = _sigmoid(gates[:, :H])
+    f = _sigmoid(gates[:, H : 2 * H])
+    g = np.tanh(gates[:, 2 * H : 3 * H])
+    o = _sigmoid(gates[:, 3 * H :])
+    c = f * c + i * g
+    return o * np.tanh(c), c
 
 
 class NumpyDecoder:
@@ -97,14 +108,7 @@ class NumpyDecoder:
         """tokens int [N], state (h, c, v) -> (log_probs float32 [N, V], new state). Keras gate order i, f, c, o."""
         h, c, v = state
         w = self.w
-        H = self.config.hidden_dim
-        gates = self.token_gates[tokens] + h @ w["lstm/recurrent_kernel"]
-        i = _sigmoid(gates[:, :H])
-        f = _sigmoid(gates[:, H : 2 * H])
-        g = np.tanh(gates[:, 2 * H : 3 * H])
-        o = _sigmoid(gates[:, 3 * H :])
-        c = f * c + i * g
-        h = o * np.tanh(c)
+        h, c = lstm_cell(self.token_gates[tokens] + h @ w["lstm/recurrent_kernel"], c)
         z = np.maximum(h @ w["lstm_proj/kernel"] + w["lstm_proj/bias"] + v, 0)
         logits = z @ w["logits/kernel"] + w["logits/bias"]
-        return _log_softmax(logits).astype(np.float32, copy=False), (h, c, v)
+        return log_softmax(logits).astype(np.float32, copy=False), (h, c, v)
