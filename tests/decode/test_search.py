@@ -352,23 +352,63 @@ def test_state_must_be_a_tuple_of_arrays(state):
         beam_search(_ok, state, opts(), START, END)
 
 
-def test_best_candidates_match_a_stable_full_sort():
-    # The per-row partition shortcut must pick exactly what a stable argsort of all sums would, ties and -inf
-    # included (integer-valued log-probs make ties common).
-    from captioner.decode.search import _best_candidates
+def topk_of(step):
+    """A step_topk over a full step: each row's k best by a stable sort (ties: lower id first), as TopK does."""
+
+    def step_topk(tokens, state, k):
+        log_probs, new_state = step(tokens, state)
+        ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(log_probs, ids, axis=1), ids, new_state
+
+    return step_topk
+
+
+@pytest.mark.parametrize("use_topk", [False, True], ids=["full-step", "topk-step"])
+def test_best_candidates_match_a_stable_full_sort(use_topk):
+    # Both candidate paths (partition of the full log-probs, or each row's top-k from the decoder) must pick
+    # exactly what a stable argsort of all sums would, ties and -inf included (integer log-probs: many ties).
+    from captioner.decode.search import _best_candidates, _expand
 
     rng = np.random.default_rng(0)
     for _ in range(300):
-        images, rows, vocab = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 40))
+        images, rows, vocab = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(2, 40))
         k = int(rng.integers(1, rows * vocab + 1))
         log_prob = rng.integers(-4, 1, size=(images, rows)).astype(np.float64)
         log_probs = rng.integers(-3, 1, size=(images * rows, vocab)).astype(np.float32)
         log_probs[rng.random(log_probs.shape) < 0.2] = -np.inf
-        got = _best_candidates(log_prob, log_probs, k)
+        step = lambda tokens, state, lp=log_probs: (lp, state)  # noqa: E731
+        tokens, state = np.zeros(images * rows, np.int64), (np.zeros(images * rows),)
+        row, tok, lp, _ = _expand(
+            step, topk_of(step) if use_topk else None, tokens, state, images * rows, k, END
+        )
+        got = _best_candidates(log_prob, row, tok, lp, k)
         full = (log_prob[:, :, None] + log_probs.astype(np.float64).reshape(images, rows, vocab)).reshape(
             images, -1
         )
         for i in range(images):
             order = np.argsort(-full[i], kind="stable")[:k]
-            assert [flat for flat, _ in got[i]] == order.tolist()
-            assert [lp for _, lp in got[i]] == full[i, order].tolist()
+            order = order[np.isfinite(full[i, order])]  # impossible continuations are never candidates
+            assert [src * vocab + t for src, t, _ in got[i]] == order.tolist()
+            assert [x for _, _, x in got[i]] == full[i, order].tolist()
+
+
+@pytest.mark.parametrize("integer_tables", [False, True], ids=["real", "ties"])
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_topk_step_gives_the_same_hypotheses_as_the_full_step(strategy, integer_tables):
+    for seed in range(20):
+        tables = markov_tables(seed, 3, 9)
+        if integer_tables:  # equal log-probs everywhere: only the tie rules decide
+            tables = np.where(np.isfinite(tables), np.round(tables), tables).astype(np.float32)
+        step = MarkovStep(tables)
+        options = opts(strategy, beam_size=1 if strategy == "greedy" else 3, max_length=6, length_penalty=0.7)
+        full = search(step, step.initial_state([0, 1, 2]), options, START, END)
+        topk = search(step, step.initial_state([0, 1, 2]), options, START, END, step_topk=topk_of(step))
+        assert topk == full
+
+
+def test_topk_step_output_is_checked():
+    def bad(tokens, state, k):
+        return np.zeros((len(tokens), k)), np.zeros((len(tokens), k + 1), np.int64), state
+
+    with pytest.raises(ValueError, match="step_topk returned"):
+        beam_search(_ok, (np.zeros(3),), opts("beam", beam_size=2), START, END, step_topk=bad)

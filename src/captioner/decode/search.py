@@ -7,6 +7,12 @@ Both strategies are batched: every live row of every image (for beam search, eve
 one ``step`` call per time step. Rows of images that are done are dropped from the batch with
 ``np.take(axis=0)``, so later steps get fewer rows, never more than ``B * beam_size``.
 
+A decoder may also supply ``step_topk(tokens, state, k)``, which returns only each row's k best
+log-probabilities and their token ids (best first, equal values in ascending id order) instead of the whole
+[N, V] matrix: the searches then never sort or scan the vocabulary themselves (``model.onnx_step`` does the
+top-k inside its graph). Both forms give the same hypotheses: an image's k best continuations are always among
+its rows' own k best.
+
 Conventions shared by both strategies:
 
 * ``Hypothesis.tokens`` holds word ids only (no start, no end token).
@@ -29,6 +35,7 @@ from captioner.decode.options import DecodeOptions
 
 State = tuple[np.ndarray, ...]
 StepFn = Callable[[np.ndarray, State], tuple[np.ndarray, State]]
+TopkStepFn = Callable[[np.ndarray, State, int], tuple[np.ndarray, np.ndarray, State]]
 
 
 @dataclass(frozen=True)
@@ -48,22 +55,33 @@ class Hypothesis:
 
 
 def search(
-    step: StepFn, state: State, options: DecodeOptions, start_id: int, end_id: int
+    step: StepFn,
+    state: State,
+    options: DecodeOptions,
+    start_id: int,
+    end_id: int,
+    step_topk: TopkStepFn | None = None,
 ) -> list[list[Hypothesis]]:
     """Run the strategy named by ``options.strategy``; see greedy_search and beam_search."""
     if options.strategy == "greedy":
-        return greedy_search(step, state, options, start_id, end_id)
-    return beam_search(step, state, options, start_id, end_id)
+        return greedy_search(step, state, options, start_id, end_id, step_topk)
+    return beam_search(step, state, options, start_id, end_id, step_topk)
 
 
 def greedy_search(
-    step: StepFn, state: State, options: DecodeOptions, start_id: int, end_id: int
+    step: StepFn,
+    state: State,
+    options: DecodeOptions,
+    start_id: int,
+    end_id: int,
+    step_topk: TopkStepFn | None = None,
 ) -> list[list[Hypothesis]]:
     """Pick the most likely token at each step (ties: the lowest id).
 
     step: (tokens int64 [N], state) -> (log_probs float [N, V], new state); every state array has the
         row as axis 0.
     state: initial state for B images, arrays with leading dim B.
+    step_topk: optional (tokens, state, k) -> (values [N, k], ids [N, k], new state), used instead of step.
     Returns B lists, each with exactly one Hypothesis.
     """
     batch = _batch_size(state)
@@ -77,9 +95,8 @@ def greedy_search(
     for t in range(max_length):
         if active.size == 0:
             break
-        log_probs, state = _checked_step(step, tokens, state, active.size, end_id)
-        best = log_probs.argmax(axis=1)
-        log_prob[active] += log_probs[np.arange(active.size), best].astype(np.float64)
+        _, best, lp, state = _expand(step, step_topk, tokens, state, active.size, 1, end_id)
+        log_prob[active] += lp.astype(np.float64)
         ended = best == end_id
         finished[active[ended]] = True
         going = np.flatnonzero(~ended)
@@ -93,7 +110,12 @@ def greedy_search(
 
 
 def beam_search(
-    step: StepFn, state: State, options: DecodeOptions, start_id: int, end_id: int
+    step: StepFn,
+    state: State,
+    options: DecodeOptions,
+    start_id: int,
+    end_id: int,
+    step_topk: TopkStepFn | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search with ``options.beam_size`` live hypotheses per image.
 
@@ -103,7 +125,7 @@ def beam_search(
     (exact, since log-probabilities are <= 0: a live log_prob can only fall and no length exceeds
     max_length), or when it reaches max_length words, where the live beams join the candidates unfinished.
 
-    step, state: as for greedy_search; step must return log-probabilities (<= 0) for the bound to hold.
+    step, state, step_topk: as for greedy_search; log-probabilities must be <= 0 for the bound to hold.
     Returns B lists of up to options.n_best distinct hypotheses, best score first. Fewer only when the
     step gives -inf to so many tokens that fewer distinct finite-probability captions exist.
     """
@@ -121,24 +143,21 @@ def beam_search(
     tokens = np.full(batch, start_id, dtype=np.int64)
     for t in range(max_length):
         n_images, rows = log_prob.shape
-        log_probs, state = _checked_step(step, tokens, state, n_images * rows, end_id)
-        vocab = log_probs.shape[1]
         # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
-        candidates = _best_candidates(log_prob, log_probs, min(2 * beam, rows * vocab))
+        k = 2 * beam
+        row, tok, lp, state = _expand(step, step_topk, tokens, state, n_images * rows, k, end_id)
+        candidates = _best_candidates(log_prob, row, tok, lp, k)
         parent = np.zeros((n_images, beam), dtype=np.int64)
         token = np.full((n_images, beam), end_id, dtype=np.int64)
         new_lp = np.full((n_images, beam), -np.inf)
         going = np.zeros(n_images, dtype=bool)
         for i in range(n_images):
             n_live = 0
-            for flat, lp in candidates[i]:
-                if lp == -np.inf:  # impossible continuation; the rest are sorted below it
-                    break
-                src, tok = divmod(flat, vocab)
-                if tok == end_id:
-                    _keep(kept[images[i]], _hypothesis(words[i, src], lp, True, alpha), n_best)
+            for src, tok_i, lp_i in candidates[i]:
+                if tok_i == end_id:
+                    _keep(kept[images[i]], _hypothesis(words[i, src], lp_i, True, alpha), n_best)
                     continue
-                parent[i, n_live], token[i, n_live], new_lp[i, n_live] = src, tok, lp
+                parent[i, n_live], token[i, n_live], new_lp[i, n_live] = src, tok_i, lp_i
                 n_live += 1
                 if n_live == beam:
                     break
@@ -179,31 +198,72 @@ def _keep(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
         del kept[n_best:]
 
 
-def _best_candidates(log_prob: np.ndarray, log_probs: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """The k best (flat, log_prob) continuations of each image, best first, ties by lower flat index.
+def _best_candidates(
+    log_prob: np.ndarray, row: np.ndarray, tok: np.ndarray, step_lp: np.ndarray, k: int
+) -> list[list[tuple[int, int, float]]]:
+    """The k best (row in image, token, log_prob) continuations of each image, best first.
 
-    log_prob: float64 [I, R], the running sums of the R rows of each image. log_probs: [I*R, V], the step's output.
-    flat = row * V + token. Equal to a stable sort of all I x R*V sums cut to k, but only the tokens at least as
-    good as each row's own k-th best (ties included) can be among an image's best k, so only those are summed
-    in float64 and sorted: O(R*V) partition work instead of a float64 copy and sort of every sum.
+    log_prob: float64 [I, R], the running sums of the R rows of each image. row, tok, step_lp: flat candidate
+    lists from ``_expand`` (each row's own best tokens, ties included). Equal sums rank by lower row, then
+    lower token: the order of a stable sort of all I x R*V sums, cut to k. Impossible (-inf) sums are dropped.
     """
     n_images, rows = log_prob.shape
+    lp = log_prob.reshape(-1)[row] + step_lp.astype(np.float64)
+    image, src = np.divmod(row, rows)
+    order = np.lexsort((tok, src, -lp, image))  # by image, then best sum, then lower row, then lower token
+    order = order[np.isfinite(lp[order])]
+    image, src, tok, lp = image[order], src[order], tok[order], lp[order]
+    starts = np.searchsorted(image, np.arange(n_images + 1))
+    src_l, tok_l, lp_l = src.tolist(), tok.tolist(), lp.tolist()
+    return [
+        list(zip(src_l[a : min(b, a + k)], tok_l[a : min(b, a + k)], lp_l[a : min(b, a + k)], strict=True))
+        for a, b in zip(starts[:-1], starts[1:], strict=True)
+    ]
+
+
+def _expand(
+    step: StepFn,
+    step_topk: TopkStepFn | None,
+    tokens: np.ndarray,
+    state: State,
+    n_rows: int,
+    k: int,
+    end_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, State]:
+    """One decoder step -> (row, token, log_prob, new state): each row's k best tokens as flat arrays.
+
+    With ``step_topk`` exactly min(k, V) per row, as the decoder ranked them; with ``step`` every token at least
+    as likely as the row's k-th best (ties included: the caller's sort breaks them), found by a partition, not
+    a sort of the vocabulary. Either way, the k best continuations of any group of rows are among them.
+    """
+    if step_topk is not None:
+        values, ids, new_state = step_topk(tokens, state, k)
+        values, ids = np.asarray(values), np.asarray(ids)
+        if values.ndim != 2 or values.shape != ids.shape or values.shape[0] != n_rows:
+            raise ValueError(
+                f"step_topk returned values {values.shape} and ids {ids.shape} for {n_rows} tokens; "
+                f"expected two arrays of shape ({n_rows}, k)"
+            )
+        if np.isnan(values).any():
+            raise ValueError("step returned NaN log-probabilities")
+        _check_state(new_state, n_rows)
+        width = values.shape[1]
+        return (
+            np.repeat(np.arange(n_rows), width),
+            ids.reshape(-1).astype(np.int64),
+            values.reshape(-1),
+            new_state,
+        )
+    log_probs, new_state = _checked_step(step, tokens, state, n_rows, end_id)
     vocab = log_probs.shape[1]
-    if k < vocab:
+    if k == 1:  # exactly one per row: the lowest id among ties (argmax's rule, as TopK's)
+        row, tok = np.arange(n_rows), log_probs.argmax(axis=1)
+    elif k < vocab:
         kth = np.partition(log_probs, vocab - k, axis=1)[:, vocab - k]
         row, tok = np.nonzero(log_probs >= kth[:, None])
     else:
         row, tok = np.divmod(np.arange(log_probs.size), vocab)
-    lp = log_prob.reshape(-1)[row] + log_probs[row, tok].astype(np.float64)
-    image, flat = np.divmod(row, rows)
-    flat = flat * vocab + tok
-    order = np.lexsort((flat, -lp, image))  # by image, then best sum, then lower flat index
-    image, flat, lp = image[order], flat[order], lp[order]
-    starts = np.searchsorted(image, np.arange(n_images + 1))
-    return [
-        list(zip(flat[a : min(b, a + k)].tolist(), lp[a : min(b, a + k)].tolist(), strict=True))
-        for a, b in zip(starts[:-1], starts[1:], strict=True)
-    ]
+    return row, tok, log_probs[row, tok], new_state
 
 
 def _batch_size(state: State) -> int:
@@ -226,9 +286,13 @@ def _checked_step(
         raise ValueError(f"end_id {end_id} is outside the step's vocabulary of {log_probs.shape[1]} tokens")
     if np.isnan(log_probs).any():
         raise ValueError("step returned NaN log-probabilities")
+    _check_state(new_state, n_rows)
+    return log_probs, new_state
+
+
+def _check_state(new_state: State, n_rows: int) -> None:
     if not isinstance(new_state, tuple) or any(np.shape(a)[:1] != (n_rows,) for a in new_state):
         shapes = [np.shape(a) for a in new_state] if isinstance(new_state, tuple) else type(new_state)
         raise ValueError(
             f"step must return the new state as a tuple of arrays with {n_rows} rows on axis 0, got {shapes}"
         )
-    return log_probs, new_state

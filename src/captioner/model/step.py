@@ -92,6 +92,18 @@ class NumpyDecoder:
             raise BundleError(f"{path} is not a weights file of this decoder: {exc}") from None
         return cls(config, w)
 
+    def graph_weights(self) -> dict[str, np.ndarray]:
+        """The arrays of ``onnx_step.build_step_graph`` (the same step as an onnxruntime graph)."""
+        w = self.w
+        return {
+            "token_gates": self.token_gates,
+            "recurrent_kernel": w["lstm/recurrent_kernel"],
+            "proj_kernel": w["lstm_proj/kernel"],
+            "proj_bias": w["lstm_proj/bias"],
+            "logits_kernel": w["logits/kernel"],
+            "logits_bias": w["logits/bias"],
+        }
+
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         """features [B, F] -> (h0 [B, H], c0 [B, H], v [B, E])."""
         w = self.w

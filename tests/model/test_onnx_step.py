@@ -1,0 +1,142 @@
+"""The onnxruntime decoder step: the same numbers as NumpyDecoder, top-k with the search's tie rule, int8 variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from captioner.decode.options import DecodeOptions
+from captioner.decode.search import search
+from captioner.model.config import DecoderConfig
+from captioner.model.onnx_step import OnnxDecoder, build_step_graph
+from captioner.model.step import NumpyDecoder
+
+CONFIG = DecoderConfig(vocab_size=23, feature_size=10, embed_dim=6, hidden_dim=7, dropout=0.0, max_length=8)
+START, END = 1, 2
+
+
+def random_decoder(config: DecoderConfig = CONFIG, scale: float = 0.5, seed: int = 0) -> NumpyDecoder:
+    H, E, V, F = config.hidden_dim, config.embed_dim, config.vocab_size, config.feature_size
+    shapes = {
+        "image_proj/kernel": (F, E), "image_proj/bias": (E,),
+        "init_h/kernel": (E, H), "init_h/bias": (H,), "init_c/kernel": (E, H), "init_c/bias": (H,),
+        "embedding": (V, E),
+        "lstm/kernel": (E, 4 * H), "lstm/recurrent_kernel": (H, 4 * H), "lstm/bias": (4 * H,),
+        "lstm_proj/kernel": (H, E), "lstm_proj/bias": (E,), "logits/kernel": (E, V), "logits/bias": (V,),
+    }  # fmt: skip
+    rng = np.random.default_rng(seed)
+    return NumpyDecoder(config, {k: rng.normal(0, scale, s).astype(np.float32) for k, s in shapes.items()})
+
+
+@pytest.fixture(scope="module")
+def decoders():
+    reference = random_decoder()
+    return reference, OnnxDecoder(reference, threads=1)
+
+
+def features(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, CONFIG.feature_size)).astype(np.float32)
+
+
+def test_steps_equal_the_numpy_decoder(decoders):
+    reference, onnx_decoder = decoders
+    state_ref = reference.initial_state(features(5))
+    state = onnx_decoder.initial_state(features(5))
+    tokens = np.random.default_rng(2).integers(0, CONFIG.vocab_size, (6, 5))
+    for t in range(tokens.shape[0]):
+        want, state_ref = reference.step(tokens[t], state_ref)
+        got, state = onnx_decoder.step(tokens[t], state)
+        assert got.dtype == np.float32 and got.shape == (5, CONFIG.vocab_size)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        for a, b in zip(state, state_ref, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.ptp(want, axis=0).max() > 0.1  # rows differ: a test on real signal, not on a constant
+
+
+def test_topk_is_each_rows_best_in_order(decoders):
+    reference, onnx_decoder = decoders
+    state = reference.initial_state(features(4))
+    tokens = np.array([0, 3, 5, 7])
+    log_probs, _ = reference.step(tokens, state)
+    values, ids, (h, c, v) = onnx_decoder.step_topk(tokens, state, 5)
+    assert values.shape == ids.shape == (4, 5) and ids.dtype == np.int64
+    order = np.argsort(-log_probs, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_allclose(values, np.take_along_axis(log_probs, order, axis=1), atol=1e-5)
+    assert v is state[2]  # the image projection rides along unchanged
+    # k above the vocabulary is capped, not an error
+    assert onnx_decoder.step_topk(tokens, state, 1000)[0].shape == (4, CONFIG.vocab_size)
+
+
+def test_ties_rank_the_lower_token_id_first():
+    # Zero output weights: every token has the same log-probability, so only the tie rule decides.
+    decoder = random_decoder()
+    decoder.w["logits/kernel"][:] = 0
+    decoder.w["logits/bias"][:] = 0
+    onnx_decoder = OnnxDecoder(decoder, threads=1)
+    values, ids, _ = onnx_decoder.step_topk(np.array([0, 4]), decoder.initial_state(features(2)), 6)
+    np.testing.assert_array_equal(ids, [list(range(6))] * 2)
+    np.testing.assert_allclose(values, -np.log(CONFIG.vocab_size), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        DecodeOptions(strategy="greedy", max_length=7),
+        DecodeOptions(beam_size=3, max_length=7, length_penalty=0.7),
+        DecodeOptions(beam_size=4, max_length=6, n_best=3, length_penalty=0.0),
+    ],
+    ids=["greedy", "beam3", "beam4-nbest3"],
+)
+def test_searches_give_the_same_captions_as_the_numpy_decoder(decoders, options):
+    reference, onnx_decoder = decoders
+    feats = features(9, seed=3)
+    want = search(reference.step, reference.initial_state(feats), options, START, END)
+    got = search(
+        onnx_decoder.step,
+        onnx_decoder.initial_state(feats),
+        options,
+        START,
+        END,
+        step_topk=onnx_decoder.step_topk,
+    )
+    assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in want]
+    for hs_got, hs_want in zip(got, want, strict=True):
+        np.testing.assert_allclose([h.score for h in hs_got], [h.score for h in hs_want], atol=1e-4)
+    assert len({hs[0].tokens for hs in want}) > 1  # different images, different captions
+
+
+def test_empty_batch(decoders):
+    _, onnx_decoder = decoders
+    state = onnx_decoder.initial_state(np.zeros((0, CONFIG.feature_size), np.float32))
+    log_probs, _ = onnx_decoder.step(np.zeros(0, np.int64), state)
+    values, ids, _ = onnx_decoder.step_topk(np.zeros(0, np.int64), state, 3)
+    assert log_probs.shape == (0, CONFIG.vocab_size) and values.shape == ids.shape == (0, 3)
+
+
+def test_int8_is_quantised_and_still_a_distribution():
+    import onnx
+
+    config = DecoderConfig(
+        vocab_size=300, feature_size=10, embed_dim=32, hidden_dim=48, dropout=0.0, max_length=8
+    )
+    reference = random_decoder(config, scale=0.2)
+    fp32 = OnnxDecoder(reference, threads=1)
+    int8 = OnnxDecoder(reference, threads=1, precision="int8")
+    state = reference.initial_state(np.random.default_rng(4).normal(0, 1, (16, 10)).astype(np.float32))
+    tokens = np.arange(16) * 7
+    lp8, _ = int8.step(tokens, state)
+    lp32, _ = fp32.step(tokens, state)
+    np.testing.assert_allclose(np.exp(lp8).sum(axis=1), 1.0, atol=1e-4)
+    assert 0 < np.abs(lp8 - lp32).max() < 0.2  # quantised (not bit-equal), yet close
+    assert (lp8.argmax(1) == lp32.argmax(1)).mean() >= 0.75
+    from captioner.model.onnx_step import quantize_step_graph
+
+    quantized = onnx.load_from_string(quantize_step_graph(build_step_graph(reference.graph_weights())))
+    ops = {n.op_type for n in quantized.graph.node}
+    assert "MatMul" not in ops and ops & {"DynamicQuantizeMatMul", "MatMulInteger"}
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        OnnxDecoder(random_decoder(), precision="int4")
