@@ -50,6 +50,20 @@ def test_quick_run_writes_every_section(tiny_bundle, tmp_path):
     assert any("HTTP throughput at concurrency 8" in n for n in names)
     assert any("peak RSS" in n for n in names)
     assert summary["bundle"]["encoder_efficiency"]["b1_best"]["fraction_of_peak"] > 0
+    # The decoder backends, on the same encoder: the ONNX fp32 step answers exactly what the NumPy one does.
+    backends = engine["decoder_backends"]
+    assert set(backends) == {"numpy", "onnx", "onnx-int8"}
+    assert backends["onnx"]["same_captions_as_numpy"] == 1.0
+    for name, sec in backends.items():
+        assert (
+            0
+            < sec["decoder_only_b32_beam3"]["step_ms_per_image"]
+            <= sec["decoder_only_b32_beam3"]["ms_per_image"]
+        )
+        assert any(t["note"].startswith(f"decoder {name}") for t in summary["targets"])
+    assert engine["decoder"] == "OnnxDecoder" and engine["onnxruntime_threads"] == os.cpu_count()
+    assert raw["bundle"]["engine_encoder_spinning"]["encoder_keeps_spinning"] is True
+    assert summary["bundle"]["encoder_spinning"]["stopped_vs_spinning_on_x"] > 0
     pytest.importorskip("matplotlib")
     assert (out / "quick.png").stat().st_size > 10_000
 
@@ -77,18 +91,23 @@ def test_merge_step_reproduces_the_keras_merge_model(merge_model):
     from bench.merge_step import MergeStepDecoder
     from keras.utils import pad_sequences
 
+    from captioner.model.onnx_step import OnnxDecoder
+
     decoder = MergeStepDecoder(merge_weights(merge_model))
     assert (decoder.vocab_size, decoder.feature_size) == (VOCAB, FEATURES)
+    onnx_decoder = OnnxDecoder(decoder, threads=1)  # the engine's backend, on the merge model's weights
     rng = np.random.default_rng(2)
     photos = rng.normal(0, 1, (3, FEATURES)).astype(np.float32)
     prefix = rng.integers(1, VOCAB, (3, MAX_LENGTH))
-    state = decoder.initial_state(photos)
+    state = onnx_state = decoder.initial_state(photos)
     for t in range(MAX_LENGTH):
         log_probs, state = decoder.step(prefix[:, t], state)
+        onnx_log_probs, onnx_state = onnx_decoder.step(prefix[:, t], onnx_state)
         expected = merge_model.predict(
             [photos, pad_sequences(prefix[:, : t + 1], maxlen=MAX_LENGTH)], verbose=0
         )
         np.testing.assert_allclose(np.exp(log_probs), expected, atol=2e-6)
+        np.testing.assert_allclose(np.exp(onnx_log_probs), expected, atol=2e-6)
 
 
 def test_original_loop_and_our_greedy_search_write_the_same_caption(merge_model):

@@ -32,6 +32,7 @@ BeamSize = Annotated[int, typer.Option(help="Beam width (1-10).")]
 MaxLength = Annotated[int, typer.Option(help="Most words per caption (1-64).")]
 LengthPenalty = Annotated[float, typer.Option(help="alpha in score = log_prob / length**alpha.")]
 NBest = Annotated[int, typer.Option(help="Captions returned per image (<= beam size).")]
+DecoderOpt = Annotated[str, typer.Option(help="Decoder step: onnx (fp32), onnx-int8 or numpy.")]
 
 
 _DEFAULT = DecodeOptions()
@@ -57,12 +58,13 @@ def caption(
     length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     n_best: NBest = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
+    decoder: DecoderOpt = "onnx",
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(bundle)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
@@ -127,6 +129,7 @@ def evaluate(
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
     record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
+    decoder: DecoderOpt = "onnx",
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
@@ -135,7 +138,7 @@ def evaluate(
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1)
-    captioner = Captioner.from_bundle(bundle)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )

@@ -35,7 +35,10 @@ def load_captioner(settings: Settings) -> Captioner:
             max_pixels=settings.max_image_pixels,
         )
     return Captioner.from_bundle(
-        settings.bundle_path, threads=settings.threads, max_pixels=settings.max_image_pixels
+        settings.bundle_path,
+        threads=settings.threads,
+        max_pixels=settings.max_image_pixels,
+        decoder_backend=settings.decoder_backend,
     )
 
 
