@@ -6,7 +6,9 @@ One run, the same photos throughout (the first Flickr8k dev photos, or generated
                 over HTTP at concurrency 1, 8 and 32 (as shipped, and with OPENBLAS_NUM_THREADS=1)
   --inception   the original design's loop (TensorFlow, bench/baseline.py) against our engine with the SAME
                 random-weight InceptionV3 and merge decoder (ONNX export + NumPy step of those weights)
-  quantisation  int8 / float16 copies of each encoder: speed, and dev BLEU-4 with the bundle's decoder
+  decoders      the bundle's decoder step in NumPy, onnxruntime fp32 (the default) and onnxruntime int8
+  quantisation  int8 / float16 copies of each encoder: speed, and dev BLEU-4 with the bundle's decoder; the same
+                for the int8 decoder step
 Every part runs in its own process, one after another, so TensorFlow never shares a process with our engine.
 Writes OUT/<mode>.json (summary + raw) and OUT/<mode>.png, and prints the ratios against the targets.
 """
@@ -134,6 +136,13 @@ def bench_bundle(args, photos: list[Path], raw: dict) -> None:
         *(["--quick"] if args.quick else []),
     )
     section["engine"] = json.loads(out.read_text())
+    _log("the same engine with the encoder's threads spinning on after each run, as before")
+    spin = args.work / "engine_bundle_encoder_spinning.json"
+    _python(
+        "bench.engine", "run", "--bundle", str(bundle), "--out", str(spin), "--batched-only", "--blas-threads", "1",
+        "--encoder-keeps-spinning", *(["--quick"] if args.quick else []), "--photos", *map(str, photos),
+    )  # fmt: skip
+    section["engine_encoder_spinning"] = json.loads(spin.read_text())
     section["flops"] = machine.encoder_flops(bundle / "encoder.onnx")
     if not args.no_http:
         from bench.http import bench_service
@@ -243,7 +252,9 @@ def bench_quality(args, raw: dict) -> None:
         for k in ("int8", "fp16")
         if (made / f"encoder.{k}.onnx").is_file()
     ]
-    _log(f"dev BLEU-4 per encoder variant ({', '.join(e.split('=')[0] for e in encoders)})")
+    _log(
+        f"dev BLEU-4 per encoder variant ({', '.join(e.split('=')[0] for e in encoders)}) and decoder variant"
+    )
     out = args.work / "quality.json"
     limit = ["--limit", str(args.quality_limit)] if args.quality_limit else []
     _python(
@@ -257,6 +268,9 @@ def bench_quality(args, raw: dict) -> None:
         str(out),
         "--encoder",
         *encoders,
+        "--decoder",
+        "decoder-int8=onnx-int8",
+        "decoder-numpy=numpy",
         *limit,
     )
     raw["quality"] = json.loads(out.read_text())

@@ -75,16 +75,37 @@ class StepTimer:
         self.calls += 1
         return out
 
+    @property
+    def step_topk(self):
+        """The decoder's top-k step, timed the same way (None when it has none: search then uses step)."""
+        inner = getattr(self.decoder, "step_topk", None)
+        if inner is None:
+            return None
+
+        def timed(tokens, state, k):
+            t = time.perf_counter()
+            out = inner(tokens, state, k)
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+            return out
+
+        return timed
+
 
 # -- building the captioner --
 
 
-def load_captioner(bundle: Path | None, merge: Path | None, encoder: Path | None = None):
-    """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights)."""
+def load_captioner(
+    bundle: Path | None, merge: Path | None, encoder: Path | None = None, decoder: str = "onnx"
+):
+    """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights).
+
+    decoder: the decoder step's backend (onnx, onnx-int8, numpy), for the bundle's decoder or the merge model.
+    """
     from captioner.decode.captioner import Captioner
 
     if merge is None:
-        captioner = Captioner.from_bundle(bundle)
+        captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
         if encoder is not None:
             from captioner.encoders.runtime import OnnxEncoder
 
@@ -93,10 +114,14 @@ def load_captioner(bundle: Path | None, merge: Path | None, encoder: Path | None
     from bench.merge_step import MergeStepDecoder
     from captioner.encoders.runtime import OnnxEncoder
     from captioner.model.legacy import safe_load_tokenizer
+    from captioner.model.onnx_step import OnnxDecoder
 
+    step = MergeStepDecoder.from_npz(merge / "merge_weights.npz")
+    if decoder != "numpy":
+        step = OnnxDecoder(step, precision=decoder.partition("-")[2] or "fp32")
     return Captioner(
         OnnxEncoder(encoder or merge / "inception_v3.onnx"),
-        MergeStepDecoder.from_npz(merge / "merge_weights.npz"),
+        step,
         safe_load_tokenizer(merge / "tokenizer.pkl"),
         {"format": "merge", "path": str(merge)},
     )
@@ -227,10 +252,13 @@ def decoder_only(captioner, photos: list[Path], options, batch_size: int) -> dic
     features = np.concatenate([features] * (batch_size // len(features) + 1))[:batch_size]
     timer = StepTimer(captioner.decoder)
     vocab = captioner.vocabulary
-    search(timer.step, timer.initial_state(features[:1]), options, vocab.start_id, vocab.end_id)  # warm-up
+    topk = timer.step_topk
+    search(
+        timer.step, timer.initial_state(features[:1]), options, vocab.start_id, vocab.end_id, topk
+    )  # warm-up
     timer.seconds = timer.calls = 0
     t = time.perf_counter()
-    search(timer.step, timer.initial_state(features), options, vocab.start_id, vocab.end_id)
+    search(timer.step, timer.initial_state(features), options, vocab.start_id, vocab.end_id, topk)
     wall = time.perf_counter() - t
     return {
         "batch_size": batch_size,
@@ -316,11 +344,58 @@ def _with_encoder(captioner, encoder):
     return Captioner(encoder, captioner.decoder, captioner.vocabulary, captioner.info, captioner.max_pixels)
 
 
+def _with_decoder(captioner, backend: str):
+    """The same captioner (same encoder session) with the bundle's decoder step on another backend."""
+    from captioner.decode.captioner import Captioner
+    from captioner.model.onnx_step import OnnxDecoder
+
+    reference = getattr(captioner.decoder, "numpy", captioner.decoder)  # the NumpyDecoder under any backend
+    decoder = (
+        reference
+        if backend == "numpy"
+        else OnnxDecoder(reference, precision=backend.partition("-")[2] or "fp32")
+    )
+    return Captioner(captioner.encoder, decoder, captioner.vocabulary, captioner.info, captioner.max_pixels)
+
+
+def decoder_backends(captioner, photos: list[Path], options, n_images: int, quick: bool) -> dict:
+    """Each decoder backend on the same encoder (one BLAS thread): search time and end-to-end share, batch 32."""
+    out: dict = {}
+    captions: dict[str, list[str]] = {}
+    for backend in ("numpy", "onnx", "onnx-int8"):
+        engine = _with_decoder(captioner, backend)
+        with blas_threads(1):
+            engine.caption_images([engine.load(photos[0])], options)  # warm-up
+            section = {
+                "decoder_only_b32_beam3": decoder_only(engine, photos, options, 32),
+                "batch32_beam3": batched(engine, photos, options, 32, n_images),
+            }
+            if not quick:
+                section["single_beam3"] = single_image(engine, photos, options, 1)
+            captions[backend] = [r.caption for r in engine.caption_files(photos, options)]
+        out[backend] = section
+    for backend, caps in captions.items():
+        out[backend]["same_captions_as_numpy"] = float(
+            np.mean([a == b for a, b in zip(caps, captions["numpy"], strict=True)])
+        )
+    return out
+
+
 def run(args) -> dict:
     from captioner.decode.options import DecodeOptions
 
     photos = [Path(p) for p in args.photos]
     captioner = load_captioner(args.bundle, args.merge)
+    if getattr(
+        args, "encoder_keeps_spinning", False
+    ):  # the engine before force_spinning_stop, for comparison
+        import onnxruntime as ort
+
+        from captioner.encoders.runtime import session_options
+
+        captioner.encoder.session = ort.InferenceSession(
+            str(captioner.encoder.path), sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
     if args.merge is not None:
         max_length = args.max_words
         beam = DecodeOptions(strategy="beam", beam_size=3, max_length=max_length)
@@ -335,6 +410,7 @@ def run(args) -> dict:
         with blas_threads(args.blas_threads):
             return {
                 "blas_threads": args.blas_threads,
+                "encoder_keeps_spinning": args.encoder_keeps_spinning,
                 "batch8_beam3": batched(captioner, photos, beam, 8, n_ref),
                 "batch32_beam3": batched(captioner, photos, beam, 32, n_ref),
             }
@@ -351,6 +427,7 @@ def run(args) -> dict:
         "tensorflow_imported": "tensorflow" in sys.modules,
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
+        "decoder": type(captioner.decoder).__name__,
         "n_photos": len(photos),
     }
     for label, threads in (("blas_default", None), ("blas_1", 1)):
@@ -404,6 +481,8 @@ def run(args) -> dict:
                 "batch32_greedy": batched(engine, photos, greedy, 32, n_batch),
                 "batch32_beam3": batched(engine, photos, beam, 32, n_batch),
             }
+    if args.merge is None:
+        out["decoder_backends"] = decoder_backends(captioner, photos, beam, n_batch, quick)
     spec = captioner.encoder.preprocessing
     out["image_path"] = {"photos": image_path_costs(photos, spec, repeats)}
     if args.camera_photos:
@@ -493,7 +572,8 @@ def _set_metadata(path: Path, meta: dict[str, str]) -> None:
 
 
 def quality(args) -> dict:
-    """BLEU-4 (and CIDEr) on the dev split, beam 3, for each encoder variant with the bundle's decoder."""
+    """BLEU-4 (and CIDEr) on the dev split, beam 3: each encoder variant with the bundle's decoder (fp32 ONNX
+    step), then each decoder variant (``--decoder NAME=BACKEND``) with the fp32 encoder."""
     from captioner.data.flickr8k import load_flickr8k
     from captioner.decode.options import DecodeOptions
     from captioner.evaluation.metrics import compute_metrics
@@ -503,8 +583,13 @@ def quality(args) -> dict:
     refs = data.references("dev")
     options = DecodeOptions()
     out: dict = {"split": "dev", "n_images": len(names), "options": options.to_dict(), "variants": {}}
-    for name, path in args.encoder:
-        captioner = load_captioner(args.bundle, None, Path(path))
+    fp32_encoder = dict(args.encoder).get("fp32")
+    runs = [(name, Path(path), "onnx") for name, path in args.encoder]
+    runs += [
+        (name, Path(fp32_encoder) if fp32_encoder else None, backend) for name, backend in args.decoder or []
+    ]
+    for name, encoder_path, backend in runs:
+        captioner = load_captioner(args.bundle, None, encoder_path, decoder=backend)
         t = time.perf_counter()
         with blas_threads(1):  # speed only: the captions are the same with any thread count
             results = captioner.caption_files([data.image_path(n) for n in names], options, batch_size=32)
@@ -512,6 +597,8 @@ def quality(args) -> dict:
         hyps = {n: r.caption for n, r in zip(names, results, strict=True)}
         metrics = compute_metrics({n: refs[n] for n in names}, hyps, meteor=False)
         out["variants"][name] = {
+            "encoder": str(encoder_path),
+            "decoder": backend,
             "BLEU-4": metrics["BLEU-4"],
             "CIDEr": metrics["CIDEr"],
             "seconds": seconds,
@@ -550,10 +637,16 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--batched-only", action="store_true", help="only batch 8 and 32, beam 3 (HTTP reference)")
     r.add_argument("--blas-threads", type=int, default=None, help="with --batched-only")
     r.add_argument("--started", type=float, default=None)
+    r.add_argument(
+        "--encoder-keeps-spinning",
+        action="store_true",
+        help="the encoder's threads spin on after each run (as before)",
+    )
     r.add_argument("--out", type=Path, required=True)
     q = sub.add_parser("quality")
     q.add_argument("--bundle", type=Path, required=True)
     q.add_argument("--encoder", type=_pair, nargs="+", required=True)
+    q.add_argument("--decoder", type=_pair, nargs="*", help="NAME=BACKEND, e.g. decoder-int8=onnx-int8")
     q.add_argument("--data", type=Path, required=True)
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--out", type=Path, required=True)

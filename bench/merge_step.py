@@ -8,8 +8,10 @@ With ``mask_zero`` the LSTM skips the padding on the left, so running it one tok
 gives the same last state as rerunning it over the whole padded prefix: exact while the prefix fits in
 ``max_length`` (the tutorial's pad_sequences truncates longer prefixes; captions here never get that long).
 
-State per row: (h [N, U], c [N, U], fe [N, U]). Weights come from ``merge_weights.npz`` written next to the Keras
-model by ``bench.baseline`` (named by role, so no Keras is needed to read them).
+State per row: (h [N, U], c [N, U], g [N, U]) with g = fe @ W_1 + b_1, computed once per image, so that a step is
+relu(h @ W_1 + g): the same layers as our decoder's step, which is how ``graph_weights`` lets
+``captioner.model.onnx_step.OnnxDecoder`` run this model in onnxruntime. Weights come from ``merge_weights.npz``
+written next to the Keras model by ``bench.baseline`` (named by role, so no Keras is needed to read them).
 """
 
 from __future__ import annotations
@@ -52,21 +54,33 @@ class MergeStepDecoder:
         with np.load(path) as f:
             return cls({k: f[k] for k in f.files})
 
+    def graph_weights(self) -> dict[str, np.ndarray]:
+        """The arrays of ``captioner.model.onnx_step.build_step_graph`` for this model (see the module doc)."""
+        w = self.w
+        return {
+            "token_gates": self.token_gates,
+            "recurrent_kernel": w["lstm/recurrent_kernel"],
+            "proj_kernel": w["hidden/kernel"],
+            "proj_bias": np.zeros(w["hidden/kernel"].shape[1], np.float32),  # b_1 is in g
+            "logits_kernel": w["out/kernel"],
+            "logits_bias": self.out_bias,
+        }
+
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
-        """features [B, F] -> (h0 = 0, c0 = 0, fe) with fe = relu(features @ W_fe + b_fe)."""
+        """features [B, F] -> (h0 = 0, c0 = 0, g) with g = relu(features @ W_fe + b_fe) @ W_1 + b_1."""
         w = self.w
         fe = np.maximum(np.asarray(features, np.float32) @ w["fe/kernel"] + w["fe/bias"], 0)
         zeros = np.zeros((fe.shape[0], self.units), np.float32)
-        return zeros, zeros.copy(), fe
+        return zeros, zeros.copy(), fe @ w["hidden/kernel"] + w["hidden/bias"]
 
     def step(
         self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """tokens [N] -> (log_probs float32 [N, V], new state). Keras gate order i, f, c, o."""
-        h, c, fe = state
+        h, c, g = state
         w = self.w
         h, c = lstm_cell(self.token_gates[np.asarray(tokens, np.int64)] + h @ w["lstm/recurrent_kernel"], c)
-        hidden = np.maximum((fe + h) @ w["hidden/kernel"] + w["hidden/bias"], 0)
+        hidden = np.maximum(h @ w["hidden/kernel"] + g, 0)  # = relu((fe + h) @ W_1 + b_1)
         logits = hidden @ w["out/kernel"] + self.out_bias
         log_probs = log_softmax(logits)
-        return log_probs.astype(np.float32, copy=False), (h, c, fe)
+        return log_probs.astype(np.float32, copy=False), (h, c, g)

@@ -172,6 +172,48 @@ def summarize(raw: dict) -> dict:
                     cfg,
                 )
             )
+        spin = bun.get("engine_encoder_spinning")
+        ours = _get(eng, "blas_1", "batch32_beam3") or _get(eng, "blas_default", "batch32_beam3")
+        if spin and ours:
+            summary["bundle"]["encoder_spinning"] = {
+                "spinning_on_b32_beam3_img_s": spin["batch32_beam3"]["throughput_img_s"],
+                "spinning_on_decoder_share": spin["batch32_beam3"]["decoder_share"],
+                "stopped_b32_beam3_img_s": ours["throughput_img_s"],
+                "stopped_decoder_share": ours["decoder_share"],
+                "stopped_vs_spinning_on_x": ours["throughput_img_s"]
+                / spin["batch32_beam3"]["throughput_img_s"],
+            }
+        backends = eng.get("decoder_backends") or {}
+        if backends:
+            summary["bundle"]["decoder_backends"] = {
+                name: {
+                    "search_ms_per_image_b32": sec["decoder_only_b32_beam3"]["ms_per_image"],
+                    "step_ms_per_image_b32": sec["decoder_only_b32_beam3"]["step_ms_per_image"],
+                    "end_to_end_ms_per_image_b32": sec["batch32_beam3"]["ms_per_image"],
+                    "decoder_share_batch32_beam3": sec["batch32_beam3"]["decoder_share"],
+                    "single_beam3_p50_ms": _get(sec, "single_beam3", "latency_ms", "p50"),
+                    "same_captions_as_numpy": sec.get("same_captions_as_numpy"),
+                }
+                for name, sec in backends.items()
+            }
+            numpy_ms = (
+                backends["numpy"]["decoder_only_b32_beam3"]["ms_per_image"] if "numpy" in backends else None
+            )
+            for name, sec in backends.items():
+                if numpy_ms:
+                    summary["bundle"]["decoder_backends"][name]["search_speedup_vs_numpy_x"] = (
+                        numpy_ms / sec["decoder_only_b32_beam3"]["ms_per_image"]
+                    )
+                summary["targets"].append(
+                    _target(
+                        f"{eng['encoder']} decoding share of end-to-end time (beam 3, batch 32)",
+                        sec["batch32_beam3"]["decoder_share"],
+                        0.10,
+                        False,
+                        "fraction",
+                        f"decoder {name}" + (" (the default)" if name == "onnx" else "") + ", blas_1",
+                    )
+                )
         if peak and "flops" in bun:
             summary["bundle"]["encoder_efficiency"] = encoder_efficiency(
                 bun["flops"], eng["encoder_only"]["fp32"], peak
@@ -231,9 +273,12 @@ def summarize(raw: dict) -> dict:
         }
         for k, v in raw["quality"]["variants"].items():
             if k != "fp32" and v.get("BLEU-4_delta") is not None:
+                what = (
+                    f"{k} encoder" if v.get("decoder", "onnx") == "onnx" else f"{v['decoder']} decoder step"
+                )
                 summary["targets"].append(
                     _target(
-                        f"{k} encoder: dev BLEU-4 change vs fp32",
+                        f"{what}: dev BLEU-4 change vs fp32",
                         abs(v["BLEU-4_delta"]),
                         0.005,
                         False,
