@@ -338,6 +338,23 @@ def onnx_encoder(path: Path, threads: int | None = None, spinning: bool = True):
     return encoder
 
 
+def _keep_spinning(captioner) -> None:
+    """Rebuild the captioner's sessions with onnxruntime's default: threads spin on after each run."""
+    import onnxruntime as ort
+
+    from captioner.encoders.runtime import session_options
+    from captioner.model.onnx_step import OnnxDecoder, build_step_graph
+
+    opts = session_options(stop_spinning_after_run=False)
+    cpu = ["CPUExecutionProvider"]
+    captioner.encoder.session = ort.InferenceSession(
+        str(captioner.encoder.path), sess_options=opts, providers=cpu
+    )
+    if isinstance(captioner.decoder, OnnxDecoder) and captioner.decoder.precision == "fp32":
+        graph = build_step_graph(captioner.decoder.numpy.graph_weights()).SerializeToString()
+        captioner.decoder.session = ort.InferenceSession(graph, sess_options=opts, providers=cpu)
+
+
 def _with_encoder(captioner, encoder):
     from captioner.decode.captioner import Captioner
 
@@ -386,16 +403,8 @@ def run(args) -> dict:
 
     photos = [Path(p) for p in args.photos]
     captioner = load_captioner(args.bundle, args.merge)
-    if getattr(
-        args, "encoder_keeps_spinning", False
-    ):  # the engine before force_spinning_stop, for comparison
-        import onnxruntime as ort
-
-        from captioner.encoders.runtime import session_options
-
-        captioner.encoder.session = ort.InferenceSession(
-            str(captioner.encoder.path), sess_options=session_options(), providers=["CPUExecutionProvider"]
-        )
+    if getattr(args, "keep_spinning", False):  # onnxruntime's default, for comparison: pools spin after runs
+        _keep_spinning(captioner)
     if args.merge is not None:
         max_length = args.max_words
         beam = DecodeOptions(strategy="beam", beam_size=3, max_length=max_length)
@@ -410,7 +419,7 @@ def run(args) -> dict:
         with blas_threads(args.blas_threads):
             return {
                 "blas_threads": args.blas_threads,
-                "encoder_keeps_spinning": args.encoder_keeps_spinning,
+                "keep_spinning": args.keep_spinning,
                 "batch8_beam3": batched(captioner, photos, beam, 8, n_ref),
                 "batch32_beam3": batched(captioner, photos, beam, 32, n_ref),
             }
@@ -638,9 +647,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--blas-threads", type=int, default=None, help="with --batched-only")
     r.add_argument("--started", type=float, default=None)
     r.add_argument(
-        "--encoder-keeps-spinning",
+        "--keep-spinning",
         action="store_true",
-        help="the encoder's threads spin on after each run (as before)",
+        help="onnxruntime threads spin on after each run (its default)",
     )
     r.add_argument("--out", type=Path, required=True)
     q = sub.add_parser("quality")

@@ -172,10 +172,10 @@ def summarize(raw: dict) -> dict:
                     cfg,
                 )
             )
-        spin = bun.get("engine_encoder_spinning")
+        spin = bun.get("engine_spinning")
         ours = _get(eng, "blas_1", "batch32_beam3") or _get(eng, "blas_default", "batch32_beam3")
         if spin and ours:
-            summary["bundle"]["encoder_spinning"] = {
+            summary["bundle"]["ort_spinning"] = {
                 "spinning_on_b32_beam3_img_s": spin["batch32_beam3"]["throughput_img_s"],
                 "spinning_on_decoder_share": spin["batch32_beam3"]["decoder_share"],
                 "stopped_b32_beam3_img_s": ours["throughput_img_s"],

@@ -62,8 +62,8 @@ def test_quick_run_writes_every_section(tiny_bundle, tmp_path):
         )
         assert any(t["note"].startswith(f"decoder {name}") for t in summary["targets"])
     assert engine["decoder"] == "OnnxDecoder" and engine["onnxruntime_threads"] == os.cpu_count()
-    assert raw["bundle"]["engine_encoder_spinning"]["encoder_keeps_spinning"] is True
-    assert summary["bundle"]["encoder_spinning"]["stopped_vs_spinning_on_x"] > 0
+    assert raw["bundle"]["engine_spinning"]["keep_spinning"] is True
+    assert summary["bundle"]["ort_spinning"]["stopped_vs_spinning_on_x"] > 0
     pytest.importorskip("matplotlib")
     assert (out / "quick.png").stat().st_size > 10_000
 

@@ -39,7 +39,7 @@ GRAPH_WEIGHTS = (
 )
 
 
-def build_step_graph(weights: dict[str, np.ndarray]):
+def build_step_graph(weights: dict[str, np.ndarray], in_memory_weights: bool = False):
     """onnx.ModelProto of one LSTM step followed by the merge and output layers, float32:
 
         gates = token_gates[token] + h @ recurrent_kernel          (Keras gate order i, f, c, o)
@@ -47,6 +47,8 @@ def build_step_graph(weights: dict[str, np.ndarray]):
 
     ``weights`` holds the GRAPH_WEIGHTS arrays, from a step decoder's ``graph_weights()``: token_gates [V, 4H] is
     the embedding times the LSTM input kernel plus the LSTM bias (a gather replaces that matmul).
+    in_memory_weights: leave the weights out of the graph (marked external); the session gets the arrays
+    themselves through ``add_external_initializers``, so loading makes no serialised copies of them.
     """
     import onnx
     from onnx import TensorProto, numpy_helper
@@ -57,7 +59,10 @@ def build_step_graph(weights: dict[str, np.ndarray]):
         raise ValueError(f"step graph weights lack {missing}")
     H = weights["recurrent_kernel"].shape[0]
     E, V = weights["logits_kernel"].shape
-    inits = [numpy_helper.from_array(np.ascontiguousarray(weights[n], np.float32), n) for n in GRAPH_WEIGHTS]
+    inits = [
+        _external_tensor(n, weights[n]) if in_memory_weights else numpy_helper.from_array(_f32(weights[n]), n)
+        for n in GRAPH_WEIGHTS
+    ]
     inits.append(numpy_helper.from_array(np.array([H] * 4, np.int64), "gate_sizes"))
     node = oh.make_node
     nodes = [
@@ -102,8 +107,27 @@ def build_step_graph(weights: dict[str, np.ndarray]):
     )  # fmt: skip
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)], producer_name="captioner")
     model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime >= 1.18
-    onnx.checker.check_model(model)
+    if (
+        not in_memory_weights
+    ):  # the checker would look for the external data on disk (the same graph otherwise)
+        onnx.checker.check_model(model)
     return model
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _external_tensor(name: str, array: np.ndarray):
+    """A float32 initializer whose data is supplied at session creation (add_external_initializers)."""
+    from onnx import TensorProto
+
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape)
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "in-memory"), ("offset", "0"), ("length", str(array.size * 4))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
 
 
 def quantize_step_graph(model) -> bytes:
@@ -138,11 +162,17 @@ class OnnxDecoder:
         self.config = getattr(decoder, "config", None)
         self.vocab_size = decoder.vocab_size
         self.precision = precision
-        graph = build_step_graph(decoder.graph_weights())
-        blob = quantize_step_graph(graph) if precision == "int8" else graph.SerializeToString()
-        self.session = ort.InferenceSession(
-            blob, sess_options=session_options(threads or os.cpu_count()), providers=["CPUExecutionProvider"]
-        )
+        weights = decoder.graph_weights()
+        opts = session_options(threads or os.cpu_count())
+        if precision == "int8":
+            blob = quantize_step_graph(build_step_graph(weights))
+        else:
+            # The session reads the decoder's own arrays: no serialised copy of the ~30 MB of weights at load.
+            self._weights = {n: _f32(weights[n]) for n in GRAPH_WEIGHTS}  # kept alive for the session
+            values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._weights.values()]
+            opts.add_external_initializers(list(self._weights), values)
+            blob = build_step_graph(weights, in_memory_weights=True).SerializeToString()
+        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
 
     @classmethod
     def from_h5(cls, config, path, threads: int | None = None, precision: Precision = "fp32") -> OnnxDecoder:
