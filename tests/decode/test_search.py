@@ -381,7 +381,16 @@ def test_best_candidates_match_a_stable_full_sort(use_topk):
         row, tok, lp, _ = _expand(
             step, topk_of(step) if use_topk else None, tokens, state, images * rows, k, END
         )
-        got = _best_candidates(log_prob, row, tok, lp, k)
+        src, tok, lp = _best_candidates(log_prob, row, tok, lp, k)
+        assert src.shape == tok.shape == lp.shape == (images, k)
+        got = [
+            [
+                (int(s), int(t), float(x))
+                for s, t, x in zip(src[i], tok[i], lp[i], strict=True)
+                if np.isfinite(x)
+            ]
+            for i in range(images)
+        ]
         full = (log_prob[:, :, None] + log_probs.astype(np.float64).reshape(images, rows, vocab)).reshape(
             images, -1
         )

@@ -146,25 +146,33 @@ def beam_search(
         # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
         k = 2 * beam
         row, tok, lp, state = _expand(step, step_topk, tokens, state, n_images * rows, k, end_id)
-        candidates = _best_candidates(log_prob, row, tok, lp, k)
-        parent = np.zeros((n_images, beam), dtype=np.int64)
-        token = np.full((n_images, beam), end_id, dtype=np.int64)
-        new_lp = np.full((n_images, beam), -np.inf)
-        going = np.zeros(n_images, dtype=bool)
-        for i in range(n_images):
-            n_live = 0
-            for src, tok_i, lp_i in candidates[i]:
-                if tok_i == end_id:
-                    _keep(kept[images[i]], _hypothesis(words[i, src], lp_i, True, alpha), n_best)
-                    continue
-                parent[i, n_live], token[i, n_live], new_lp[i, n_live] = src, tok_i, lp_i
-                n_live += 1
-                if n_live == beam:
-                    break
-            # Unused slots copy beam 0 with -inf log-prob: they ride along but never win a candidate.
-            parent[i, n_live:], token[i, n_live:] = parent[i, 0], token[i, 0]
-            done = len(kept[images[i]]) >= n_best and new_lp[i, 0] / best_divisor <= kept[images[i]][-1].score
-            going[i] = n_live > 0 and not done
+        cand_src, cand_tok, cand_lp = _best_candidates(log_prob, row, tok, lp, k)  # [I, k] each, best first
+        # Walk each image's candidates best first (vectorised): an end token finishes a hypothesis, any other
+        # token extends one, until beam live ones are found. live_before: live candidates ranked above this one.
+        valid = np.isfinite(cand_lp)
+        is_end = valid & (cand_tok == end_id)
+        live = valid & ~is_end
+        live_before = np.cumsum(live, axis=1) - live
+        taken = live & (live_before < beam)
+        n_live = taken.sum(axis=1)
+        slot = np.argsort(~taken, axis=1, kind="stable")[:, :beam]  # the taken columns first, in rank order
+        parent = np.take_along_axis(cand_src, slot, axis=1)
+        token = np.take_along_axis(cand_tok, slot, axis=1)
+        new_lp = np.take_along_axis(cand_lp, slot, axis=1)
+        # Unused slots copy beam 0 with -inf log-prob: they ride along but never win a candidate.
+        unused = np.arange(beam)[None, :] >= n_live[:, None]
+        parent = np.where(unused, parent[:, :1], parent)
+        token = np.where(unused, token[:, :1], token)
+        new_lp = np.where(unused, -np.inf, new_lp)
+        length = t + 1  # the words so far plus the end token
+        for i, j in zip(*np.nonzero(is_end & (live_before < beam)), strict=True):
+            image_kept, lp_ij = kept[images[i]], float(cand_lp[i, j])
+            score = lp_ij if alpha == 0.0 else lp_ij / length**alpha
+            if len(image_kept) < n_best or score > image_kept[-1].score:  # else _keep would drop it
+                _keep(image_kept, _hypothesis(words[i, cand_src[i, j]], lp_ij, True, alpha), n_best)
+        worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
+        done = (worst > -np.inf) & (new_lp[:, 0] / best_divisor <= worst)
+        going = (n_live > 0) & ~done
         words = np.concatenate(
             [np.take_along_axis(words, parent[:, :, None], axis=1), token[:, :, None]], axis=2
         )
@@ -200,25 +208,27 @@ def _keep(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
 
 def _best_candidates(
     log_prob: np.ndarray, row: np.ndarray, tok: np.ndarray, step_lp: np.ndarray, k: int
-) -> list[list[tuple[int, int, float]]]:
-    """The k best (row in image, token, log_prob) continuations of each image, best first.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k best continuations of each image, best first: (row in image, token, log_prob), each [I, k].
 
     log_prob: float64 [I, R], the running sums of the R rows of each image. row, tok, step_lp: flat candidate
     lists from ``_expand`` (each row's own best tokens, ties included). Equal sums rank by lower row, then
-    lower token: the order of a stable sort of all I x R*V sums, cut to k. Impossible (-inf) sums are dropped.
+    lower token: the order of a stable sort of all I x R*V sums, cut to k. Missing or impossible candidates
+    have log_prob -inf (and rank last).
     """
     n_images, rows = log_prob.shape
     lp = log_prob.reshape(-1)[row] + step_lp.astype(np.float64)
     image, src = np.divmod(row, rows)
     order = np.lexsort((tok, src, -lp, image))  # by image, then best sum, then lower row, then lower token
-    order = order[np.isfinite(lp[order])]
-    image, src, tok, lp = image[order], src[order], tok[order], lp[order]
-    starts = np.searchsorted(image, np.arange(n_images + 1))
-    src_l, tok_l, lp_l = src.tolist(), tok.tolist(), lp.tolist()
-    return [
-        list(zip(src_l[a : min(b, a + k)], tok_l[a : min(b, a + k)], lp_l[a : min(b, a + k)], strict=True))
-        for a, b in zip(starts[:-1], starts[1:], strict=True)
-    ]
+    image = image[order]
+    rank = np.arange(order.size) - np.searchsorted(image, image)  # position within its image
+    top = order[rank < k]
+    at = (image[rank < k], rank[rank < k])
+    out_src = np.zeros((n_images, k), np.int64)
+    out_tok = np.zeros((n_images, k), np.int64)
+    out_lp = np.full((n_images, k), -np.inf)
+    out_src[at], out_tok[at], out_lp[at] = src[top], tok[top], lp[top]
+    return out_src, out_tok, out_lp
 
 
 def _expand(
