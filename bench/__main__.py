@@ -149,7 +149,7 @@ def bench_bundle(args, photos: list[Path], raw: dict) -> None:
 
         params = {"strategy": "beam", "beam_size": 3, "max_length": 30}
         levels = (1, 8) if args.quick else (1, 8, 32)
-        per_level = {1: 4, 8: 8} if args.quick else {1: 16, 8: 64, 32: 96}
+        per_level = {1: 4, 8: 8} if args.quick else {1: 24, 8: 160, 32: 192}
         section["http"] = {}
         configs = [("as_shipped", {}, "blas_default")]
         if not args.quick:

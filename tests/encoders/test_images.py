@@ -216,6 +216,31 @@ def test_preprocess_layout_and_normalisation(layout, shape):
         np.testing.assert_allclose(channels[c], expected[c], rtol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batch_preprocessing_is_bit_identical_to_the_formula_per_image(layout):
+    # The engine normalises in place into one batch; the features training used came from this formula.
+    from captioner.encoders.images import preprocess_batch, resize
+
+    spec = Preprocessing(size=24, mean=(127.0, 100.0, 50.0), std=(128.0, 64.0, 32.0), layout=layout)
+    rng = np.random.default_rng(5)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+        for h, w in ((30, 40), (24, 24), (50, 20))
+    ]
+    batch = preprocess_batch(images, spec)
+    assert (
+        batch.shape == (3, *((3, 24, 24) if layout == "NCHW" else (24, 24, 3))) and batch.flags.c_contiguous
+    )
+    for image, got in zip(images, batch, strict=True):
+        x = (np.asarray(resize(image, spec), dtype=np.float32) - np.float32(spec.mean)) * (
+            1.0 / np.float32(spec.std)
+        )
+        expected = x.transpose(2, 0, 1) if layout == "NCHW" else x
+        assert np.array_equal(got, expected)
+    assert np.array_equal(preprocess(images[0], spec), batch[0])
+    assert preprocess_batch([], spec).shape == (0, *batch.shape[1:])
+
+
 def test_center_crop_keeps_the_middle_and_squash_keeps_everything():
     # 300 x 100: red | green | blue thirds.
     arr = np.zeros((100, 300, 3), np.uint8)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from captioner.encoders.export import METADATA_KEY
-from captioner.encoders.images import Preprocessing, preprocess
+from captioner.encoders.images import Preprocessing, preprocess_batch
 from captioner.errors import EncoderError
 
 
@@ -79,4 +79,4 @@ class OnnxEncoder:
         """RGB PIL images -> features float32 [B, feature_size]."""
         if not images:
             return np.zeros((0, self.feature_size), np.float32)
-        return self.encode_arrays(np.stack([preprocess(im, self.preprocessing) for im in images]))
+        return self.encode_arrays(preprocess_batch(images, self.preprocessing))
