@@ -425,7 +425,7 @@ def run(args) -> dict:
             }
     quick = args.quick
     repeats = 1 if quick else SINGLE_REPEATS
-    n_batch = len(photos) if quick else max(32, 2 * len(photos))
+    n_batch = len(photos) if quick else max(96, 2 * len(photos))  # 3 batches of 32: one batch is too noisy
     out: dict = {
         "side": "engine",
         "model": captioner.model_info,
@@ -448,6 +448,7 @@ def run(args) -> dict:
                 "single_beam3": single_image(captioner, photos, beam, repeats),
                 "batch8_beam3": batched(captioner, photos, beam, 8, n_batch),
                 "batch32_beam3": batched(captioner, photos, beam, 32, n_batch),
+                "batch8_greedy": batched(captioner, photos, greedy, 8, n_batch),
                 "batch32_greedy": batched(captioner, photos, greedy, 32, n_batch),
                 "micro_batched_c8_beam3": micro_batched(captioner, photos, beam, 8, n_batch),
                 "decoder_only_b32_beam3": decoder_only(captioner, photos, beam, 32),

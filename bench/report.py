@@ -77,7 +77,9 @@ def summarize(raw: dict) -> dict:
         for cfg, sec in configs:
             if not sec:
                 continue
-            best_greedy = sec["batch32_greedy"]["throughput_img_s"]
+            best_greedy = max(
+                sec[k]["throughput_img_s"] for k in ("batch8_greedy", "batch32_greedy") if k in sec
+            )
             best_beam = max(sec[k]["throughput_img_s"] for k in ("batch8_beam3", "batch32_beam3") if k in sec)
             ratios = {
                 "throughput_batched_greedy_x": best_greedy / base["throughput_img_s"],
