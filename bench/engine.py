@@ -96,14 +96,16 @@ class StepTimer:
 
 
 def load_captioner(
-    bundle: Path | None, merge: Path | None, encoder: Path | None = None, decoder: str = "onnx"
+    bundle: Path | None, merge: Path | None, encoder: Path | None = None, decoder: str | None = None
 ):
     """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights).
 
-    decoder: the decoder step's backend (onnx, onnx-int8, numpy), for the bundle's decoder or the merge model.
+    decoder: the decoder step's backend (onnx, onnx-int8, numpy; default: the engine's), for the bundle's decoder
+    or the merge model.
     """
-    from captioner.decode.captioner import Captioner
+    from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, Captioner
 
+    decoder = decoder or DEFAULT_DECODER_BACKEND
     if merge is None:
         captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
         if encoder is not None:
@@ -343,16 +345,16 @@ def _keep_spinning(captioner) -> None:
     import onnxruntime as ort
 
     from captioner.encoders.runtime import session_options
-    from captioner.model.onnx_step import OnnxDecoder, build_step_graph
+    from captioner.model.onnx_step import OnnxDecoder
 
     opts = session_options(stop_spinning_after_run=False)
     cpu = ["CPUExecutionProvider"]
     captioner.encoder.session = ort.InferenceSession(
         str(captioner.encoder.path), sess_options=opts, providers=cpu
     )
-    if isinstance(captioner.decoder, OnnxDecoder) and captioner.decoder.precision == "fp32":
-        graph = build_step_graph(captioner.decoder.numpy.graph_weights()).SerializeToString()
-        captioner.decoder.session = ort.InferenceSession(graph, sess_options=opts, providers=cpu)
+    if isinstance(captioner.decoder, OnnxDecoder):
+        d = captioner.decoder
+        captioner.decoder = OnnxDecoder(d.numpy, precision=d.precision, stop_spinning_after_run=False)
 
 
 def _with_encoder(captioner, encoder):
@@ -437,6 +439,8 @@ def run(args) -> dict:
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
         "decoder": type(captioner.decoder).__name__,
+        "decoder_backend": getattr(captioner.decoder, "precision", None)
+        and ("onnx-int8" if captioner.decoder.precision == "int8" else "onnx"),
         "n_photos": len(photos),
     }
     for label, threads in (("blas_default", None), ("blas_1", 1)):

@@ -213,7 +213,9 @@ def summarize(raw: dict) -> dict:
                         0.10,
                         False,
                         "fraction",
-                        f"decoder {name}" + (" (the default)" if name == "onnx" else "") + ", blas_1",
+                        f"decoder {name}"
+                        + (" (the default)" if name == eng.get("decoder_backend") else "")
+                        + ", blas_1",
                     )
                 )
         if peak and "flops" in bun:

@@ -32,7 +32,7 @@ BeamSize = Annotated[int, typer.Option(help="Beam width (1-10).")]
 MaxLength = Annotated[int, typer.Option(help="Most words per caption (1-64).")]
 LengthPenalty = Annotated[float, typer.Option(help="alpha in score = log_prob / length**alpha.")]
 NBest = Annotated[int, typer.Option(help="Captions returned per image (<= beam size).")]
-DecoderOpt = Annotated[str, typer.Option(help="Decoder step: onnx (fp32), onnx-int8 or numpy.")]
+DecoderOpt = Annotated[str, typer.Option(help="Decoder step: onnx-int8 (default), onnx (fp32) or numpy.")]
 
 
 _DEFAULT = DecodeOptions()
@@ -58,7 +58,7 @@ def caption(
     length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     n_best: NBest = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
-    decoder: DecoderOpt = "onnx",
+    decoder: DecoderOpt = "onnx-int8",
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
@@ -129,7 +129,7 @@ def evaluate(
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
     record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
-    decoder: DecoderOpt = "onnx",
+    decoder: DecoderOpt = "onnx-int8",
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k

@@ -1,13 +1,15 @@
 """The decoder step as one onnxruntime graph: the same equations and weights as ``step.NumpyDecoder``.
 
 Why: at the batch sizes the engine runs (32 images x 3 beams), onnxruntime's MLAS kernels with its own
-intra-op threads run a step 2.5-3x faster than NumPy with one BLAS thread (bench/results/decoder_step.json),
-and the graph also does the log-softmax and each row's top-k, so beam search sorts k candidates per row
-instead of the whole vocabulary.
+intra-op threads run a step 2.5-3x faster than NumPy with one BLAS thread (bench/results/full.json,
+decoder_backends), and the graph also does the log-softmax and each row's top-k, so beam search sorts k
+candidates per row instead of the whole vocabulary.
 
-The graph is built in memory from the NumPy decoder's weights when a bundle is loaded (a few milliseconds);
-bundles carry no extra file. Optional int8: the three matmuls quantised dynamically (int8 weights,
-activations quantised per call), for machines where that measures faster and the quality cost is acceptable.
+The graph is built in memory from the NumPy decoder's weights when a bundle is loaded (milliseconds); bundles
+carry no extra file. Precision "int8" quantises the three matmuls: weights per output column (7-bit, symmetric),
+activations per ROW at run time (8-bit, symmetric), integer products accumulated exactly in int32. Per row,
+not per tensor as onnxruntime's dynamic quantisation does: a row's result must not depend on which other rows
+(images, beams) share its batch, or micro-batching would change captions.
 
 Graph inputs:  tokens int64 [N], h float32 [N, H], c float32 [N, H], v float32 [N, E], k int64 [1]
 Graph outputs: log_probs [N, V], top_values [N, k] (descending; ties: lower id first), top_ids int64 [N, k],
@@ -17,8 +19,6 @@ Graph outputs: log_probs [N, V], top_values [N, k] (descending; ties: lower id f
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +27,10 @@ from captioner.model.step import NumpyDecoder
 Precision = str  # "fp32" or "int8"
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
-
+# Weights in [-63, 63]: an unsigned 8-bit activation times a 7-bit weight, summed in pairs, fits int16, so
+# onnxruntime's u8 x s8 kernels cannot saturate on CPUs without VNNI (AVX2's vpmaddubsw).
+WEIGHT_LEVELS = 63
+ACTIVATION_ZERO_POINT = 128  # activations as uint8: round(x / scale) + 128, scale = max|row| / 127
 
 GRAPH_WEIGHTS = (
     "token_gates",
@@ -37,41 +40,85 @@ GRAPH_WEIGHTS = (
     "logits_kernel",
     "logits_bias",
 )
+MATMULS = ("recurrent_kernel", "proj_kernel", "logits_kernel")
 
 
-def build_step_graph(weights: dict[str, np.ndarray], in_memory_weights: bool = False):
-    """onnx.ModelProto of one LSTM step followed by the merge and output layers, float32:
+def step_graph_arrays(weights: dict[str, np.ndarray], precision: Precision = "fp32") -> dict[str, np.ndarray]:
+    """The initializers of the step graph from a step decoder's ``graph_weights()`` (the GRAPH_WEIGHTS arrays).
+
+    fp32: those arrays as float32. int8: each matmul kernel [K, M] becomes ``<name>_q`` (int8, per-column
+    symmetric in [-WEIGHT_LEVELS, WEIGHT_LEVELS]) and ``<name>_scale`` (float32 [M]); the rest stays float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"decoder precision must be one of {PRECISIONS}, got {precision!r}")
+    missing = [n for n in GRAPH_WEIGHTS if n not in weights]
+    if missing:
+        raise ValueError(f"step graph weights lack {missing}")
+    arrays = {n: _f32(weights[n]) for n in GRAPH_WEIGHTS}
+    if precision == "int8":
+        for name in MATMULS:
+            kernel = arrays.pop(name)
+            scale = np.abs(kernel).max(axis=0) / WEIGHT_LEVELS
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            quantized = np.clip(np.rint(kernel / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
+            arrays[f"{name}_q"], arrays[f"{name}_scale"] = quantized, scale
+    return arrays
+
+
+def build_step_graph(arrays: dict[str, np.ndarray], in_memory_weights: bool = False):
+    """onnx.ModelProto of one LSTM step followed by the merge and output layers:
 
         gates = token_gates[token] + h @ recurrent_kernel          (Keras gate order i, f, c, o)
         h', c' = LSTM cell;  z = relu(h' @ proj_kernel + proj_bias + v);  log_softmax(z @ logits_kernel + logits_bias)
 
-    ``weights`` holds the GRAPH_WEIGHTS arrays, from a step decoder's ``graph_weights()``: token_gates [V, 4H] is
-    the embedding times the LSTM input kernel plus the LSTM bias (a gather replaces that matmul).
-    in_memory_weights: leave the weights out of the graph (marked external); the session gets the arrays
-    themselves through ``add_external_initializers``, so loading makes no serialised copies of them.
+    ``arrays`` from ``step_graph_arrays`` (fp32 or int8, told apart by the quantised kernels' names).
+    token_gates [V, 4H] is the embedding times the LSTM input kernel plus the LSTM bias (a gather replaces that
+    matmul). in_memory_weights: leave the arrays out of the graph (marked external); the session gets them
+    through ``add_external_initializers``, so loading makes no serialised copies of them.
     """
     import onnx
     from onnx import TensorProto, numpy_helper
     from onnx import helper as oh
 
-    missing = [n for n in GRAPH_WEIGHTS if n not in weights]
-    if missing:
-        raise ValueError(f"step graph weights lack {missing}")
-    H = weights["recurrent_kernel"].shape[0]
-    E, V = weights["logits_kernel"].shape
+    int8 = "recurrent_kernel_q" in arrays
+    H = arrays["recurrent_kernel_q" if int8 else "recurrent_kernel"].shape[0]
+    V = arrays["logits_bias"].shape[0]
+    E = arrays["proj_bias"].shape[0]
     inits = [
-        _external_tensor(n, weights[n]) if in_memory_weights else numpy_helper.from_array(_f32(weights[n]), n)
-        for n in GRAPH_WEIGHTS
+        _external_tensor(n, a) if in_memory_weights else numpy_helper.from_array(np.ascontiguousarray(a), n)
+        for n, a in arrays.items()
     ]
-    inits.append(numpy_helper.from_array(np.array([H] * 4, np.int64), "gate_sizes"))
+    consts = {"gate_sizes": np.array([H] * 4, np.int64)}
+    if int8:
+        consts |= {"c127": np.float32(127.0), "tiny": np.float32(1e-30), "zp_f": np.float32(ACTIVATION_ZERO_POINT),
+                   "zp_u8": np.uint8(ACTIVATION_ZERO_POINT)}  # fmt: skip
+    inits += [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
     node = oh.make_node
+
+    def matmul(x: str, name: str, out: str) -> list:
+        if not int8:
+            return [node("MatMul", [x, name], [out])]
+        p = f"{name}/"  # x [N, K] -> uint8 per row (scale = max|row| / 127), integer product, rescale
+        return [
+            node("Abs", [x], [p + "abs"]),
+            node("ReduceMax", [p + "abs"], [p + "max"], axes=[1], keepdims=1),
+            node("Max", [p + "max", "tiny"], [p + "max_safe"]),
+            node("Div", [p + "max_safe", "c127"], [p + "x_scale"]),
+            node("Div", [x, p + "x_scale"], [p + "scaled"]),
+            node("Round", [p + "scaled"], [p + "rounded"]),
+            node("Add", [p + "rounded", "zp_f"], [p + "shifted"]),
+            node("Cast", [p + "shifted"], [p + "x_u8"], to=TensorProto.UINT8),
+            node("MatMulInteger", [p + "x_u8", f"{name}_q", "zp_u8"], [p + "acc"]),
+            node("Cast", [p + "acc"], [p + "acc_f"], to=TensorProto.FLOAT),
+            node("Mul", [p + "acc_f", p + "x_scale"], [p + "row_scaled"]),
+            node("Mul", [p + "row_scaled", f"{name}_scale"], [out]),
+        ]
+
     nodes = [
         node("Gather", ["token_gates", "tokens"], ["input_gates"], axis=0),
-        node("MatMul", ["h", "recurrent_kernel"], ["recurrent_gates"]),
+        *matmul("h", "recurrent_kernel", "recurrent_gates"),
         node("Add", ["input_gates", "recurrent_gates"], ["gates"]),
-        node(
-            "Split", ["gates", "gate_sizes"], ["gate_i", "gate_f", "gate_g", "gate_o"], axis=1
-        ),  # Keras order
+        node("Split", ["gates", "gate_sizes"], ["gate_i", "gate_f", "gate_g", "gate_o"], axis=1),  # Keras order
         node("Sigmoid", ["gate_i"], ["i"]),
         node("Sigmoid", ["gate_f"], ["f"]),
         node("Tanh", ["gate_g"], ["g"]),
@@ -81,16 +128,16 @@ def build_step_graph(weights: dict[str, np.ndarray], in_memory_weights: bool = F
         node("Add", ["f_c", "i_g"], ["c_out"]),
         node("Tanh", ["c_out"], ["tanh_c"]),
         node("Mul", ["o", "tanh_c"], ["h_out"]),
-        node("MatMul", ["h_out", "proj_kernel"], ["proj"]),
+        *matmul("h_out", "proj_kernel", "proj"),
         node("Add", ["proj", "proj_bias"], ["proj_b"]),
         node("Add", ["proj_b", "v"], ["merged"]),
         node("Relu", ["merged"], ["z"]),
-        node("MatMul", ["z", "logits_kernel"], ["logits_nb"]),
+        *matmul("z", "logits_kernel", "logits_nb"),
         node("Add", ["logits_nb", "logits_bias"], ["logits"]),
         node("LogSoftmax", ["logits"], ["log_probs"], axis=1),
         # ONNX TopK: "the element with the lower index will appear first" among equal values, as search needs.
         node("TopK", ["log_probs", "k"], ["top_values", "top_ids"], axis=1, largest=1, sorted=1),
-    ]
+    ]  # fmt: skip
 
     def tensor(name, elem, shape):
         return oh.make_tensor_value_info(name, elem, shape)
@@ -107,9 +154,7 @@ def build_step_graph(weights: dict[str, np.ndarray], in_memory_weights: bool = F
     )  # fmt: skip
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)], producer_name="captioner")
     model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime >= 1.18
-    if (
-        not in_memory_weights
-    ):  # the checker would look for the external data on disk (the same graph otherwise)
+    if not in_memory_weights:  # the checker would look for external data on disk (the same graph otherwise)
         onnx.checker.check_model(model)
     return model
 
@@ -119,27 +164,15 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def _external_tensor(name: str, array: np.ndarray):
-    """A float32 initializer whose data is supplied at session creation (add_external_initializers)."""
-    from onnx import TensorProto
+    """An initializer whose data is supplied at session creation (add_external_initializers)."""
+    from onnx import TensorProto, helper
 
-    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape)
+    t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
     t.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "in-memory"), ("offset", "0"), ("length", str(array.size * 4))):
+    for key, value in (("location", "in-memory"), ("offset", "0"), ("length", str(array.nbytes))):
         entry = t.external_data.add()
         entry.key, entry.value = key, value
     return t
-
-
-def quantize_step_graph(model) -> bytes:
-    """Dynamic int8 quantisation of the step's MatMuls (weights int8 per tensor, activations per call)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory(prefix="captioner-step-") as tmp:
-        src, dst = Path(tmp) / "step.onnx", Path(tmp) / "step.int8.onnx"
-        onnx.save(model, src)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-        return dst.read_bytes()
 
 
 class OnnxDecoder:
@@ -148,30 +181,32 @@ class OnnxDecoder:
     decoder: the NumPy reference (``NumpyDecoder``, or any step decoder with ``graph_weights()`` whose state is
     (h, c, v) as the graph reads it); its ``initial_state`` is used as is.
     threads: intra-op threads (default: all cores, as for the encoder). precision: "fp32" or "int8".
+    stop_spinning_after_run: see ``encoders.runtime.session_options``.
     Thread-safe (onnxruntime sessions are; all state is in the arguments).
     """
 
-    def __init__(self, decoder: NumpyDecoder, threads: int | None = None, precision: Precision = "fp32"):
+    def __init__(
+        self,
+        decoder: NumpyDecoder,
+        threads: int | None = None,
+        precision: Precision = "fp32",
+        stop_spinning_after_run: bool = True,
+    ):
         import onnxruntime as ort
 
         from captioner.encoders.runtime import session_options
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"decoder precision must be one of {PRECISIONS}, got {precision!r}")
         self.numpy = decoder
         self.config = getattr(decoder, "config", None)
         self.vocab_size = decoder.vocab_size
         self.precision = precision
-        weights = decoder.graph_weights()
-        opts = session_options(threads or os.cpu_count())
-        if precision == "int8":
-            blob = quantize_step_graph(build_step_graph(weights))
-        else:
-            # The session reads the decoder's own arrays: no serialised copy of the ~30 MB of weights at load.
-            self._weights = {n: _f32(weights[n]) for n in GRAPH_WEIGHTS}  # kept alive for the session
-            values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._weights.values()]
-            opts.add_external_initializers(list(self._weights), values)
-            blob = build_step_graph(weights, in_memory_weights=True).SerializeToString()
+        # The session reads these arrays in place: no serialised copy of the ~30 MB of weights at load.
+        self._arrays = step_graph_arrays(decoder.graph_weights(), precision)  # kept alive for the session
+        opts = session_options(threads or os.cpu_count(), stop_spinning_after_run)
+        opts.add_external_initializers(
+            list(self._arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays.values()]
+        )
+        blob = build_step_graph(self._arrays, in_memory_weights=True).SerializeToString()
         self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
 
     @classmethod

@@ -62,10 +62,10 @@ class Settings(BaseSettings):
     bundle_path: Path | None = None  # None: the shipped bundle, <repo>/models/default
     encoder_path: Path | None = None  # the ONNX encoder for the original format (MODEL_PATH)
     threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads; None: all cores
-    # How the bundle's decoder step runs: "onnx" (onnxruntime, fp32: the same captions as the NumPy reference,
-    # ~3x faster), "onnx-int8" (int8 matmuls: ~1.7x faster again, dev BLEU-4 within 0.001 but other words in about
-    # a third of captions, see README) or "numpy". The original format (MODEL_PATH) always runs its own model.
-    decoder_backend: Literal["onnx", "onnx-int8", "numpy"] = "onnx"
+    # How the bundle's decoder step runs: "onnx-int8" (onnxruntime, int8 matmuls quantised per row: the fastest,
+    # dev scores equal to fp32's), "onnx" (fp32: exactly the NumPy reference's captions) or "numpy" (the
+    # reference). The original format (MODEL_PATH) always runs its own model.
+    decoder_backend: Literal["onnx", "onnx-int8", "numpy"] = "onnx-int8"
     load_in_background: bool = False  # True: answer /livez at once and /readyz 503 until the model is loaded
 
     # -- limits --
