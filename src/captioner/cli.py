@@ -149,6 +149,7 @@ def evaluate(
         record_metrics(
             captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
+            decoder_backend=decoder,
         )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
 
