@@ -9,22 +9,15 @@ from captioner.decode.options import DecodeOptions
 from captioner.decode.search import search
 from captioner.model.config import DecoderConfig
 from captioner.model.onnx_step import OnnxDecoder, build_step_graph
-from captioner.model.step import NumpyDecoder
+from captioner.model.step import NumpyDecoder, weight_shapes
 
 CONFIG = DecoderConfig(vocab_size=23, feature_size=10, embed_dim=6, hidden_dim=7, dropout=0.0, max_length=8)
 START, END = 1, 2
 
 
 def random_decoder(config: DecoderConfig = CONFIG, scale: float = 0.5, seed: int = 0) -> NumpyDecoder:
-    H, E, V, F = config.hidden_dim, config.embed_dim, config.vocab_size, config.feature_size
-    shapes = {
-        "image_proj/kernel": (F, E), "image_proj/bias": (E,),
-        "init_h/kernel": (E, H), "init_h/bias": (H,), "init_c/kernel": (E, H), "init_c/bias": (H,),
-        "embedding": (V, E),
-        "lstm/kernel": (E, 4 * H), "lstm/recurrent_kernel": (H, 4 * H), "lstm/bias": (4 * H,),
-        "lstm_proj/kernel": (H, E), "lstm_proj/bias": (E,), "logits/kernel": (E, V), "logits/bias": (V,),
-    }  # fmt: skip
     rng = np.random.default_rng(seed)
+    shapes = weight_shapes(config)
     return NumpyDecoder(config, {k: rng.normal(0, scale, s).astype(np.float32) for k, s in shapes.items()})
 
 

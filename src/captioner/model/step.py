@@ -48,6 +48,18 @@ def lstm_cell(gates: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return o * np.tanh(c), c
 
 
+def weight_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight the decoder of ``config`` has (as NumpyDecoder takes them)."""
+    H, E, V, F = config.hidden_dim, config.embed_dim, config.vocab_size, config.feature_size
+    return {
+        "image_proj/kernel": (F, E), "image_proj/bias": (E,),
+        "init_h/kernel": (E, H), "init_h/bias": (H,), "init_c/kernel": (E, H), "init_c/bias": (H,),
+        "embedding": (V, E),
+        "lstm/kernel": (E, 4 * H), "lstm/recurrent_kernel": (H, 4 * H), "lstm/bias": (4 * H,),
+        "lstm_proj/kernel": (H, E), "lstm_proj/bias": (E,), "logits/kernel": (E, V), "logits/bias": (V,),
+    }  # fmt: skip
+
+
 class NumpyDecoder:
     """StepDecoder over the LSTM decoder's weights (float32)."""
 
@@ -55,14 +67,7 @@ class NumpyDecoder:
         self.config = config
         self.vocab_size = config.vocab_size
         w = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
-        H, E, V, F = config.hidden_dim, config.embed_dim, config.vocab_size, config.feature_size
-        expected = {
-            "image_proj/kernel": (F, E), "image_proj/bias": (E,),
-            "init_h/kernel": (E, H), "init_h/bias": (H,), "init_c/kernel": (E, H), "init_c/bias": (H,),
-            "embedding": (V, E),
-            "lstm/kernel": (E, 4 * H), "lstm/recurrent_kernel": (H, 4 * H), "lstm/bias": (4 * H,),
-            "lstm_proj/kernel": (H, E), "lstm_proj/bias": (E,), "logits/kernel": (E, V), "logits/bias": (V,),
-        }  # fmt: skip
+        expected = weight_shapes(config)
         for name, shape in expected.items():
             if name not in w or w[name].shape != shape:
                 got = w[name].shape if name in w else "missing"
