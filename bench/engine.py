@@ -114,18 +114,16 @@ def load_captioner(
             captioner.encoder = OnnxEncoder(encoder)
         return captioner
     from bench.merge_step import MergeStepDecoder
+    from captioner.decode.captioner import step_decoder
     from captioner.encoders.runtime import OnnxEncoder
     from captioner.model.legacy import safe_load_tokenizer
-    from captioner.model.onnx_step import OnnxDecoder
 
-    step = MergeStepDecoder.from_npz(merge / "merge_weights.npz")
-    if decoder != "numpy":
-        step = OnnxDecoder(step, precision=decoder.partition("-")[2] or "fp32")
+    step = step_decoder(MergeStepDecoder.from_npz(merge / "merge_weights.npz"), decoder)
     return Captioner(
         OnnxEncoder(encoder or merge / "inception_v3.onnx"),
         step,
         safe_load_tokenizer(merge / "tokenizer.pkl"),
-        {"format": "merge", "path": str(merge)},
+        {"format": "merge", "path": str(merge), "decoder_backend": decoder},
     )
 
 
@@ -365,16 +363,13 @@ def _with_encoder(captioner, encoder):
 
 def _with_decoder(captioner, backend: str):
     """The same captioner (same encoder session) with the bundle's decoder step on another backend."""
-    from captioner.decode.captioner import Captioner
-    from captioner.model.onnx_step import OnnxDecoder
+    from captioner.decode.captioner import Captioner, step_decoder
 
     reference = getattr(captioner.decoder, "numpy", captioner.decoder)  # the NumpyDecoder under any backend
-    decoder = (
-        reference
-        if backend == "numpy"
-        else OnnxDecoder(reference, precision=backend.partition("-")[2] or "fp32")
+    info = dict(captioner.info, decoder_backend=backend)
+    return Captioner(
+        captioner.encoder, step_decoder(reference, backend), captioner.vocabulary, info, captioner.max_pixels
     )
-    return Captioner(captioner.encoder, decoder, captioner.vocabulary, captioner.info, captioner.max_pixels)
 
 
 def decoder_backends(captioner, photos: list[Path], options, n_images: int, quick: bool) -> dict:
@@ -439,8 +434,7 @@ def run(args) -> dict:
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
         "decoder": type(captioner.decoder).__name__,
-        "decoder_backend": getattr(captioner.decoder, "precision", None)
-        and ("onnx-int8" if captioner.decoder.precision == "int8" else "onnx"),
+        "decoder_backend": captioner.info["decoder_backend"],
         "n_photos": len(photos),
     }
     for label, threads in (("blas_default", None), ("blas_1", 1)):

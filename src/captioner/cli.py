@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from captioner.decode.captioner import DEFAULT_DECODER_BACKEND
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
 
@@ -58,7 +59,7 @@ def caption(
     length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     n_best: NBest = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
-    decoder: DecoderOpt = "onnx-int8",
+    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
@@ -129,7 +130,7 @@ def evaluate(
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
     record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
-    decoder: DecoderOpt = "onnx-int8",
+    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 from PIL import Image
@@ -32,10 +32,23 @@ class StepDecoder(Protocol):
 
 
 DecoderBackend = Literal["onnx", "onnx-int8", "numpy"]
-DECODER_BACKENDS: tuple[str, ...] = ("onnx", "onnx-int8", "numpy")
+DECODER_BACKENDS: tuple[str, ...] = get_args(DecoderBackend)
 # int8 by default: dev BLEU-1..4/METEOR/ROUGE-L/CIDEr equal to fp32's or better (models/default/README.md), a
 # ~1.7x faster step, and, quantised per row, the same answer whatever else shares the batch (tests/model/).
 DEFAULT_DECODER_BACKEND: DecoderBackend = "onnx-int8"
+
+
+def step_decoder(reference, backend: DecoderBackend, threads: int | None = None):
+    """The step decoder a backend name stands for, over a NumPy reference step (NumpyDecoder, or any step with
+    ``graph_weights()``): "numpy" -> the reference itself; "onnx" / "onnx-int8" -> its onnxruntime graph in
+    fp32 / int8 (model/onnx_step.py)."""
+    if backend not in DECODER_BACKENDS:
+        raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {backend!r}")
+    if backend == "numpy":
+        return reference
+    from captioner.model.onnx_step import OnnxDecoder
+
+    return OnnxDecoder(reference, threads=threads, precision="int8" if backend == "onnx-int8" else "fp32")
 
 
 class Vocab(Protocol):
@@ -122,14 +135,8 @@ class Captioner:
             from captioner.errors import BundleError
 
             raise BundleError(f"{bundle.path}: encoder and decoder feature sizes differ")
-        decoder = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
-        if decoder_backend not in DECODER_BACKENDS:
-            raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {decoder_backend!r}")
-        if decoder_backend != "numpy":
-            from captioner.model.onnx_step import OnnxDecoder
-
-            precision = "int8" if decoder_backend == "onnx-int8" else "fp32"
-            decoder = OnnxDecoder(decoder, threads=threads, precision=precision)
+        reference = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
+        decoder = step_decoder(reference, decoder_backend, threads)
         m = bundle.manifest
         info = {
             "format": "bundle",

@@ -209,10 +209,6 @@ class OnnxDecoder:
         blob = build_step_graph(self._arrays, in_memory_weights=True).SerializeToString()
         self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
 
-    @classmethod
-    def from_h5(cls, config, path, threads: int | None = None, precision: Precision = "fp32") -> OnnxDecoder:
-        return cls(NumpyDecoder.from_h5(config, path), threads=threads, precision=precision)
-
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         """features [B, F] -> (h0, c0, v): once per batch, in NumPy (the same code as NumpyDecoder)."""
         return self.numpy.initial_state(features)
@@ -226,10 +222,6 @@ class OnnxDecoder:
             "v": np.ascontiguousarray(v, dtype=np.float32),
             "k": np.array([k], dtype=np.int64),
         }
-        if feed["tokens"].shape[0] == 0:  # onnxruntime handles empty batches, but there is nothing to run
-            out = {"log_probs": np.zeros((0, self.vocab_size), np.float32), "top_values": np.zeros((0, k), np.float32),
-                   "top_ids": np.zeros((0, k), np.int64), "h_out": h, "c_out": c}  # fmt: skip
-            return [out[n] for n in names]
         return self.session.run(names, feed)
 
     def step(

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
 from captioner.decode.options import DecodeOptions
 from captioner.errors import OptionsError
 
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
     # How the bundle's decoder step runs: "onnx-int8" (onnxruntime, int8 matmuls quantised per row: the fastest,
     # dev scores equal to fp32's), "onnx" (fp32: exactly the NumPy reference's captions) or "numpy" (the
     # reference). The original format (MODEL_PATH) always runs its own model.
-    decoder_backend: Literal["onnx", "onnx-int8", "numpy"] = "onnx-int8"
+    decoder_backend: DecoderBackend = DEFAULT_DECODER_BACKEND
     load_in_background: bool = False  # True: answer /livez at once and /readyz 503 until the model is loaded
 
     # -- limits --
