@@ -45,20 +45,11 @@ def _rss_peak_mb() -> float:
 
 
 def build_merge_model(keras, feature_size: int, vocab_size: int, max_length: int, units: int = UNITS):
-    """The tutorial's merge architecture (define_model), layer for layer."""
-    from keras import layers
+    """The tutorial's merge architecture (define_model), layer for layer: ``captioner.model.legacy``'s copy, the
+    one the legacy loader is tested with."""
+    from captioner.model.legacy import build_merge_model as merge_model
 
-    inputs1 = keras.Input(shape=(feature_size,))
-    fe1 = layers.Dropout(0.5)(inputs1)
-    fe2 = layers.Dense(units, activation="relu")(fe1)
-    inputs2 = keras.Input(shape=(max_length,))
-    se1 = layers.Embedding(vocab_size, units, mask_zero=True)(inputs2)
-    se2 = layers.Dropout(0.5)(se1)
-    se3 = layers.LSTM(units)(se2)
-    decoder1 = layers.add([fe2, se3])
-    decoder2 = layers.Dense(units, activation="relu")(decoder1)
-    outputs = layers.Dense(vocab_size, activation="softmax")(decoder2)
-    return keras.Model(inputs=[inputs1, inputs2], outputs=outputs)
+    return merge_model(keras, feature_size, vocab_size, max_length, units)
 
 
 def merge_weights(model) -> dict[str, np.ndarray]:

@@ -286,19 +286,9 @@ def _merge_model(
     keras, feature_size=FEATURES, vocab_size=VOCAB, max_length=MAX_LENGTH, units=UNITS, out="softmax"
 ):
     """The tutorial's merge architecture, with tiny sizes."""
-    from keras import layers
+    from captioner.model.legacy import build_merge_model
 
-    inputs1 = keras.Input(shape=(feature_size,))
-    fe1 = layers.Dropout(0.5)(inputs1)
-    fe2 = layers.Dense(units, activation="relu")(fe1)
-    inputs2 = keras.Input(shape=(max_length,))
-    se1 = layers.Embedding(vocab_size, units, mask_zero=True)(inputs2)
-    se2 = layers.Dropout(0.5)(se1)
-    se3 = layers.LSTM(units)(se2)
-    decoder1 = layers.add([fe2, se3])
-    decoder2 = layers.Dense(units, activation="relu")(decoder1)
-    outputs = layers.Dense(vocab_size, activation=out)(decoder2)
-    return keras.Model(inputs=[inputs1, inputs2], outputs=outputs)
+    return build_merge_model(keras, feature_size, vocab_size, max_length, units, output_activation=out)
 
 
 @pytest.fixture(scope="module")

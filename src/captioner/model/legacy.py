@@ -371,6 +371,34 @@ def _tokenizer_config_from_pickle(data: bytes, path: Path) -> Mapping[str, Any]:
     return getattr(obj, "state", {})
 
 
+def build_merge_model(
+    keras: Any,
+    feature_size: int,
+    vocab_size: int,
+    max_length: int,
+    units: int = 256,
+    output_activation: str | None = "softmax",
+) -> Any:
+    """The original design's merge model (the tutorial's ``define_model``), layer for layer, untrained.
+
+    For the benchmark's baseline and for tests of ``load_legacy``; ``keras`` is the imported module (this file
+    never imports Keras itself). output_activation None gives logits, a model ``load_legacy`` must refuse.
+    """
+    from keras import layers
+
+    inputs1 = keras.Input(shape=(feature_size,))
+    fe1 = layers.Dropout(0.5)(inputs1)
+    fe2 = layers.Dense(units, activation="relu")(fe1)
+    inputs2 = keras.Input(shape=(max_length,))
+    se1 = layers.Embedding(vocab_size, units, mask_zero=True)(inputs2)
+    se2 = layers.Dropout(0.5)(se1)
+    se3 = layers.LSTM(units)(se2)
+    decoder1 = layers.add([fe2, se3])
+    decoder2 = layers.Dense(units, activation="relu")(decoder1)
+    outputs = layers.Dense(vocab_size, activation=output_activation)(decoder2)
+    return keras.Model(inputs=[inputs1, inputs2], outputs=outputs)
+
+
 class LegacyStepDecoder:
     """The StepDecoder protocol for a tutorial merge model ``[features (F,), padded ids (max_length,)] -> softmax``.
 
