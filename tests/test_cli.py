@@ -132,3 +132,18 @@ def test_train_and_evaluate_end_to_end(capsys, tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert set(report["metrics"]) >= {"BLEU-1", "BLEU-4", "CIDEr", "ROUGE-L"}
     assert (tmp_path / "eval" / "gallery.html").is_file()
+
+
+def test_info_prints_the_bundle_digest_and_checks_a_pinned_one(capsys, tiny_bundle):
+    from captioner.model.bundle import DEFAULT_BUNDLE, MANIFEST_FILE, sha256_file
+
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    assert json.loads(out)["bundle_sha256"] == sha256_file(DEFAULT_BUNDLE / MANIFEST_FILE)
+    digest = sha256_file(tiny_bundle / MANIFEST_FILE)
+    code, out, _ = run(capsys, "info", "--bundle", tiny_bundle, "--bundle-sha256", digest)
+    assert code == 0 and json.loads(out)["bundle_sha256"] == digest
+    code, _, err = run(capsys, "info", "--bundle", tiny_bundle, "--bundle-sha256", "0" * 64)
+    assert_one_line_error(code, err, "not the pinned bundle")
+    code, _, err = run(capsys, "caption", "x.jpg", "--bundle", tiny_bundle, "--bundle-sha256", "0" * 64)
+    assert_one_line_error(code, err, "not the pinned bundle")

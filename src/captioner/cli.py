@@ -28,6 +28,10 @@ app = typer.Typer(
 BundleOpt = Annotated[
     Path | None, typer.Option("--bundle", help="Model bundle folder (default: the shipped models/default).")
 ]
+BundleSha256Opt = Annotated[
+    str | None,
+    typer.Option(help="Refuse the bundle unless its digest (bundle_sha256 of 'captioner info') is this one."),
+]
 Strategy = Annotated[str, typer.Option(help="greedy or beam.")]
 BeamSize = Annotated[int, typer.Option(help="Beam width (1-10).")]
 MaxLength = Annotated[int, typer.Option(help="Most words per caption (1-64).")]
@@ -60,12 +64,13 @@ def caption(
     n_best: NBest = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
     decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
+    bundle_sha256: BundleSha256Opt = None,
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder, bundle_sha256=bundle_sha256)
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
@@ -225,23 +230,28 @@ def export_encoder_cmd(
 
 
 @app.command()
-def info(bundle: BundleOpt = None) -> None:
-    """Verify a bundle and print its manifest."""
+def info(bundle: BundleOpt = None, bundle_sha256: BundleSha256Opt = None) -> None:
+    """Verify a bundle and print its manifest, headed by bundle_sha256: the digest to pin (sha256 of manifest.json)."""
     from captioner.model.bundle import load_bundle
 
-    typer.echo(json.dumps(load_bundle(bundle).manifest, indent=2))
+    loaded = load_bundle(bundle, expected_sha256=bundle_sha256)
+    typer.echo(json.dumps({"bundle_sha256": loaded.sha256, **loaded.manifest}, indent=2))
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
+    bundle_sha256: Annotated[
+        str | None, typer.Option(help="Pinned bundle digest (env CAPTIONER_BUNDLE_SHA256).")
+    ] = None,
 ) -> None:
     """Run the REST service (settings from the environment; see the README)."""
     from captioner.service.app import main as serve_main
     from captioner.service.settings import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "bundle_sha256": bundle_sha256}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError: name the setting and what is expected

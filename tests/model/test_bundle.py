@@ -189,3 +189,41 @@ def test_tokenizer_of_the_wrong_size_is_refused(bundle_copy, tiny_vocabulary):
     (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="tokenizer has .* tokens but the decoder was built for"):
         load_bundle(bundle_copy)
+
+
+# -- the bundle digest: one sha256 that covers the manifest and so every file --
+
+
+def test_bundle_digest_is_the_sha256_of_the_manifest(bundle_copy):
+    bundle = load_bundle(bundle_copy)
+    assert bundle.sha256 == sha256_file(bundle_copy / MANIFEST_FILE)
+    assert load_bundle(bundle_copy, expected_sha256=bundle.sha256.upper()).sha256 == bundle.sha256
+    captioner = Captioner.from_bundle(bundle_copy, bundle_sha256=bundle.sha256)
+    assert captioner.model_info["sha256"] == bundle.sha256
+
+
+def test_consistently_rewritten_bundle_is_refused_when_pinned(bundle_copy):
+    """Checksums alone cannot catch an edit that also fixes the manifest; the pinned digest does."""
+    pinned = load_bundle(bundle_copy).sha256
+    edit_manifest(bundle_copy, metrics={"BLEU-4": 0.99})
+    assert load_bundle(bundle_copy).manifest["metrics"] == {"BLEU-4": 0.99}  # unpinned: nothing notices
+    with pytest.raises(BundleError, match=r"not the pinned bundle.*captioner info"):
+        load_bundle(bundle_copy, expected_sha256=pinned)
+    with pytest.raises(BundleError, match="not the pinned bundle"):
+        Captioner.from_bundle(bundle_copy, bundle_sha256=pinned)
+
+
+def test_a_replaced_file_with_a_fixed_manifest_is_refused_when_pinned(bundle_copy, tiny_vocabulary):
+    pinned = load_bundle(bundle_copy).sha256
+    (bundle_copy / TOKENIZER_FILE).write_text((bundle_copy / TOKENIZER_FILE).read_text() + " ")
+    manifest = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    manifest["files"][TOKENIZER_FILE] = sha256_file(bundle_copy / TOKENIZER_FILE)
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    load_bundle(bundle_copy)
+    with pytest.raises(BundleError, match="not the pinned bundle"):
+        load_bundle(bundle_copy, expected_sha256=pinned)
+
+
+def test_a_malformed_pinned_digest_says_what_a_digest_is(bundle_copy):
+    with pytest.raises(BundleError, match="64 hex digits.*captioner info"):
+        load_bundle(bundle_copy, expected_sha256="abc123")

@@ -165,3 +165,38 @@ def test_request_id_is_echoed_when_safe(client):
     assert client.get("/livez", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     bad = client.get("/livez", headers={"X-Request-ID": "evil\tvalue" * 30}).headers["X-Request-ID"]
     assert bad != "evil\tvalue" * 30 and len(bad) == 32
+
+
+def test_no_public_response_shows_a_filesystem_path(make_client, tiny_bundle):
+    """/health, the probes, metrics and error bodies never show where the bundle lives (not even when it fails
+    to load with a message that names it): the server's log has the details."""
+    from captioner.model.bundle import MANIFEST_FILE, sha256_file
+
+    def shown(client) -> list[str]:
+        requests = [
+            ("GET", "/health", None),
+            ("GET", "/readyz", None),
+            ("GET", "/metrics", None),
+            ("GET", "/openapi.json", None),
+            ("GET", "/no/such/route", None),
+            ("POST", "/generate-caption/", {"file": b"GIF89a\0\0\0\0"}),
+            ("POST", "/generate-captions/", {"files": b"\xff\xd8\xff\xe0 not a jpeg"}),
+        ]
+        return [client.request(method, url, files=files).text for method, url, files in requests]
+
+    def assert_no_path(texts: list[str]) -> None:
+        for text in texts:
+            assert str(tiny_bundle.parent) not in text and tiny_bundle.parent.name not in text, text
+
+    ok = make_client(captioner=None)  # loads the tiny bundle from its folder, as production does
+    assert_no_path(shown(ok))
+    digest = sha256_file(tiny_bundle / MANIFEST_FILE)
+    assert ok.get("/health").json()["model"]["sha256"] == digest  # what to pin (CAPTIONER_BUNDLE_SHA256)
+    broken = make_client(captioner=None, bundle_sha256="0" * 64, load_in_background=True)
+    for _ in range(500):
+        if broken.get("/health").json()["status"] != "loading":
+            break
+    health = broken.get("/health").json()
+    assert health["status"] == "error" and "not the pinned bundle" in health["load_error"]
+    assert_no_path(shown(broken))
+    assert make_client(captioner=None, bundle_sha256=digest).get("/readyz").status_code == 200

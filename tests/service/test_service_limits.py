@@ -273,6 +273,17 @@ def test_defaults_and_env(monkeypatch):
         ({"max_upload_bytes": 0}, "greater than or equal"),
         ({"redis_url": "localhost:6379"}, "redis://"),
         ({"port": 70000}, "less than or equal"),
+        ({"bundle_sha256": "abc123"}, "captioner info"),
+        (
+            {
+                "model_path": "m.keras",
+                "tokenizer_path": "t.pkl",
+                "encoder_path": "e.onnx",
+                "bundle_sha256": "0" * 64,
+            },
+            "not both",
+        ),
+        ({"auth_failures_burst": 0}, "greater than or equal"),
     ],
 )
 def test_unsafe_or_inconsistent_settings_are_refused(values, match):
@@ -286,3 +297,106 @@ def test_legacy_env_vars_select_the_original_format(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPTIONER_ENCODER_PATH", str(tmp_path / "enc.onnx"))
     s = Settings(_env_file=None)
     assert s.legacy and s.tokenizer_path == tmp_path / "tokenizer.pkl"
+
+
+# -- per-caller state when API keys are on --
+
+
+def _digests(*keys: str) -> list[str]:
+    return [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+
+
+def test_cache_is_per_api_key(make_client):
+    """Key B must not learn (X-Cache: HIT, a fast answer) that key A sent an image."""
+    client = make_client(api_keys_sha256=_digests("key-a", "key-b"))
+
+    def post(key, url=URL, field="file"):
+        return client.post(url, files={field: jpeg(seed=5)}, headers={"X-API-Key": key})
+
+    a, b, a_again = post("key-a"), post("key-b"), post("key-a")
+    assert [r.headers["X-Cache"] for r in (a, b, a_again)] == ["MISS", "MISS", "HIT"]
+    assert b.json()["caption"] == a.json()["caption"]
+    assert post("key-b", "/generate-captions/", "files").json()["results"][0]["result"]["cached"] is True
+
+
+def test_without_api_keys_the_cache_is_shared_as_before(make_client):
+    from captioner.decode.options import DecodeOptions
+    from captioner.service.cache import cache_key
+
+    client = make_client()
+    assert client.post(URL, files={"file": jpeg(seed=5)}).headers["X-Cache"] == "MISS"
+    assert client.post(URL, files={"file": jpeg(seed=5)}).headers["X-Cache"] == "HIT"
+    options = DecodeOptions()
+    # The same keys as before namespacing, so a shared Redis cache stays warm across the upgrade.
+    assert cache_key(b"x", options, "v") == cache_key(b"x", options, "v", "")
+    assert cache_key(b"x", options, "v", "key:a") != cache_key(b"x", options, "v", "key:b")
+
+
+def test_single_flight_is_per_api_key(make_client, service_captioner):
+    gate = threading.Event()
+    calls = []
+    slow = SlowCaptioner(service_captioner, gate=gate)
+    original = slow.caption_images
+    slow.caption_images = lambda images, options=None: calls.append(1) or original(images, options)
+    client = make_client(microbatch_max_size=1, api_keys_sha256=_digests("key-a", "key-b"))
+    client.app.state.service.captioner = slow
+    results: dict[str, list] = {"key-a": [], "key-b": []}
+
+    def post(key):
+        results[key].append(client.post(URL, files={"file": jpeg(seed=9)}, headers={"X-API-Key": key}))
+
+    threads = [threading.Thread(target=post, args=(key,)) for key in ("key-a", "key-b") * 2]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert len(calls) == 2  # one computation per key, never one shared across keys
+    for responses in results.values():
+        assert sorted(r.headers["X-Cache"] for r in responses) == ["HIT", "MISS"]
+
+
+# -- failed API-key attempts are budgeted per client IP --
+
+
+def test_failed_api_keys_are_throttled_per_client(make_client, caplog):
+    from fastapi.testclient import TestClient
+
+    client = make_client(
+        api_keys_sha256=_digests("s3cret"), auth_failures_per_minute=1, auth_failures_burst=3
+    )
+    statuses, last = [], None
+    for i in range(8):
+        last = client.post(URL, files={"file": jpeg()}, headers={"X-API-Key": f"guess-{i}"})
+        statuses.append(last.status_code)
+    assert statuses == [401] * 3 + [429] * 5
+    body = assert_problem(last, 429, "too-many-auth-failures")
+    assert "X-API-Key" in body["detail"] and 1 <= int(last.headers["Retry-After"]) <= 60
+    # Spent: even the right key from this address waits (the key is not checked at all) ...
+    assert client.post(URL, files={"file": jpeg()}, headers={"X-API-Key": "s3cret"}).status_code == 429
+    # ... while other clients are not affected, and probes stay open.
+    other = TestClient(client.app, client=("203.0.113.7", 40000), raise_server_exceptions=False)
+    assert other.post(URL, files={"file": jpeg()}, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert other.post(URL, files={"file": jpeg()}, headers={"X-API-Key": "nope"}).status_code == 401
+    assert client.get("/health").status_code == 200
+    metrics = client.get("/metrics").text
+    assert "captioner_auth_failures_total 4.0" in metrics
+    assert "captioner_auth_throttled_total 6.0" in metrics
+    throttled = [rec for rec in caplog.records if "throttling API-key attempts" in rec.getMessage()]
+    assert len(throttled) == 1  # once per client per minute, not once per refused request
+
+
+def test_auth_failure_budget_can_be_turned_off(make_client):
+    client = make_client(api_keys_sha256=_digests("s3cret"), auth_failures_per_minute=0)
+    statuses = {client.post(URL, files={"file": jpeg()}).status_code for _ in range(12)}
+    assert statuses == {401}
+
+
+def test_peek_does_not_spend_tokens():
+    from captioner.service.ratelimit import MemoryRateLimiter
+
+    limiter = MemoryRateLimiter(per_minute=1, burst=2)
+    assert all(limiter.peek("c").allowed for _ in range(5))
+    assert [limiter.hit("c").allowed for _ in range(3)] == [True, True, False]
+    assert not limiter.peek("c").allowed and limiter.peek("c").retry_after_s >= 1

@@ -78,3 +78,29 @@ def test_redis_outage_at_request_time_degrades_to_local_limits(make_client, redi
     state.limiter._script = lambda **kw: (_ for _ in ()).throw(ConnectionError("redis went away"))
     r = client.post(URL, files={"file": jpeg(seed=11)})
     assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
+
+
+def test_per_key_cache_and_auth_failure_budget_are_shared_through_redis(make_client, redis_url):
+    import hashlib
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    digests = [hashlib.sha256(k.encode()).hexdigest() for k in ("key-a", "key-b")]
+    settings = {"redis_url": redis_url, "api_keys_sha256": digests, "auth_failures_per_minute": 1}
+    settings["auth_failures_burst"] = 2
+    a, b = make_client(**settings), make_client(**settings)
+
+    def post(client, key):
+        return client.post(URL, files={"file": jpeg(seed=11)}, headers={"X-API-Key": key})
+
+    assert [post(c, k).headers["X-Cache"] for c, k in [(a, "key-a"), (b, "key-b"), (b, "key-a")]] == [
+        "MISS",
+        "MISS",
+        "HIT",
+    ]
+    keys = [k.decode() for k in redis.Redis.from_url(redis_url).keys("*")]
+    assert not any("key-a" in k or digests[0] in k for k in keys)  # neither the key nor its full digest
+    # The budget of failed keys is one per client across instances: two failures, then 429 on either.
+    assert [post(c, "wrong").status_code for c in (a, b, a)] == [401, 401, 429]
+    assert_problem(post(b, "key-a"), 429, "too-many-auth-failures")

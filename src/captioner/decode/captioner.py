@@ -118,8 +118,11 @@ class Captioner:
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decoder_backend: DecoderBackend = DEFAULT_DECODER_BACKEND,
+        bundle_sha256: str | None = None,
     ) -> Captioner:
         """Load a bundle folder (or a loaded Bundle; default: the shipped one) without TensorFlow.
+
+        bundle_sha256: the pinned bundle digest (load_bundle's expected_sha256); a folder with any other is refused.
 
         decoder_backend: how the decoder step runs (model/onnx_step.py): "onnx-int8" (an onnxruntime graph with
         int8 matmuls, the default), "onnx" (the same graph in fp32: the reference's captions exactly) or "numpy"
@@ -128,8 +131,8 @@ class Captioner:
         from captioner.model.bundle import Bundle, load_bundle
         from captioner.model.step import NumpyDecoder
 
-        if not isinstance(bundle, Bundle):
-            bundle = load_bundle(bundle)
+        if not isinstance(bundle, Bundle) or bundle_sha256 is not None:
+            bundle = load_bundle(bundle.path if isinstance(bundle, Bundle) else bundle, bundle_sha256)
         encoder = OnnxEncoder(bundle.encoder_path, threads=threads)
         if encoder.feature_size != bundle.config.feature_size:
             from captioner.errors import BundleError
@@ -142,6 +145,7 @@ class Captioner:
             "format": "bundle",
             "path": str(bundle.path),
             "version": bundle.version,
+            "sha256": bundle.sha256,
             "encoder": m["encoder"]["name"],
             "vocab_size": m["vocab_size"],
             "metrics": m.get("metrics", {}),

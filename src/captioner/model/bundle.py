@@ -8,6 +8,12 @@
     README.md                         optional model card (not checksummed: it may be edited)
 
 ``load_bundle`` verifies every checksum before anything is deserialised and refuses a tampered bundle.
+
+The bundle's digest is the sha256 of ``manifest.json``'s bytes (``sha256sum manifest.json``): the manifest lists the
+sha256 of every other file, so this one digest covers the whole bundle (the model card aside). Checksums alone only
+catch accidents: whoever can write the folder can rewrite files and manifest consistently. Pinning the digest
+(``load_bundle(path, expected_sha256=...)``; ``CAPTIONER_BUNDLE_SHA256``, ``--bundle-sha256``) makes any change,
+consistent or not, refuse to load.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import platform
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +41,8 @@ TOKENIZER_FILE = "tokenizer.json"
 ENCODER_FILE = "encoder.onnx"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_FILES = (WEIGHTS_FILE, TOKENIZER_FILE, ENCODER_FILE)
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 # The bundle that ships in the repository; every command uses it unless told otherwise.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "default"
@@ -63,6 +72,7 @@ class Bundle:
     manifest: dict
     config: DecoderConfig
     vocabulary: Vocabulary
+    sha256: str  # of manifest.json's bytes: the one digest that covers every file (see the module docstring)
 
     @property
     def weights_path(self) -> Path:
@@ -154,15 +164,31 @@ def save_bundle(
     return out_dir
 
 
-def load_bundle(path: str | Path | None = None) -> Bundle:
-    """Verify and read a bundle folder (default: the shipped ``models/default``). Raises BundleError."""
+def load_bundle(path: str | Path | None = None, expected_sha256: str | None = None) -> Bundle:
+    """Verify and read a bundle folder (default: the shipped ``models/default``). Raises BundleError.
+
+    expected_sha256: the bundle digest (hex sha256 of manifest.json) the caller trusts; any other manifest, and so
+    any changed file, is refused before anything is parsed. None: only the manifest's own checksums are checked.
+    """
     path = Path(path) if path is not None else DEFAULT_BUNDLE
+    if expected_sha256 is not None:
+        expected_sha256 = check_sha256(expected_sha256)
     if not path.is_dir():
         raise BundleError(f"model bundle not found: {path} (expected a folder with {MANIFEST_FILE})")
     try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        raw = (path / MANIFEST_FILE).read_bytes()  # hashed and parsed from the same bytes
     except FileNotFoundError:
         raise BundleError(f"{path} is not a model bundle: {MANIFEST_FILE} is missing") from None
+    bundle_sha256 = hashlib.sha256(raw).hexdigest()
+    if expected_sha256 is not None and bundle_sha256 != expected_sha256:
+        raise BundleError(
+            f"{path} is not the pinned bundle: its sha256 is {bundle_sha256}, the pinned one is {expected_sha256}. "
+            "If the bundle was changed on purpose (re-exported, metrics recorded), pin the new digest that "
+            "'captioner info' prints (CAPTIONER_BUNDLE_SHA256 or --bundle-sha256); otherwise restore the bundle "
+            "from a trusted copy"
+        )
+    try:
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path / MANIFEST_FILE} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -194,11 +220,22 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         raise BundleError(
             f"{path}: the tokenizer has {len(vocabulary)} tokens but the decoder was built for {config.vocab_size}"
         )
-    return Bundle(path=path, manifest=manifest, config=config, vocabulary=vocabulary)
+    return Bundle(path=path, manifest=manifest, config=config, vocabulary=vocabulary, sha256=bundle_sha256)
+
+
+def check_sha256(value: str) -> str:
+    """A bundle digest as lowercase hex, or BundleError saying what a digest looks like."""
+    digest = value.strip().lower()
+    if not _SHA256_HEX.match(digest):
+        raise BundleError(
+            f"{value!r} is not a bundle digest: expected 64 hex digits, as printed by 'captioner info' "
+            "(bundle_sha256) or by 'sha256sum manifest.json'"
+        )
+    return digest
 
 
 def record_metrics(path: str | Path, metrics: dict, **details) -> None:
-    """Store evaluation results in a bundle's manifest (the manifest is not itself checksummed)."""
+    """Store evaluation results in a bundle's manifest. This changes the bundle's digest (Bundle.sha256)."""
     path = Path(path)
     bundle = load_bundle(path)  # refuse to annotate a tampered bundle
     manifest = dict(bundle.manifest, metrics={"scores": metrics, **details})

@@ -1,4 +1,7 @@
-"""Result cache: sha256(image bytes) + decode options + model version -> caption result (a JSON-able dict).
+"""Result cache: sha256(image bytes) + decode options + model version (+ caller) -> caption result (a dict).
+
+With API keys, entries are namespaced by the caller (a digest of its key), so one caller cannot learn from
+``X-Cache: HIT`` (or from timing) which images another caller sent; without keys, callers share one namespace.
 
 In-memory LRU by default; Redis when ``redis_url`` is set, so that several instances share results (with a
 logged fallback to memory if Redis cannot be reached). ``SingleFlight`` makes identical concurrent requests
@@ -23,11 +26,14 @@ log = logging.getLogger("captioner.service")
 T = TypeVar("T")
 
 
-def cache_key(image: bytes, options: DecodeOptions, model_version: str) -> str:
-    """Hex sha256 over the image bytes, the canonical options JSON and the model version."""
+def cache_key(image: bytes, options: DecodeOptions, model_version: str, caller: str = "") -> str:
+    """Hex sha256 over the image bytes, the canonical options JSON, the model version and the caller's id
+    (security.caller_id; "" when the service has no keys, which gives the same keys as before namespacing)."""
     h = hashlib.sha256(image)
     h.update(json.dumps(options.to_dict(), sort_keys=True).encode())
     h.update(model_version.encode())
+    if caller:
+        h.update(b"\0" + caller.encode())
     return h.hexdigest()
 
 

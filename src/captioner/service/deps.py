@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Annotated, Literal
 
@@ -14,6 +13,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.service.problems import ServiceError
+from captioner.service.security import caller_id
 from captioner.service.settings import Settings
 from captioner.service.state import ServiceState
 
@@ -57,13 +57,33 @@ api_key_header = APIKeyHeader(
 def require_api_key(
     request: Request, state: StateDep, key: str | None = Security(api_key_header)
 ) -> str | None:
-    """The caller's key if keys are configured and it is accepted; None if the server has no keys; else 401."""
+    """The caller's key if keys are configured and it is accepted; None if the server has no keys; else 401.
+
+    A client IP that spent its budget of failed attempts gets 429 before its key is even checked.
+    """
     if not state.api_keys.enabled:
         return None
+    client = request.client.host if request.client else "unknown"
+    refused = state.auth_throttle.refused(client)
+    if refused is not None:
+        state.metrics.auth_throttled.inc()
+        if state.auth_throttle.should_log(client):
+            log.warning(
+                "throttling API-key attempts from %s: too many failed keys",
+                client,
+                extra={"fields": {"client": client, "path": request.url.path, "reason": "auth_throttled"}},
+            )
+        raise ServiceError(
+            429,
+            "too-many-auth-failures",
+            f"too many requests with a missing or invalid API key from your address: retry after "
+            f"{refused.retry_after_s} s with a valid key in the X-API-Key header",
+            headers={"Retry-After": str(refused.retry_after_s)},
+        )
     if state.api_keys.check(key):
         return key
+    state.auth_throttle.failed(client)
     state.metrics.auth_failures.inc()
-    client = request.client.host if request.client else None
     log.warning(
         "refused request: %s API key",
         "missing" if not key else "invalid",
@@ -88,12 +108,17 @@ def require_api_key(
 ApiKeyDep = Annotated[str | None, Depends(require_api_key)]
 
 
-def rate_limit(request: Request, response: Response, state: StateDep, key: ApiKeyDep) -> None:
+def caller(key: ApiKeyDep) -> str:
+    """The accepted caller's identity (a digest of its key; "" without keys): namespaces per-caller state."""
+    return caller_id(key)
+
+
+CallerDep = Annotated[str, Depends(caller)]
+
+
+def rate_limit(request: Request, response: Response, state: StateDep, who: CallerDep) -> None:
     """One token per request from the caller's bucket (the API key's if any, else the client IP's)."""
-    if key:
-        client = "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
-    else:
-        client = "ip:" + (request.client.host if request.client else "unknown")
+    client = who or "ip:" + (request.client.host if request.client else "unknown")
     decision = state.limiter.hit(client)
     if decision is None:
         return

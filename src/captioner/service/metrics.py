@@ -45,6 +45,11 @@ class Metrics:
         self.auth_failures = Counter(
             "captioner_auth_failures", "Requests refused for a missing/bad API key", registry=r
         )
+        self.auth_throttled = Counter(
+            "captioner_auth_throttled",
+            "Requests refused unchecked because their client IP spent its budget of failed API-key attempts",
+            registry=r,
+        )
         self.inflight = Gauge("captioner_inference_inflight", "Inference jobs queued or running", registry=r)
         self.ready = Gauge("captioner_ready", "1 when the model is loaded and warmed", registry=r)
 

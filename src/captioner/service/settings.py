@@ -61,6 +61,9 @@ class Settings(BaseSettings):
 
     # -- model --
     bundle_path: Path | None = None  # None: the shipped bundle, <repo>/models/default
+    # The bundle digest to trust (bundle_sha256 of `captioner info`, i.e. sha256 of manifest.json): a bundle with any
+    # other manifest, and so any changed file, is refused at startup. None: only the manifest's own checksums.
+    bundle_sha256: str | None = None
     encoder_path: Path | None = None  # the ONNX encoder for the original format (MODEL_PATH)
     threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads; None: all cores
     # How the bundle's decoder step runs: "onnx-int8" (onnxruntime, int8 matmuls quantised per row: the fastest,
@@ -95,6 +98,10 @@ class Settings(BaseSettings):
     # -- authentication --
     api_keys_sha256: Annotated[list[str], NoDecode] = []  # sha256 hex digests of the accepted keys
     api_keys_file: Path | None = None  # one digest per line; re-read when it changes
+    # Failed API-key attempts allowed per client IP (a token bucket: this many a minute, bursts of
+    # auth_failures_burst); past them the IP's requests get 429 without their key being checked. 0: no budget.
+    auth_failures_per_minute: int = Field(5, ge=0)
+    auth_failures_burst: int = Field(10, ge=1)
 
     # -- cache --
     cache_max_entries: int = Field(1024, ge=0)  # 0: no cache
@@ -148,6 +155,19 @@ class Settings(BaseSettings):
             out.append(digest)
         return out
 
+    @field_validator("bundle_sha256")
+    @classmethod
+    def _bundle_digest(cls, digest: str | None) -> str | None:
+        if digest is None:
+            return None
+        digest = digest.strip().lower()
+        if not _SHA256_HEX.match(digest):
+            raise ValueError(
+                "CAPTIONER_BUNDLE_SHA256 must be the bundle's digest, 64 hex digits: the bundle_sha256 that "
+                "'captioner info --bundle FOLDER' prints (or sha256sum FOLDER/manifest.json)"
+            )
+        return digest
+
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, url: str | None) -> str | None:
@@ -180,8 +200,10 @@ class Settings(BaseSettings):
                 "encoder with 'captioner export-encoder inception_v3 --out inception_v3.onnx' and point "
                 "CAPTIONER_ENCODER_PATH at it"
             )
-        if self.model_path and self.bundle_path:
-            raise ValueError("set either MODEL_PATH (original format) or CAPTIONER_BUNDLE_PATH, not both")
+        if self.model_path and (self.bundle_path or self.bundle_sha256):
+            raise ValueError(
+                "set either MODEL_PATH (original format) or CAPTIONER_BUNDLE_PATH/CAPTIONER_BUNDLE_SHA256, not both"
+            )
         try:
             self.default_options()
         except OptionsError as exc:

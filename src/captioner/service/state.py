@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import resource
 import threading
 import time
@@ -17,10 +18,17 @@ from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
 from captioner.service.problems import ServiceError
 from captioner.service.ratelimit import make_rate_limiter
-from captioner.service.security import ApiKeys
+from captioner.service.security import ApiKeys, AuthFailureThrottle
 from captioner.service.settings import Settings
 
 log = logging.getLogger("captioner.service")
+
+# The model facts that /health shows to anyone: never a filesystem path (the captioner's info holds the bundle's
+# and the original format's file paths, which only the server's log and the CLI show).
+PUBLIC_MODEL_FIELDS = (
+    "format", "version", "sha256", "encoder", "vocab_size", "metrics", "decoder_backend",
+    "feature_size", "max_length", "start_word", "end_word", "num_words", "keras_version",
+)  # fmt: skip
 
 
 def load_captioner(settings: Settings) -> Captioner:
@@ -39,6 +47,7 @@ def load_captioner(settings: Settings) -> Captioner:
         threads=settings.threads,
         max_pixels=settings.max_image_pixels,
         decoder_backend=settings.decoder_backend,
+        bundle_sha256=settings.bundle_sha256,
     )
 
 
@@ -60,6 +69,11 @@ class ServiceState:
         self.cache = make_cache(s.cache_max_entries, redis_client, s.cache_ttl_s)
         self.limiter = make_rate_limiter(s.rate_limit_per_minute, s.burst, redis_client)
         self.api_keys = ApiKeys(s.api_keys_sha256, s.api_keys_file)
+        self.auth_throttle = AuthFailureThrottle(
+            make_rate_limiter(
+                s.auth_failures_per_minute, s.auth_failures_burst, redis_client, "API-key failure budget"
+            )
+        )
         # With micro-batching, pool threads only decode images and wait on the batcher, so every queued
         # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
         workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
@@ -111,9 +125,16 @@ class ServiceState:
         self.pool.shutdown()
 
     def model_info(self) -> dict:
+        """The public description of the model (PUBLIC_MODEL_FIELDS only)."""
         if self.captioner is None:
             return {}
-        return {**self.captioner.model_info, "version": self.captioner.version}
+        info = {**self.captioner.model_info, "version": self.captioner.version}
+        return {k: info[k] for k in PUBLIC_MODEL_FIELDS if k in info}
+
+    @property
+    def public_load_error(self) -> str | None:
+        """Why the model failed to load, without filesystem paths (the log has the full message)."""
+        return None if self.load_error is None else redact_paths(self.load_error)
 
     def process_stats(self) -> dict:
         """RSS bytes and CPU percent (of one core) since the previous call; psutil if installed, else /proc."""
@@ -148,6 +169,14 @@ class ServiceState:
             "threads": threading.active_count(),
             "source": "proc",
         }
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[=:]))(?:~|[A-Za-z]:)?[/\\][^\s'"()\[\],;]*""")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute filesystem path replaced by ``<path>`` (for responses anyone can read)."""
+    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 def _cpu_seconds() -> float:

@@ -16,6 +16,7 @@ from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
 from captioner.service.deps import (
+    CallerDep,
     CaptionerDep,
     OptionsDep,
     StateDep,
@@ -118,15 +119,17 @@ def generate_caption(
     state: StateDep,
     captioner: CaptionerDep,
     options: OptionsDep,
+    who: CallerDep,
     image: Annotated[bytes, Depends(_one_file)],
 ) -> CaptionOut:
     """Upload one image as multipart field `file`; get its caption and the n-best candidates.
 
     The image type is read from the bytes (the filename and content type are ignored). Identical requests
-    (same bytes, options and model) are answered from the cache: header `X-Cache: HIT`.
+    (same bytes, options and model; and API key, when the server has keys) are answered from the cache: header
+    `X-Cache: HIT`.
     """
     started = time.perf_counter()
-    key = cache_key(image, options, captioner.version)
+    key = cache_key(image, options, captioner.version, who)  # also the single-flight key: per caller too
     entry = state.cache.get(key)
     cached = entry is not None
     state.metrics.cache_lookup(cached)
@@ -155,6 +158,7 @@ def generate_captions(
     state: StateDep,
     captioner: CaptionerDep,
     options: OptionsDep,
+    who: CallerDep,
     images: Annotated[list[bytes], Depends(_many_files)],
 ) -> BatchOut:
     """Upload up to `CAPTIONER_MAX_BATCH_IMAGES` images as repeated multipart field `files`.
@@ -163,7 +167,7 @@ def generate_captions(
     one bad file does not fail the others. The status is 200 whenever the request itself was valid.
     """
     started = time.perf_counter()
-    keys = [cache_key(data, options, captioner.version) for data in images]
+    keys = [cache_key(data, options, captioner.version, who) for data in images]
     entries: list[dict | None] = [state.cache.get(k) for k in keys]
     for e in entries:
         state.metrics.cache_lookup(e is not None)

@@ -29,7 +29,7 @@ def readyz(state: StateDep) -> dict:
         detail = (
             "the model is loading"
             if not state.load_error
-            else f"the model failed to load: {state.load_error}"
+            else f"the model failed to load: {state.public_load_error}"
         )
         raise ServiceError(503, "not-ready", detail, headers={"Retry-After": "5"})
     return {"status": "ready"}
@@ -37,6 +37,7 @@ def readyz(state: StateDep) -> dict:
 
 @router.get("/health", response_model=Health, summary="Status, model, evaluation metrics and process stats")
 def health(state: StateDep) -> Health:
+    """Public: it shows no filesystem path and no secret (the server's log has the details)."""
     s = state.settings
     status = "ok" if state.ready else ("error" if state.load_error else "loading")
     return Health(
@@ -60,7 +61,7 @@ def health(state: StateDep) -> Health:
             "per_minute": s.rate_limit_per_minute,
             "burst": s.burst,
         },
-        load_error=state.load_error,
+        load_error=state.public_load_error,
     )
 
 
