@@ -24,8 +24,8 @@ class SlowCaptioner:
         self.inner, self.delay_s, self.gate = inner, delay_s, gate
         self.version, self.model_info = inner.version, inner.model_info
 
-    def load(self, data, pool=None, wait_s=30.0):
-        return self.inner.load(data, pool, wait_s)
+    def load(self, *args, **kwargs):
+        return self.inner.load(*args, **kwargs)
 
     def caption_images(self, images, options=None):
         if self.gate is not None:

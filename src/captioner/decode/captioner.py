@@ -190,17 +190,22 @@ class Captioner:
         return str(self.info.get("version", "unknown"))
 
     def load(
-        self, source: bytes | str | Path, pool: DecodePool | None = None, wait_s: float = 30.0
+        self,
+        source: bytes | str | Path,
+        pool: DecodePool | None = None,
+        wait_s: float = 30.0,
+        max_pixels: int | None = None,
     ) -> Image.Image:
         """Decode one image exactly as feature extraction did (JPEG draft and reduction at the encoder's input size).
 
         pool: decode in its worker processes (a time limit that stops the work, a memory budget), waiting at most
-        wait_s for a worker; None: in this thread.
+        wait_s for a worker; None: in this thread. max_pixels: the limit for this call (default: the Captioner's).
         """
         spec = self.encoder.preprocessing
+        limit = max_pixels or self.max_pixels
         if pool is None:
-            return load_image(source, self.max_pixels, draft_size=spec.size, resize=spec.resize)
-        return pool.load(read_source(source), self.max_pixels, spec.size, spec.resize, wait_s)
+            return load_image(source, limit, draft_size=spec.size, resize=spec.resize)
+        return pool.load(read_source(source), limit, spec.size, spec.resize, wait_s)
 
     def decode_features(
         self, features: np.ndarray, options: DecodeOptions = DecodeOptions()

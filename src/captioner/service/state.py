@@ -105,7 +105,7 @@ class ServiceState:
         """
         wait_s = self.settings.request_timeout_s - (time.perf_counter() - started)
         try:
-            return self.captioner.load(data, self.decoders, wait_s=max(wait_s, 0.0))
+            return self.captioner.load(data, self.decoders, max(wait_s, 0.0), self.settings.max_image_pixels)
         except DecodeBusy:
             raise ServiceError(
                 503, "overloaded", "the server is busy decoding other images; retry in a moment",
