@@ -5,6 +5,17 @@ Every error a user can cause (bad path, corrupt image, unknown encoder, mismatch
 and exits non-zero; the service maps it to a 4xx JSON error.
 """
 
+import re
+
+# "<_io.BytesIO object at 0x7f...>" and bare " at 0x7f...": a heap address tells a client about the server's
+# memory layout and makes identical inputs give different messages.
+_REPR_WITH_ADDRESS = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>|\s+at 0x[0-9a-fA-F]+")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` without object reprs that name a heap address (for messages built from third-party errors)."""
+    return _REPR_WITH_ADDRESS.sub("", text)
+
 
 class CaptionerError(Exception):
     """Base class: a problem with the user's input, not a bug."""
@@ -24,6 +35,10 @@ class UnsupportedImageType(ImageError):
 
 class ImageTooLarge(ImageError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
+
+
+class ImageTooComplex(ImageError):
+    """Decoding the image took longer than its time budget (e.g. a JPEG with thousands of scans)."""
 
 
 class EncoderError(CaptionerError):

@@ -282,3 +282,119 @@ def test_real_photos_load(name):
     jpeg = load_image(encode(Image.fromarray(arr), "JPEG", quality=95))
     assert jpeg.size == (arr.shape[1], arr.shape[0])
     assert np.abs(pixels(jpeg) - arr).mean() < 5
+
+
+# -- reduction of large images; small ones keep today's pixels --
+
+
+def _todays_load_image(data: bytes, draft_size: int) -> Image.Image:
+    """The decoding path before reduction and strips (verbatim in substance): full-size conversion."""
+    from PIL import ImageOps
+
+    image = Image.open(io.BytesIO(data))
+    if image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        image.draft(image.mode, (draft_size, draft_size))
+    image.seek(0)
+    image.load()
+    image = ImageOps.exif_transpose(image) or image
+    return _todays_to_rgb(image)
+
+
+def _todays_to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if mode == "F":
+            top = max(float(arr.max(initial=1.0)), 1.0)
+        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        if image.mode == "RGB":
+            return image
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _small_images_of_every_mode() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(rng.integers(0, 256, (700, 1000, 4), dtype=np.uint8), "RGBA")  # 1000 < 4 x 260
+    palette = rgba.convert("RGB").quantize(64)
+    gray16 = Image.fromarray(rng.integers(0, 65536, (300, 200), dtype=np.uint16))
+    rotated = rgba.convert("RGB")
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    return {
+        "RGB": encode(rgba.convert("RGB"), "PNG"),
+        "RGBA": encode(rgba, "PNG"),
+        "LA": encode(rgba.convert("LA"), "PNG"),
+        "L": encode(rgba.convert("L"), "PNG"),
+        "1": encode(rgba.convert("1"), "PNG"),
+        "P": encode(palette, "PNG"),
+        "P+transparency": encode(palette, "PNG", transparency=3),
+        "GIF": encode(palette, "GIF", transparency=5),
+        "I;16": encode(gray16, "PNG"),
+        "CMYK JPEG": encode(rgba.convert("CMYK"), "JPEG", quality=90),
+        "JPEG rotated": encode(rotated, "JPEG", quality=90, exif=exif),
+        "WEBP": encode(rgba, "WEBP", lossless=True),
+        "BMP": encode(rgba.convert("RGB"), "BMP"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_small_images_of_every_mode()))
+def test_small_images_keep_exactly_todays_pixels(name):
+    data = _small_images_of_every_mode()[name]
+    spec = Preprocessing(size=260, mean=(127.0,) * 3, std=(128.0,) * 3)
+    expected = preprocess(_todays_load_image(data, spec.size), spec)
+    np.testing.assert_array_equal(load_and_preprocess(data, spec), expected)
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_integer_and_float_images_are_rescaled_as_before(mode):
+    from captioner.encoders.images import _convert_in_strips
+
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 4000, (300, 1100)).astype(np.int32 if mode == "I" else np.float32)
+    image = Image.fromarray(values, mode)
+    np.testing.assert_array_equal(
+        np.asarray(_convert_in_strips(image, (1, 1))), np.asarray(_todays_to_rgb(image))
+    )
+
+
+def test_large_images_are_reduced_to_at_least_twice_the_encoder_size():
+    from captioner.encoders.images import reduction
+
+    assert reduction((1039, 1039), 260) == (1, 1)  # below 4 x 260 on both sides: untouched
+    assert reduction((6320, 6320), 260) == (12, 12)
+    assert reduction((20000, 1000), 260) == (38, 1)  # squash: each axis on its own
+    assert reduction((20000, 1000), 260, uniform=True) == (1, 1)  # center_crop keeps the aspect ratio
+    image = Image.new("P", (2600, 1300))
+    image.putpalette([0, 0, 0, 200, 10, 10] * 128)
+    out = load_image(encode(image, "PNG", transparency=0), draft_size=260)
+    assert out.mode == "RGB" and out.size == (520, 650)  # factors (5, 2): 2600/5, 1300/2
+    assert out.getpixel((0, 0)) == (255, 255, 255)  # the transparent colour composited on white
+
+
+def test_importing_does_not_change_pillows_globals():
+    import subprocess
+    import sys
+
+    code = (
+        "from PIL import Image, ImageFile; before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES); "
+        "import captioner.encoders.images, captioner.encoders.sandbox; "
+        "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before, Image.MAX_IMAGE_PIXELS"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_error_messages_carry_no_object_reprs():
+    with pytest.raises(ImageError) as info:
+        load_image(b"GIF89a" + bytes(4))
+    assert "0x" not in str(info.value) and "object" not in str(info.value)

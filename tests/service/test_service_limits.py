@@ -24,8 +24,8 @@ class SlowCaptioner:
         self.inner, self.delay_s, self.gate = inner, delay_s, gate
         self.version, self.model_info = inner.version, inner.model_info
 
-    def load(self, data):
-        return self.inner.load(data)
+    def load(self, *args, **kwargs):
+        return self.inner.load(*args, **kwargs)
 
     def caption_images(self, images, options=None):
         if self.gate is not None:
@@ -191,7 +191,9 @@ def test_identical_concurrent_requests_compute_once(make_client, service_caption
 
 
 def test_slow_inference_times_out_with_504(make_client, service_captioner):
-    client = make_client(request_timeout_s=0.2, microbatch_max_size=1)  # SlowCaptioner wraps caption_images
+    client = make_client(
+        request_timeout_s=0.2, decode_timeout_s=0.1, microbatch_max_size=1
+    )  # SlowCaptioner wraps caption_images
     client.app.state.service.captioner = SlowCaptioner(service_captioner, delay_s=1.0)
     assert_problem(client.post(URL, files={"file": jpeg()}), 504, "timeout")
     assert client.get("/health").status_code == 200
@@ -284,6 +286,8 @@ def test_defaults_and_env(monkeypatch):
             "not both",
         ),
         ({"auth_failures_burst": 0}, "greater than or equal"),
+        ({"decode_timeout_s": 30, "request_timeout_s": 30}, "must be less than CAPTIONER_REQUEST_TIMEOUT_S"),
+        ({"decode_memory_budget_bytes": 2**20}, "greater than or equal"),
     ],
 )
 def test_unsafe_or_inconsistent_settings_are_refused(values, match):

@@ -17,8 +17,9 @@ from PIL import Image
 
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, search
-from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image
+from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image, read_source
 from captioner.encoders.runtime import OnnxEncoder
+from captioner.encoders.sandbox import DecodePool
 
 
 class StepDecoder(Protocol):
@@ -192,9 +193,23 @@ class Captioner:
     def version(self) -> str:
         return str(self.info.get("version", "unknown"))
 
-    def load(self, source: bytes | str | Path) -> Image.Image:
-        """Decode one image exactly as feature extraction did (JPEG draft at the encoder's input size)."""
-        return load_image(source, max_pixels=self.max_pixels, draft_size=self.encoder.preprocessing.size)
+    def load(
+        self,
+        source: bytes | str | Path,
+        pool: DecodePool | None = None,
+        wait_s: float = 30.0,
+        max_pixels: int | None = None,
+    ) -> Image.Image:
+        """Decode one image exactly as feature extraction did (JPEG draft and reduction at the encoder's input size).
+
+        pool: decode in its worker processes (a time limit that stops the work, a memory budget), waiting at most
+        wait_s for a worker; None: in this thread. max_pixels: the limit for this call (default: the Captioner's).
+        """
+        spec = self.encoder.preprocessing
+        limit = max_pixels or self.max_pixels
+        if pool is None:
+            return load_image(source, limit, draft_size=spec.size, resize=spec.resize)
+        return pool.load(read_source(source), limit, spec.size, spec.resize, wait_s)
 
     def decode_features(
         self, features: np.ndarray, options: DecodeOptions = DecodeOptions()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,19 +16,31 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from captioner.errors import ImageError, ImageTooLarge, UnsupportedImageType
+from captioner.errors import ImageError, ImageTooLarge, UnsupportedImageType, without_addresses
 
-# 40 megapixels (e.g. 8000x5000) decodes to ~120 MB of RGB; larger is refused before decoding.
-DEFAULT_MAX_PIXELS = 40_000_000
-
-# Pillow's own bomb check warns at MAX_IMAGE_PIXELS and raises at twice that; we check the header ourselves
-# against a caller-chosen limit, so silence the global one to a value we never reach first.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# 25 megapixels (e.g. 6000x4200) is far more than an encoder that sees 260x260 needs; larger is refused from the
+# header, before any pixel is decoded. Pillow's own bomb check (a process-wide setting we leave alone) warns at
+# ~89 MP and raises at ~179 MP: a caller limit above that is met by Pillow's error, reported as ImageTooLarge.
+DEFAULT_MAX_PIXELS = 25_000_000
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+# An image with a side of at least REDUCE_FROM x the encoder's input size is reduced while it is converted to
+# RGB (box filter, an integer factor per axis) so that each side stays >= 2x the input size; smaller images keep
+# exactly the pixels they always had (training features were extracted from them).
+REDUCE_FROM = 4
+_STRIP_BYTES = 4 * 1024 * 1024  # rows converted at a time: bounds the RGBA/float temporaries of a large image
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -48,7 +61,8 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _read_source(source: bytes | str | Path) -> bytes:
+def read_source(source: bytes | str | Path) -> bytes:
+    """The bytes of an image given as bytes or a path; ImageError when the path cannot be read."""
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     path = Path(source)
@@ -62,21 +76,48 @@ def _read_source(source: bytes | str | Path) -> bytes:
         raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from None
 
 
-def load_image(
-    source: bytes | str | Path,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft_size: int | None = None,
-) -> Image.Image:
-    """Decode an image to 8-bit RGB with its EXIF orientation applied.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, after JPEG draft: format, decoded size and mode, and decode_bytes, the
+    memory its decoded pixels take at once (Pillow keeps 1, 2 or 4 bytes per pixel by mode; WebP is decoded
+    into libwebp's buffer, then copied)."""
 
-    source: the encoded bytes or a path. max_pixels: refuse images whose header declares more pixels
-    (decompression bombs) before any pixel is decoded. draft_size: for JPEG, let libjpeg decode at a reduced
-    scale (1/2, 1/4, 1/8) that is still at least this many pixels on the short side; much faster for large
-    photos and deterministic, so training and serving use the same value from the encoder's spec.
-    Animated GIF/WebP: the first frame. Alpha is composited on white; 16-bit and float images are rescaled.
-    """
-    data = _read_source(source)
-    name = "" if isinstance(source, bytes | bytearray | memoryview) else f" {source}"
+    format: str
+    width: int
+    height: int
+    mode: str
+    decode_bytes: int
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4  # LA, RGB, RGBA, CMYK, I, F...: 4 bytes a pixel in Pillow
+
+
+@contextlib.contextmanager
+def _decoding(fmt: str, name: str, max_pixels: int):
+    """Pillow's errors -> ImageError with a message free of object reprs; its bomb warnings stay local."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's check, on images far above any limit of ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,}" if found else "far more"
+        raise ImageTooLarge(
+            f"the image{name} is {pixels} pixels; the limit is {max_pixels:,} pixels: downscale it before sending"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(
+            f"the {fmt} image{name} is corrupt or truncated and cannot be decoded ({without_addresses(str(exc))})"
+        ) from None
+
+
+def _open(data: bytes, name: str, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, str]:
+    """Open (header only), check the pixel limit, set JPEG draft. Call inside ``_decoding``."""
     if not data:
         raise ImageError(f"the image{name} is empty (0 bytes); send a JPEG, PNG, WebP, BMP or GIF file")
     fmt = sniff_format(data[:32])
@@ -84,46 +125,113 @@ def load_image(
         raise UnsupportedImageType(
             f"the file{name} is not a supported image: its bytes are not JPEG, PNG, WebP, BMP or GIF"
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ImageError(f"the image{name} has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image{name} is {width}x{height} = {width * height:,} pixels; the limit is "
-                    f"{max_pixels:,} pixels: downscale it before sending"
-                )
-            if fmt == "JPEG" and draft_size and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
-                image.draft(image.mode, (draft_size, draft_size))
-            image.seek(0)  # first frame of animations
-            image.load()
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(
-            f"the {fmt} image{name} is corrupt or truncated and cannot be decoded ({exc})"
-        ) from None
-    except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
-        raise ImageTooLarge(str(exc)) from None
-    # A broken EXIF block must not reject an otherwise good photo.
-    with contextlib.suppress(Exception):
-        image = ImageOps.exif_transpose(image) or image
-    return _to_rgb(image)
+    with _decoding(fmt, name, max_pixels):
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageError(f"the image{name} has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"the image{name} is {width}x{height} = {width * height:,} pixels; the limit is "
+                f"{max_pixels:,} pixels: downscale it before sending"
+            )
+        if fmt == "JPEG" and draft_size and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            image.draft(image.mode, (draft_size, draft_size))
+    return image, fmt
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def inspect_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> ImageHeader:
+    """Read the header only (no pixel is decoded): the checks of ``load_image`` that need no pixels, and the
+    memory its decoding will take. Raises ImageError like ``load_image``."""
+    image, fmt = _open(data, "", max_pixels, draft_size)
+    w, h = image.size
+    per_pixel = _bytes_per_pixel(image.mode) + (4 if fmt == "WEBP" else 0)
+    return ImageHeader(fmt, w, h, image.mode, w * h * per_pixel)
+
+
+def reduction(size: tuple[int, int], target: int | None, uniform: bool = False) -> tuple[int, int]:
+    """The integer factors (x, y) by which ``load_image`` reduces a decoded image of ``size`` (w, h).
+
+    (1, 1) unless a side is at least REDUCE_FROM x target; then each side is divided by the largest factor that
+    keeps it >= 2 x target. uniform: one factor for both axes (center_crop needs the aspect ratio).
+    """
+    w, h = size
+    if not target or max(w, h) < REDUCE_FROM * target:
+        return 1, 1
+    fx, fy = max(1, w // (2 * target)), max(1, h // (2 * target))
+    return (min(fx, fy),) * 2 if uniform else (fx, fy)
+
+
+def load_image(
+    source: bytes | str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    resize: Resize = "squash",
+) -> Image.Image:
+    """Decode an image to 8-bit RGB with its EXIF orientation applied.
+
+    source: the encoded bytes or a path. max_pixels: refuse images whose header declares more pixels
+    (decompression bombs) before any pixel is decoded. draft_size: the encoder's input size, or None for full
+    size: JPEGs are decoded by libjpeg at a reduced scale (1/2, 1/4, 1/8) that keeps the short side at least
+    this many pixels, and an image with a side of at least REDUCE_FROM x draft_size is reduced while it is
+    converted (see ``reduction``; resize: the encoder's, "center_crop" keeps the aspect ratio). Both are
+    deterministic, so training and serving use the same value from the encoder's spec. Smaller images keep
+    exactly today's pixels. Memory: the decoded image in its own mode plus a few MB, never an RGBA or float
+    copy at full size. Animated GIF/WebP: the first frame. Alpha is composited on white; 16-bit and float
+    images are rescaled.
+    """
+    data = read_source(source)
+    name = "" if isinstance(source, bytes | bytearray | memoryview) else f" {source}"
+    image, fmt = _open(data, name, max_pixels, draft_size)
+    with _decoding(fmt, name, max_pixels):
+        image.seek(0)  # first frame of animations
+        image.load()
+    orientation = None
+    with contextlib.suppress(Exception):  # a broken EXIF block must not reject an otherwise good photo
+        orientation = _ORIENTATION.get(image.getexif().get(0x0112, 1))
+    factors = reduction(image.size, draft_size, uniform=resize == "center_crop")
+    rgb = _convert_in_strips(image, factors)
+    return rgb.transpose(orientation) if orientation is not None else rgb
+
+
+def _convert_in_strips(image: Image.Image, factors: tuple[int, int]) -> Image.Image:
+    """RGB, reduced by ``factors``, converting a few MB of rows at a time (the same per-pixel operations as
+    ``_to_rgb`` on the whole image, so the same bits)."""
+    if image.mode == "RGB":
+        return image if factors == (1, 1) else image.reduce(factors)
+    top = _rescale_top(image)
+    w, h = image.size
+    fx, fy = factors
+    # ~16 bytes a pixel of temporaries (RGBA, background, composite, RGB); whole blocks of fy rows.
+    rows = max(fy, _STRIP_BYTES // (16 * w) // fy * fy)
+    out = Image.new("RGB", ((w + fx - 1) // fx, (h + fy - 1) // fy))
+    for y in range(0, h, rows):
+        strip = _to_rgb(image.crop((0, y, w, min(h, y + rows))), top)
+        out.paste(strip if factors == (1, 1) else strip.reduce(factors), (0, y // fy))
+    return out
+
+
+def _rescale_top(image: Image.Image) -> float | None:
+    """The value that maps to 255 for 16-bit and float images (from the whole image), else None."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "I":
+        return 65535.0 if image.getextrema()[1] > 255 else 255.0
+    if mode == "F":
+        return max(float(image.getextrema()[1]), 1.0)
+    return None
+
+
+def _to_rgb(image: Image.Image, top: float | None = None) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # convert("RGB") would clip 16-bit values at 255 (a white image); rescale to the format's range instead.
         arr = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        if mode == "F":
-            top = max(float(arr.max(initial=1.0)), 1.0)
         arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
     if mode == "P":
@@ -212,5 +320,5 @@ def preprocess_batch(images: Sequence[Image.Image], spec: Preprocessing) -> np.n
 def load_and_preprocess(
     source: bytes | str | Path, spec: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Decode + preprocess in one call, with JPEG draft decoding sized for the spec."""
-    return preprocess(load_image(source, max_pixels=max_pixels, draft_size=spec.size), spec)
+    """Decode + preprocess in one call, with JPEG draft decoding and reduction sized for the spec."""
+    return preprocess(load_image(source, max_pixels, draft_size=spec.size, resize=spec.resize), spec)

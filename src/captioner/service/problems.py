@@ -15,7 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from captioner.errors import CaptionerError, ImageError, ImageTooLarge, OptionsError, UnsupportedImageType
+from captioner.errors import (
+    CaptionerError,
+    ImageError,
+    ImageTooComplex,
+    ImageTooLarge,
+    OptionsError,
+    UnsupportedImageType,
+)
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:captioner:problem:"
@@ -64,6 +71,8 @@ def from_captioner_error(exc: CaptionerError) -> ServiceError:
         return ServiceError(415, "unsupported-image-type", str(exc))
     if isinstance(exc, ImageTooLarge):
         return ServiceError(413, "image-too-large", str(exc))
+    if isinstance(exc, ImageTooComplex):
+        return ServiceError(422, "image-too-complex", str(exc))
     if isinstance(exc, ImageError):
         return ServiceError(422, "invalid-image", str(exc))
     if isinstance(exc, OptionsError):

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.errors import OptionsError
 
 MiB = 1024 * 1024
@@ -74,7 +75,33 @@ class Settings(BaseSettings):
 
     # -- limits --
     max_upload_bytes: int = Field(10 * MiB, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        le=100_000_000,
+        description="Images whose header declares more pixels are refused (413) before decoding. The encoder sees "
+        "260x260: 25 MP (e.g. 6000x4200) is plenty for captioning. At most 100 MP (Pillow's own bomb check).",
+    )
+    decode_memory_budget_bytes: int = Field(
+        192 * MiB,
+        ge=16 * MiB,
+        description="Bytes of decoded pixels held at once by all image decodes together (estimated from each "
+        "header: width x height x 1, 2 or 4 bytes by mode, x2 for WebP). Decodes wait for their share (within "
+        "the request timeout); an image that alone needs more is refused (413). Also caps each decode worker's "
+        "memory (RLIMIT_DATA: its size at start + this + 64 MiB).",
+    )
+    decode_workers: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="Worker processes that decode images (each ~35 MB idle), reused across requests.",
+    )
+    decode_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a single image may take to decode; its worker is then killed and replaced and the "
+        "client gets 422 image-too-complex. Must be less than CAPTIONER_REQUEST_TIMEOUT_S.",
+    )
     max_batch_images: int = Field(8, ge=1, le=256)
     max_queue: int = Field(32, ge=1)  # in-flight inference requests; more -> 503 at once
     inference_workers: int = Field(
@@ -183,6 +210,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CAPTIONER_CORS_ALLOW_ORIGINS='*' together with CAPTIONER_CORS_ALLOW_CREDENTIALS=true would let any "
                 "site send authenticated requests: list the allowed origins explicitly or turn credentials off"
+            )
+        if self.decode_timeout_s >= self.request_timeout_s:
+            raise ValueError(
+                f"CAPTIONER_DECODE_TIMEOUT_S ({self.decode_timeout_s:g}) must be less than CAPTIONER_REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s:g}): a decode that is stopped must still leave time to answer"
             )
         if (self.weights_path or self.tokenizer_path) and not self.model_path:
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import resource
@@ -13,6 +14,7 @@ from PIL import Image
 
 from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.encoders.sandbox import DecodeBusy, DecodePool
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
@@ -79,6 +81,8 @@ class ServiceState:
         workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
         self.pool = InferencePool(s.max_queue, workers, s.request_timeout_s, self.metrics.inflight.set)
         self.batcher: MicroBatcher | None = None
+        # Image decoding runs in worker processes: a decode past its time is killed, memory is budgeted.
+        self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.decode_memory_budget_bytes)
         self._cpu = (time.monotonic(), _cpu_seconds())
         self._cpu_lock = threading.Lock()
 
@@ -89,9 +93,11 @@ class ServiceState:
                 start = time.perf_counter()
                 self.captioner = load_captioner(self.settings)
                 log.info("model loaded in %.1f s: %s", time.perf_counter() - start, self.captioner.model_info)
-            self.captioner.caption_images(
-                [Image.new("RGB", (64, 64), (127, 127, 127))], self.settings.default_options()
-            )
+            # Warm up the whole path: a decode in a worker, the encoder and the search.
+            blank = io.BytesIO()
+            Image.new("RGB", (64, 64), (127, 127, 127)).save(blank, "PNG")
+            image = self.captioner.load(blank.getvalue(), self.decoders, wait_s=60.0)
+            self.captioner.caption_images([image], self.settings.default_options())
             if self.settings.microbatch_max_size > 1:
                 self.batcher = MicroBatcher(
                     self.captioner,
@@ -105,6 +111,20 @@ class ServiceState:
             raise
         self.ready = True
         self.metrics.ready.set(1)
+
+    def load_image(self, data: bytes, started: float):
+        """Decode an upload in a worker: RGB, reduced for the encoder. ``started``: the request's perf_counter().
+
+        Raises ImageError (413 / 415 / 422), or ServiceError 503 when no worker or memory came free in time.
+        """
+        wait_s = self.settings.request_timeout_s - (time.perf_counter() - started)
+        try:
+            return self.captioner.load(data, self.decoders, max(wait_s, 0.0), self.settings.max_image_pixels)
+        except DecodeBusy:
+            raise ServiceError(
+                503, "overloaded", "the server is busy decoding other images; retry in a moment",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
 
     def caption_one(self, image, options) -> CaptionResult:
         """One decoded image -> its result, through the micro-batcher when enabled (blocks the calling thread)."""
@@ -123,6 +143,7 @@ class ServiceState:
         if self.batcher is not None:
             self.batcher.close(timeout=5)
         self.pool.shutdown()
+        self.decoders.close()
 
     def model_info(self) -> dict:
         """The public description of the model (PUBLIC_MODEL_FIELDS only)."""

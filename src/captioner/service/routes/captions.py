@@ -61,11 +61,9 @@ def _entry(result) -> dict:
     }
 
 
-def _caption_one(
-    state: ServiceState, captioner: Captioner, image: bytes, options: DecodeOptions, key: str
-) -> dict:
+def _caption_one(state: ServiceState, image: bytes, options: DecodeOptions, key: str, started: float) -> dict:
     start = time.perf_counter()
-    result = state.caption_one(captioner.load(image), options)
+    result = state.caption_one(state.load_image(image, started), options)
     state.metrics.inference.labels("single").observe(time.perf_counter() - start)
     entry = _entry(result)
     state.cache.set(key, entry)
@@ -78,14 +76,18 @@ def _caption_many(
     images: dict[int, bytes],
     options: DecodeOptions,
     keys: list[str],
+    started: float,
 ) -> dict[int, dict | CaptionerError]:
-    """Decode each image on its own (one bad file fails only its item), then caption the good ones as one batch."""
+    """Decode each image on its own (one bad file fails only its item), then caption the good ones as one batch.
+
+    The decoded images are reduced for the encoder (at most ~4x its input size a side), never held at full size.
+    """
     start = time.perf_counter()
     out: dict[int, dict | CaptionerError] = {}
     decoded = {}
     for i, data in images.items():
         try:
-            decoded[i] = captioner.load(data)
+            decoded[i] = state.load_image(data, started)
         except ImageError as exc:
             out[i] = exc
     if decoded:
@@ -135,7 +137,7 @@ def generate_caption(
     state.metrics.cache_lookup(cached)
     if entry is None:
         future, leader = state.flights.join_or_start(
-            key, lambda: state.pool.submit(lambda: _caption_one(state, captioner, image, options, key))
+            key, lambda: state.pool.submit(lambda: _caption_one(state, image, options, key, started))
         )
         try:
             entry = state.pool.wait(future, started)
@@ -174,7 +176,7 @@ def generate_captions(
     todo = {i: images[i] for i, e in enumerate(entries) if e is None}
     computed: dict[int, dict | CaptionerError] = {}
     if todo:
-        future = state.pool.submit(lambda: _caption_many(state, captioner, todo, options, keys))
+        future = state.pool.submit(lambda: _caption_many(state, captioner, todo, options, keys, started))
         computed = state.pool.wait(future, started)
     request_id = request.scope.get("state", {}).get("request_id")
     items = []
