@@ -387,7 +387,7 @@ def test_failed_api_keys_are_throttled_per_client(make_client, caplog):
     metrics = client.get("/metrics").text
     assert "captioner_auth_failures_total 4.0" in metrics
     assert "captioner_auth_throttled_total 6.0" in metrics
-    throttled = [rec for rec in caplog.records if "throttling API-key attempts" in rec.getMessage()]
+    throttled = [rec for rec in caplog.records if "throttling key attempts" in rec.getMessage()]
     assert len(throttled) == 1  # once per client per minute, not once per refused request
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -24,7 +25,7 @@ from captioner.service.deps import body_limit_for
 from captioner.service.metrics import Metrics
 from captioner.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from captioner.service.problems import install_handlers
-from captioner.service.routes import captions, health, web
+from captioner.service.routes import admin, captions, health, web
 from captioner.service.settings import Settings
 from captioner.service.state import ServiceState
 
@@ -37,13 +38,14 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = ServiceState(settings=settings, metrics=metrics, captioner=captioner)
+        state = ServiceState(settings=settings, metrics=metrics, injected=captioner)
         app.state.service = state
         task = None
         if settings.load_in_background:
             task = asyncio.create_task(asyncio.to_thread(_load_quietly, state))
         else:
             await asyncio.to_thread(state.load_and_warm)  # a bad model setting stops startup with its message
+        _reload_on_sighup(state)
         yield
         state.ready = False
         metrics.ready.set(0)
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
     install_handlers(app)
     app.include_router(captions.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.include_router(web.router)
     app.mount("/web", StaticFiles(directory=web.WEB_DIR), name="web")
 
@@ -85,6 +88,21 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, instance_id=settings.instance_id)
     return app
+
+
+def _reload_on_sighup(state: ServiceState) -> None:
+    """SIGHUP reloads the configured model path and swaps it in (like POST /admin/model/reload); a refused
+    model is logged and the current one keeps serving. Only where the event loop runs in the main thread."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            admin.switch_model(state)
+        except Exception as exc:  # noqa: BLE001 - logged; the current model keeps serving
+            log.error("SIGHUP model reload refused: %s", getattr(exc, "detail", exc))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
 
 
 def _load_quietly(state: ServiceState) -> None:

@@ -10,10 +10,10 @@ from fastapi.security import APIKeyHeader
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
+from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError
-from captioner.service.security import caller_id
+from captioner.service.security import ApiKeys, caller_id
 from captioner.service.settings import Settings
 from captioner.service.state import ServiceState
 
@@ -37,72 +37,72 @@ def get_settings(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_captioner(state: StateDep) -> Captioner:
-    """The loaded model; 503 with Retry-After while it is loading (or failed to load)."""
-    if not state.ready or state.captioner is None:
+def get_served(state: StateDep) -> ServedModel:
+    """The active model, read once for the whole request (a model switch never changes it under a request);
+    503 with Retry-After while it is loading (or failed to load)."""
+    served = state.served
+    if not state.ready or served is None:
         detail = "the model is still loading; retry in a few seconds"
         if state.load_error:
             detail = "the model failed to load; the operator must fix the server's model settings"
         raise ServiceError(503, "not-ready", detail, headers={"Retry-After": "5"})
-    return state.captioner
+    return served
 
 
-CaptionerDep = Annotated[Captioner, Depends(get_captioner)]
+ServedDep = Annotated[ServedModel, Depends(get_served)]
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="required when the server has API keys"
 )
 
 
-def require_api_key(
-    request: Request, state: StateDep, key: str | None = Security(api_key_header)
-) -> str | None:
-    """The caller's key if keys are configured and it is accepted; None if the server has no keys; else 401.
-
-    A client IP that spent its budget of failed attempts gets 429 before its key is even checked.
-    """
-    if not state.api_keys.enabled:
-        return None
+def authenticate(request: Request, state: ServiceState, keys: ApiKeys, key: str | None, header: str) -> str:
+    """``key`` if ``keys`` accepts it, else 401. A client IP that spent its budget of failed attempts (API and
+    admin keys alike) gets 429 before its key is even checked."""
     client = request.client.host if request.client else "unknown"
     refused = state.auth_throttle.refused(client)
     if refused is not None:
         state.metrics.auth_throttled.inc()
         if state.auth_throttle.should_log(client):
             log.warning(
-                "throttling API-key attempts from %s: too many failed keys",
+                "throttling key attempts from %s: too many failed keys",
                 client,
                 extra={"fields": {"client": client, "path": request.url.path, "reason": "auth_throttled"}},
             )
         raise ServiceError(
             429,
             "too-many-auth-failures",
-            f"too many requests with a missing or invalid API key from your address: retry after "
-            f"{refused.retry_after_s} s with a valid key in the X-API-Key header",
+            f"too many requests with a missing or invalid key from your address: retry after "
+            f"{refused.retry_after_s} s with a valid key in the {header} header",
             headers={"Retry-After": str(refused.retry_after_s)},
         )
-    if state.api_keys.check(key):
+    if key and keys.check(key):
         return key
     state.auth_throttle.failed(client)
     state.metrics.auth_failures.inc()
+    reason = "missing" if not key else "invalid"
     log.warning(
-        "refused request: %s API key",
-        "missing" if not key else "invalid",
-        extra={
-            "fields": {
-                "client": client,
-                "path": request.url.path,
-                "reason": "missing" if not key else "invalid",
-            }
-        },
-    )
+        "refused request: %s %s", reason, header,
+        extra={"fields": {"client": client, "path": request.url.path, "reason": reason}},
+    )  # fmt: skip
     raise ServiceError(
         401,
         "unauthorized",
-        "a valid API key is required: send it in the X-API-Key header"
+        f"a valid key is required: send it in the {header} header"
         if not key
-        else "the API key is not valid",
-        headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'},
+        else f"the {header} is not valid",
+        headers={"WWW-Authenticate": f'ApiKey header="{header}"'},
     )
+
+
+def require_api_key(
+    request: Request, state: StateDep, key: str | None = Security(api_key_header)
+) -> str | None:
+    """The caller's key if keys are configured and it is accepted; None if the server has no keys; else 401
+    (or 429 once the client's budget of failed keys is spent)."""
+    if not state.api_keys.enabled:
+        return None
+    return authenticate(request, state, state.api_keys, key, "X-API-Key")
 
 
 ApiKeyDep = Annotated[str | None, Depends(require_api_key)]

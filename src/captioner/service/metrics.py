@@ -50,6 +50,12 @@ class Metrics:
             "Requests refused unchecked because their client IP spent its budget of failed API-key attempts",
             registry=r,
         )
+        self.model_switches = Counter(
+            "captioner_model_switches",
+            "Model switches by outcome (switched, refused, rolled_back)",
+            ["outcome"],
+            registry=r,
+        )
         self.inflight = Gauge("captioner_inference_inflight", "Inference jobs queued or running", registry=r)
         self.ready = Gauge("captioner_ready", "1 when the model is loaded and warmed", registry=r)
 

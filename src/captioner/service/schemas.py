@@ -50,6 +50,11 @@ class BatchOut(BaseModel):
     model_version: str
 
 
+class ModelVersions(BaseModel):
+    active: str | None = Field(description="version of the model answering new requests")
+    previous: str | None = Field(description="version of the model kept loaded for an immediate rollback")
+
+
 class Health(BaseModel):
     status: Literal["ok", "loading", "error"]
     liveness: bool

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     # -- authentication --
     api_keys_sha256: Annotated[list[str], NoDecode] = []  # sha256 hex digests of the accepted keys
     api_keys_file: Path | None = None  # one digest per line; re-read when it changes
+    admin_keys_sha256: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="sha256 hex digests of the keys that may switch models (POST /admin/model/reload and "
+        "/admin/model/rollback, header X-Admin-Key); empty: the admin endpoints are off (SIGHUP still reloads).",
+    )
     # Failed API-key attempts allowed per client IP (a token bucket: this many a minute, bursts of
     # auth_failures_burst); past them the IP's requests get 429 without their key being checked. 0: no budget.
     auth_failures_per_minute: int = Field(5, ge=0)
@@ -152,7 +157,7 @@ class Settings(BaseSettings):
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("cors_allow_origins", "api_keys_sha256", mode="before")
+    @field_validator("cors_allow_origins", "api_keys_sha256", "admin_keys_sha256", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
@@ -168,7 +173,7 @@ class Settings(BaseSettings):
                 )
         return origins
 
-    @field_validator("api_keys_sha256")
+    @field_validator("api_keys_sha256", "admin_keys_sha256")
     @classmethod
     def _digests(cls, digests: list[str]) -> list[str]:
         out = []

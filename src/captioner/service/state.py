@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from captioner.decode.batcher import MicroBatcher, QueueFull
-from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.decode.batcher import MicroBatcher
+from captioner.decode.captioner import Captioner
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
+from captioner.service.models import ModelSlot, ServedModel
 from captioner.service.problems import ServiceError
 from captioner.service.ratelimit import make_rate_limiter
 from captioner.service.security import ApiKeys, AuthFailureThrottle
@@ -57,7 +58,7 @@ def load_captioner(settings: Settings) -> Captioner:
 class ServiceState:
     settings: Settings
     metrics: Metrics
-    captioner: Captioner | None = None
+    injected: Captioner | None = None  # a model given by code (tests); else the settings' model is loaded
     ready: bool = False
     load_error: str | None = None
     started: float = field(default_factory=time.time)
@@ -71,6 +72,7 @@ class ServiceState:
         self.cache = make_cache(s.cache_max_entries, redis_client, s.cache_ttl_s)
         self.limiter = make_rate_limiter(s.rate_limit_per_minute, s.burst, redis_client)
         self.api_keys = ApiKeys(s.api_keys_sha256, s.api_keys_file)
+        self.admin_keys = ApiKeys(s.admin_keys_sha256)
         self.auth_throttle = AuthFailureThrottle(
             make_rate_limiter(
                 s.auth_failures_per_minute, s.auth_failures_burst, redis_client, "API-key failure budget"
@@ -80,31 +82,38 @@ class ServiceState:
         # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
         workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
         self.pool = InferencePool(s.max_queue, workers, s.request_timeout_s, self.metrics.inflight.set)
-        self.batcher: MicroBatcher | None = None
+        # The served model and the previous one; a switch (admin endpoint, SIGHUP) reloads the settings' path.
+        self.models = ModelSlot(self.build_model, retire_after_s=s.request_timeout_s)
         # Image decoding runs in worker processes: a decode past its time is killed, memory is budgeted.
         self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.decode_memory_budget_bytes)
         self._cpu = (time.monotonic(), _cpu_seconds())
         self._cpu_lock = threading.Lock()
 
+    def build_model(self, captioner: Captioner | None = None) -> ServedModel:
+        """Load the settings' model (unless ``captioner`` is given), warm the whole path (a decode in a worker,
+        the encoder, the search) and give it its micro-batcher. Raises on a broken or tampered model."""
+        if captioner is None:
+            start = time.perf_counter()
+            captioner = load_captioner(self.settings)
+            log.info("model loaded in %.1f s: %s", time.perf_counter() - start, captioner.model_info)
+        blank = io.BytesIO()
+        Image.new("RGB", (64, 64), (127, 127, 127)).save(blank, "PNG")
+        image = captioner.load(blank.getvalue(), self.decoders, wait_s=60.0)
+        captioner.caption_images([image], self.settings.default_options())
+        batcher = None
+        if self.settings.microbatch_max_size > 1:
+            batcher = MicroBatcher(
+                captioner,
+                max_batch_size=self.settings.microbatch_max_size,
+                max_wait_ms=self.settings.microbatch_max_wait_ms,
+                max_queue=self.settings.max_queue,
+            )
+        return ServedModel(captioner, batcher)
+
     def load_and_warm(self) -> None:
-        """Load the model (unless injected), caption one blank image, then mark ready. Raises on failure."""
+        """Load and warm the first model, then mark ready. Raises on failure."""
         try:
-            if self.captioner is None:
-                start = time.perf_counter()
-                self.captioner = load_captioner(self.settings)
-                log.info("model loaded in %.1f s: %s", time.perf_counter() - start, self.captioner.model_info)
-            # Warm up the whole path: a decode in a worker, the encoder and the search.
-            blank = io.BytesIO()
-            Image.new("RGB", (64, 64), (127, 127, 127)).save(blank, "PNG")
-            image = self.captioner.load(blank.getvalue(), self.decoders, wait_s=60.0)
-            self.captioner.caption_images([image], self.settings.default_options())
-            if self.settings.microbatch_max_size > 1:
-                self.batcher = MicroBatcher(
-                    self.captioner,
-                    max_batch_size=self.settings.microbatch_max_size,
-                    max_wait_ms=self.settings.microbatch_max_wait_ms,
-                    max_queue=self.settings.max_queue,
-                )
+            self.models.load(self.build_model(self.injected))
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
@@ -112,36 +121,41 @@ class ServiceState:
         self.ready = True
         self.metrics.ready.set(1)
 
-    def load_image(self, data: bytes, started: float):
+    @property
+    def served(self) -> ServedModel | None:
+        """The active model; a request reads it once and keeps it to the end (a switch never changes it)."""
+        return self.models.active
+
+    @property
+    def captioner(self) -> Captioner | None:
+        return self.models.active.captioner if self.models.active else None
+
+    @captioner.setter
+    def captioner(self, captioner: Captioner) -> None:  # tests: replace the active model's captioner in place
+        self.models.active = ServedModel(
+            captioner, self.models.active.batcher if self.models.active else None
+        )
+
+    @property
+    def batcher(self) -> MicroBatcher | None:
+        return self.models.active.batcher if self.models.active else None
+
+    def load_image(self, captioner: Captioner, data: bytes, started: float):
         """Decode an upload in a worker: RGB, reduced for the encoder. ``started``: the request's perf_counter().
 
         Raises ImageError (413 / 415 / 422), or ServiceError 503 when no worker or memory came free in time.
         """
         wait_s = self.settings.request_timeout_s - (time.perf_counter() - started)
         try:
-            return self.captioner.load(data, self.decoders, max(wait_s, 0.0), self.settings.max_image_pixels)
+            return captioner.load(data, self.decoders, max(wait_s, 0.0), self.settings.max_image_pixels)
         except DecodeBusy:
             raise ServiceError(
                 503, "overloaded", "the server is busy decoding other images; retry in a moment",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
 
-    def caption_one(self, image, options) -> CaptionResult:
-        """One decoded image -> its result, through the micro-batcher when enabled (blocks the calling thread)."""
-        if self.batcher is None:
-            return self.captioner.caption_images([image], options)[0]
-        try:
-            future = self.batcher.submit(image, options)
-        except QueueFull:
-            raise ServiceError(
-                503, "overloaded", "the server is busy: too many images waiting; retry in a moment",
-                headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
-        return future.result()
-
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close(timeout=5)
+        self.models.close()
         self.pool.shutdown()
         self.decoders.close()
 
@@ -150,7 +164,8 @@ class ServiceState:
         if self.captioner is None:
             return {}
         info = {**self.captioner.model_info, "version": self.captioner.version}
-        return {k: info[k] for k in PUBLIC_MODEL_FIELDS if k in info}
+        public = {k: info[k] for k in PUBLIC_MODEL_FIELDS if k in info}
+        return {**public, "previous_version": self.models.versions()["previous"]}
 
     @property
     def public_load_error(self) -> str | None:

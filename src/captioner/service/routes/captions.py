@@ -17,12 +17,13 @@ from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
 from captioner.service.deps import (
     CallerDep,
-    CaptionerDep,
     OptionsDep,
+    ServedDep,
     StateDep,
     rate_limit,
     read_files,
 )
+from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError, from_captioner_error, problem_body
 from captioner.service.schemas import PROBLEM_RESPONSES, BatchItem, BatchOut, CaptionOut
 from captioner.service.state import ServiceState
@@ -61,9 +62,11 @@ def _entry(result) -> dict:
     }
 
 
-def _caption_one(state: ServiceState, image: bytes, options: DecodeOptions, key: str, started: float) -> dict:
+def _caption_one(
+    state: ServiceState, model: ServedModel, image: bytes, options: DecodeOptions, key: str, started: float
+) -> dict:
     start = time.perf_counter()
-    result = state.caption_one(state.load_image(image, started), options)
+    result = model.caption_one(state.load_image(model.captioner, image, started), options)
     state.metrics.inference.labels("single").observe(time.perf_counter() - start)
     entry = _entry(result)
     state.cache.set(key, entry)
@@ -87,7 +90,7 @@ def _caption_many(
     decoded = {}
     for i, data in images.items():
         try:
-            decoded[i] = state.load_image(data, started)
+            decoded[i] = state.load_image(captioner, data, started)
         except ImageError as exc:
             out[i] = exc
     if decoded:
@@ -119,7 +122,7 @@ def _response(entry: dict, version: str, cached: bool, started: float) -> Captio
 def generate_caption(
     response: Response,
     state: StateDep,
-    captioner: CaptionerDep,
+    model: ServedDep,
     options: OptionsDep,
     who: CallerDep,
     image: Annotated[bytes, Depends(_one_file)],
@@ -131,13 +134,14 @@ def generate_caption(
     `X-Cache: HIT`.
     """
     started = time.perf_counter()
-    key = cache_key(image, options, captioner.version, who)  # also the single-flight key: per caller too
+    version = model.version
+    key = cache_key(image, options, version, who)  # also the single-flight key: per caller too
     entry = state.cache.get(key)
     cached = entry is not None
     state.metrics.cache_lookup(cached)
     if entry is None:
         future, leader = state.flights.join_or_start(
-            key, lambda: state.pool.submit(lambda: _caption_one(state, image, options, key, started))
+            key, lambda: state.pool.submit(lambda: _caption_one(state, model, image, options, key, started))
         )
         try:
             entry = state.pool.wait(future, started)
@@ -146,7 +150,7 @@ def generate_caption(
             raise
         cached = not leader
     response.headers["X-Cache"] = "HIT" if cached else "MISS"
-    return _response(entry, captioner.version, cached, started)
+    return _response(entry, version, cached, started)
 
 
 @router.post(
@@ -158,7 +162,7 @@ def generate_caption(
 def generate_captions(
     request: Request,
     state: StateDep,
-    captioner: CaptionerDep,
+    model: ServedDep,
     options: OptionsDep,
     who: CallerDep,
     images: Annotated[list[bytes], Depends(_many_files)],
@@ -169,7 +173,8 @@ def generate_captions(
     one bad file does not fail the others. The status is 200 whenever the request itself was valid.
     """
     started = time.perf_counter()
-    keys = [cache_key(data, options, captioner.version, who) for data in images]
+    captioner, version = model.captioner, model.version
+    keys = [cache_key(data, options, version, who) for data in images]
     entries: list[dict | None] = [state.cache.get(k) for k in keys]
     for e in entries:
         state.metrics.cache_lookup(e is not None)
@@ -182,7 +187,7 @@ def generate_captions(
     items = []
     for i, entry in enumerate(entries):
         if entry is not None:
-            items.append(BatchItem(index=i, result=_response(entry, captioner.version, True, started)))
+            items.append(BatchItem(index=i, result=_response(entry, version, True, started)))
             continue
         outcome = computed[i]
         if isinstance(outcome, CaptionerError):
@@ -191,5 +196,5 @@ def generate_captions(
             body = problem_body(err.status, err.slug, f"file {i + 1}: {err.detail}", err.title, request_id)
             items.append(BatchItem(index=i, error=body))
         else:
-            items.append(BatchItem(index=i, result=_response(outcome, captioner.version, False, started)))
-    return BatchOut(results=items, model_version=captioner.version)
+            items.append(BatchItem(index=i, result=_response(outcome, version, False, started)))
+    return BatchOut(results=items, model_version=version)
