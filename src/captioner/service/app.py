@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/web", StaticFiles(directory=web.WEB_DIR), name="web")
+    app.openapi = lambda: _as_configured(FastAPI.openapi(app), settings)  # type: ignore[method-assign]
 
     app.add_middleware(
         BodyLimitMiddleware, limit_for=lambda path: body_limit_for(settings, path), metrics=metrics
@@ -85,6 +86,19 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, instance_id=settings.instance_id)
     return app
+
+
+def _as_configured(schema: dict, settings: Settings) -> dict:
+    """The OpenAPI schema with what these settings enforce: the X-API-Key requirement only when the server has
+    keys, and the batch route's most files. Edits FastAPI's cached schema in place (idempotent)."""
+    if not settings.auth_enabled:
+        schema.get("components", {}).pop("securitySchemes", None)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.pop("security", None)
+    batch = schema["paths"]["/generate-captions/"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    batch["schema"]["properties"]["files"]["maxItems"] = settings.max_batch_images
+    return schema
 
 
 def _load_quietly(state: ServiceState) -> None:
