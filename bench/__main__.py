@@ -103,6 +103,19 @@ def camera_photos(folder: Path) -> list[Path]:
     return paths
 
 
+def quantized_copies(src: Path, out_dir: Path, calibration_photos: list[Path]) -> dict[str, Path]:
+    """{"int8": path, "fp16": path}: the product's quantised copies of an encoder, made once per work folder."""
+    from captioner.encoders.quantize import quantize_encoder
+
+    made = {}
+    for name, precision in (("int8", "int8"), ("fp16", "float16")):
+        path = out_dir / f"{src.stem}.{name}.onnx"
+        if not path.is_file():
+            quantize_encoder(src, path, precision, calibration_photos if precision == "int8" else ())
+        made[name] = path
+    return made
+
+
 def bench_bundle(args, photos: list[Path], raw: dict) -> None:
     bundle = args.bundle.resolve()
     from captioner.model.bundle import load_bundle
@@ -111,11 +124,9 @@ def bench_bundle(args, photos: list[Path], raw: dict) -> None:
     section: dict = {}
     variants: list[str] = []
     if args.quantize:
-        _log("quantising the bundle's encoder (int8 static QDQ, float16)")
-        from bench.engine import quantize_encoder
-
+        _log("quantising the bundle's encoder (int8 static QDQ, float16-stored weights)")
         calib = select_photos(8 if args.quick else 32, args.work, "train")
-        made = quantize_encoder(bundle / "encoder.onnx", args.work / "quantized" / bundle.name, calib)
+        made = quantized_copies(bundle / "encoder.onnx", args.work / "quantized" / bundle.name, calib)
         variants = [f"{k}={v}" for k, v in made.items()]
     _log(f"engine on {bundle}")
     out = args.work / "engine_bundle.json"
@@ -209,10 +220,8 @@ def bench_inception(args, photos: list[Path], raw: dict) -> None:
     section["baseline"] = json.loads(base_out.read_text())
     variants = []
     if args.quantize:
-        _log("quantising InceptionV3 (int8 static QDQ, float16)")
-        from bench.engine import quantize_encoder
-
-        made = quantize_encoder(
+        _log("quantising InceptionV3 (int8 static QDQ, float16-stored weights)")
+        made = quantized_copies(
             onnx_path, args.work / "quantized" / "inception_v3", select_photos(8, args.work, "train")
         )
         variants = [f"{k}={v}" for k, v in made.items()]

@@ -31,17 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.timing import percentiles, rss_peak_mb
+
 UNITS, EMBED = 256, 256  # the tutorial's sizes
 SEED = 0
 NEVER = -50.0  # output bias of padding and endseq: never the argmax, exp(-50) ~ 2e-22
-
-
-def _rss_peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def build_merge_model(keras, feature_size: int, vocab_size: int, max_length: int, units: int = UNITS):
@@ -231,8 +225,8 @@ def run(artefacts: Path, photos: list[str], max_words: int, started: float) -> d
         "max_words": max_words,
         "cold_start_s": loaded - started,
         "first_request_s": first_request_s,
-        "peak_rss_mb": _rss_peak_mb(),
-        "latency_ms": _percentiles(totals),
+        "peak_rss_mb": rss_peak_mb(),
+        "latency_ms": percentiles(totals),
         "throughput_img_s": 1000.0 / float(totals.mean()),
         "encoder_ms_mean": float(np.mean([r["encoder_ms"] for r in requests])),
         "decoder_ms_mean": float(np.mean([r["decoder_ms"] for r in requests])),
@@ -240,10 +234,6 @@ def run(artefacts: Path, photos: list[str], max_words: int, started: float) -> d
         "requests": requests,
         "reference_features": {"photo": Path(photos[0]).name, "features": reference.tolist()},
     }
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float]:
-    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)} | {"mean": float(np.mean(values))}
 
 
 def main(argv: list[str] | None = None) -> None:

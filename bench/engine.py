@@ -7,17 +7,16 @@
 ``run`` measures, end to end from the JPEG file (read, Pillow decode, preprocess, encoder, search, text):
 single-image latency (one request at a time), batched throughput (batch 8 and 32), MicroBatcher throughput with
 8 concurrent callers, the encoder alone (for the fraction of machine peak), the decoder's share, the image
-decoding path, and each encoder variant (int8/fp16) given. Every figure with OpenBLAS on all cores (as shipped)
+decoding path, and each encoder variant (int8/fp16) given. Every figure with OpenBLAS on all cores (as loaded)
 and again limited to one thread (threadpoolctl), because onnxruntime's spinning threads and OpenBLAS's fight
 over the same 2 cores; and once more with onnxruntime's spinning off. ``quality`` captions the dev split with each encoder variant and scores BLEU-4.
 
-Also here: ``quantize_encoder`` (onnxruntime static int8 QDQ, calibrated on training photos; float16 conversion).
+The quantised encoders it times are made by the product's ``captioner.encoders.quantize``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -28,103 +27,54 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.timing import StepTimer, blas_threads, percentiles, rss_peak_mb
+
 SINGLE_REPEATS = 2  # passes over the photos for single-image latency
-
-
-def rss_peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentiles(values) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return {f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)} | {
-        "mean": float(v.mean()),
-        "n": int(v.size),
-    }
-
-
-@contextlib.contextmanager
-def blas_threads(n: int | None):
-    """Limit NumPy's BLAS to n threads inside the block (None: leave it as is)."""
-    if n is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
-
-
-class StepTimer:
-    """Wraps a StepDecoder, adding up the time spent inside step(): the rest of a search is search overhead."""
-
-    def __init__(self, decoder):
-        self.decoder, self.vocab_size, self.seconds, self.calls = decoder, decoder.vocab_size, 0.0, 0
-
-    def initial_state(self, features):
-        return self.decoder.initial_state(features)
-
-    def step(self, tokens, state):
-        t = time.perf_counter()
-        out = self.decoder.step(tokens, state)
-        self.seconds += time.perf_counter() - t
-        self.calls += 1
-        return out
-
-    @property
-    def step_topk(self):
-        """The decoder's top-k step, timed the same way (None when it has none: search then uses step)."""
-        inner = getattr(self.decoder, "step_topk", None)
-        if inner is None:
-            return None
-
-        def timed(tokens, state, k):
-            t = time.perf_counter()
-            out = inner(tokens, state, k)
-            self.seconds += time.perf_counter() - t
-            self.calls += 1
-            return out
-
-        return timed
 
 
 # -- building the captioner --
 
 
 def load_captioner(
-    bundle: Path | None, merge: Path | None, encoder: Path | None = None, decoder: str | None = None
+    bundle: Path | None,
+    merge: Path | None,
+    encoder: Path | None = None,
+    decoder: str | None = None,
+    keep_spinning: bool = False,
 ):
     """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights).
 
-    decoder: the decoder step's backend (onnx, onnx-int8, numpy; default: the engine's), for the bundle's decoder
-    or the merge model.
+    encoder: another encoder file than the bundle's (a quantised copy). decoder: the decoder step's backend
+    (onnx, onnx-int8, numpy; default: the engine's). keep_spinning: onnxruntime's own default, its threads
+    spinning on after each run (the engine stops them), for comparison.
     """
-    from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, Captioner
+    from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, Captioner, step_decoder
+    from captioner.encoders.runtime import OnnxEncoder
 
     decoder = decoder or DEFAULT_DECODER_BACKEND
     if merge is None:
-        captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
-        if encoder is not None:
-            from captioner.encoders.runtime import OnnxEncoder
+        loaded = Captioner.from_bundle(bundle, decoder_backend=decoder)
+        if encoder is None and not keep_spinning:
+            return loaded
+        # The same bundle with other parts: a new Captioner from them (never one changed in place).
+        reference = getattr(loaded.decoder, "numpy", loaded.decoder)  # the NumpyDecoder under any backend
+        encoder, vocabulary, info = encoder or loaded.encoder.path, loaded.vocabulary, loaded.info
+    else:
+        from bench.merge_step import MergeStepDecoder
+        from captioner.model.legacy import safe_load_tokenizer
 
-            captioner.encoder = OnnxEncoder(encoder)
-        return captioner
-    from bench.merge_step import MergeStepDecoder
-    from captioner.decode.captioner import step_decoder
-    from captioner.encoders.runtime import OnnxEncoder
-    from captioner.model.legacy import safe_load_tokenizer
+        reference = MergeStepDecoder.from_npz(merge / "merge_weights.npz")
+        encoder, vocabulary = (
+            encoder or merge / "inception_v3.onnx",
+            safe_load_tokenizer(merge / "tokenizer.pkl"),
+        )
+        info = {"format": "merge", "path": str(merge), "decoder_backend": decoder}
+    step = step_decoder(reference, decoder)
+    if keep_spinning and decoder != "numpy":
+        from captioner.model.onnx_step import OnnxDecoder
 
-    step = step_decoder(MergeStepDecoder.from_npz(merge / "merge_weights.npz"), decoder)
-    return Captioner(
-        OnnxEncoder(encoder or merge / "inception_v3.onnx"),
-        step,
-        safe_load_tokenizer(merge / "tokenizer.pkl"),
-        {"format": "merge", "path": str(merge), "decoder_backend": decoder},
-    )
+        step = OnnxDecoder(reference, precision=step.precision, stop_spinning_after_run=False)
+    return Captioner(OnnxEncoder(encoder, stop_spinning_after_run=not keep_spinning), step, vocabulary, info)
 
 
 # -- measurements --
@@ -323,36 +273,22 @@ def compare_with_baseline(captioner, baseline: dict, photos: list[Path], max_wor
 
 
 def onnx_encoder(path: Path, threads: int | None = None, spinning: bool = True):
-    """An OnnxEncoder whose session has ``threads`` intra-op threads and spinning on or off."""
+    """An OnnxEncoder with ``threads`` intra-op threads; spinning=False: its threads never spin, even during a
+    run (onnxruntime's allow_spinning=0), to see what spinning costs on a shared machine."""
     import onnxruntime as ort
 
     from captioner.encoders.runtime import OnnxEncoder, session_options
 
-    encoder = OnnxEncoder(path, threads=threads)
-    if not spinning:
-        opts = session_options(threads)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        encoder.session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    return encoder
+    class NoSpinEncoder(OnnxEncoder):  # the product has no such option: its session is built here
+        def __init__(self) -> None:
+            super().__init__(path, threads)
+            opts = session_options(threads)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
 
-
-def _keep_spinning(captioner) -> None:
-    """Rebuild the captioner's sessions with onnxruntime's default: threads spin on after each run."""
-    import onnxruntime as ort
-
-    from captioner.encoders.runtime import session_options
-    from captioner.model.onnx_step import OnnxDecoder
-
-    opts = session_options(stop_spinning_after_run=False)
-    cpu = ["CPUExecutionProvider"]
-    captioner.encoder.session = ort.InferenceSession(
-        str(captioner.encoder.path), sess_options=opts, providers=cpu
-    )
-    if isinstance(captioner.decoder, OnnxDecoder):
-        d = captioner.decoder
-        captioner.decoder = OnnxDecoder(d.numpy, precision=d.precision, stop_spinning_after_run=False)
+    return NoSpinEncoder() if not spinning else OnnxEncoder(path, threads=threads)
 
 
 def _with_encoder(captioner, encoder):
@@ -399,9 +335,8 @@ def run(args) -> dict:
     from captioner.decode.options import DecodeOptions
 
     photos = [Path(p) for p in args.photos]
-    captioner = load_captioner(args.bundle, args.merge)
-    if getattr(args, "keep_spinning", False):  # onnxruntime's default, for comparison: pools spin after runs
-        _keep_spinning(captioner)
+    # keep_spinning: onnxruntime's default, for comparison: pools spin on after runs
+    captioner = load_captioner(args.bundle, args.merge, keep_spinning=args.keep_spinning)
     if args.merge is not None:
         max_length = args.max_words
         beam = DecodeOptions(strategy="beam", beam_size=3, max_length=max_length)
@@ -503,80 +438,6 @@ def run(args) -> dict:
         )
     out["peak_rss_mb"] = rss_peak_mb()
     return out
-
-
-# -- quantisation --
-
-
-class _Calibration:
-    """onnxruntime CalibrationDataReader over preprocessed photos, one image per batch."""
-
-    def __init__(self, input_name: str, arrays: list[np.ndarray]):
-        self._items = iter([{input_name: a[None]} for a in arrays])
-
-    def get_next(self):
-        return next(self._items, None)
-
-
-def quantize_encoder(src: Path, out_dir: Path, calibration_photos: list[Path]) -> dict[str, Path]:
-    """int8 (static, QDQ, per-channel weights, calibrated on the photos) and float16 copies of an encoder.
-
-    The captioner metadata (preprocessing, feature size) is kept, so OnnxEncoder loads either one as is.
-    Returns {"int8": path, "fp16": path}, leaving out any variant whose conversion fails.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from captioner.encoders.images import load_and_preprocess
-    from captioner.encoders.runtime import OnnxEncoder
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    encoder = OnnxEncoder(src, threads=1)
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    out: dict[str, Path] = {}
-    int8 = out_dir / f"{src.stem}.int8.onnx"
-    fp16 = out_dir / f"{src.stem}.fp16.onnx"
-    if not int8.is_file():
-        prepared = out_dir / f"{src.stem}.prep.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        arrays = [load_and_preprocess(p, encoder.preprocessing) for p in calibration_photos]
-        quantize_static(
-            str(prepared),
-            str(int8),
-            _Calibration(encoder.input_name, arrays),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        prepared.unlink(missing_ok=True)
-        _set_metadata(int8, meta)
-    out["int8"] = int8
-    if not fp16.is_file():
-        try:
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-            onnx.save(model, str(fp16))
-            _set_metadata(fp16, meta)
-        except Exception as exc:  # noqa: BLE001 - report it, keep the int8 result
-            print(f"float16 conversion failed: {exc}", file=sys.stderr)
-            return out
-    out["fp16"] = fp16
-    return out
-
-
-def _set_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
 
 
 def quality(args) -> dict:

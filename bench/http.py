@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from bench.timing import percentiles, proc_status_mb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,18 +28,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _proc_status(pid: int) -> dict[str, float]:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key = line.split(":")[0]
-            if key in ("VmHWM", "VmRSS"):
-                out[key] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return out
 
 
 def _mapped_libraries(pid: int) -> dict[str, bool]:
@@ -125,7 +113,7 @@ class Server:
     def process(self) -> dict:
         """Peak and current RSS (MB) and which frameworks the server has loaded."""
         assert self.proc is not None
-        status = _proc_status(self.proc.pid)
+        status = proc_status_mb(self.proc.pid)
         return {
             "peak_rss_mb": status.get("VmHWM"),
             "rss_mb": status.get("VmRSS"),
@@ -221,7 +209,6 @@ def load(
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    lat = np.asarray(latencies or [np.nan])
     return {
         "concurrency": concurrency,
         "requests": sum(statuses.values()),
@@ -229,8 +216,7 @@ def load(
         "statuses": statuses,
         "seconds": wall,
         "throughput_rps": len(latencies) / wall,
-        "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)}
-        | {"mean": float(lat.mean())},
+        "latency_ms": percentiles(latencies),
     }
 
 

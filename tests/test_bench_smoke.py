@@ -136,15 +136,15 @@ def test_original_loop_and_our_greedy_search_write_the_same_caption(merge_model)
 
 
 def test_encoder_flops_and_quantised_copies(tiny_encoder_onnx, photo_files, tmp_path):
-    from bench.engine import quantize_encoder
+    from bench.__main__ import quantized_copies
     from bench.machine import encoder_flops
 
     from captioner.encoders.runtime import OnnxEncoder
 
     flops = encoder_flops(tiny_encoder_onnx)
     assert flops["nodes_without_shapes"] == 0 and flops["gmacs"] == pytest.approx(0.384, rel=0.02)
-    made = quantize_encoder(Path(tiny_encoder_onnx), tmp_path, photo_files)
-    assert "int8" in made
+    made = quantized_copies(Path(tiny_encoder_onnx), tmp_path, photo_files)  # captioner.encoders.quantize
+    assert set(made) == {"int8", "fp16"}
     for path in made.values():
         encoder = OnnxEncoder(path)  # the captioner metadata survived
         assert encoder.encode([]).shape == (0, 1280)

@@ -78,6 +78,57 @@ def test_bad_options(capsys, tiny_bundle, photo_files):
     assert_one_line_error(code, err, "strategy")
 
 
+def _command(name: str):
+    import typer.main
+
+    from captioner.cli import app
+
+    return typer.main.get_command(app).commands[name]
+
+
+def test_train_flags_default_to_train_config():
+    """One source for each setting: every training flag's default is TrainConfig's (the shipped recipe)."""
+    from captioner.model.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    params = {p.name: p.default for p in _command("train").params}
+    shared = set(params) & set(defaults)
+    assert shared >= {"batch_size", "max_length", "epochs", "learning_rate", "encoder", "flip_augment"}
+    assert {k: params[k] for k in shared} == {k: defaults[k] for k in shared}
+
+
+def test_decode_flags_are_the_same_on_every_command():
+    from captioner.decode.options import DecodeOptions
+
+    expected = DecodeOptions().to_dict()
+    for name in ("caption", "caption-dir", "evaluate"):
+        params = {p.name: p for p in _command(name).params}
+        for key in expected.keys() & params.keys():
+            assert params[key].default == expected[key], (name, key)
+            assert params[key].opts == [f"--{key.replace('_', '-')}"], (name, key)
+    for name in ("caption", "evaluate"):
+        backend = next(p for p in _command(name).params if p.name == "decoder_backend")
+        assert backend.opts == ["--decoder-backend", "--decoder"]
+
+
+def test_bad_training_setting_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data-root", tmp_path, "--batch-size", "0")
+    assert_one_line_error(code, err, "batch_size", ">= 1")
+    code, _, err = run(capsys, "train", "--data-root", tmp_path, "--dropout", "1.5")
+    assert_one_line_error(code, err, "dropout", "[0, 1)")
+
+
+def test_decoder_backend_flag_and_its_old_name(capsys, tiny_bundle, photo_files):
+    outs = []
+    for flag in ("--decoder-backend", "--decoder"):
+        code, out, err = run(capsys, "caption", photo_files[0], "--bundle", tiny_bundle, flag, "numpy")
+        assert code == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1]
+    code, _, err = run(capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--decoder-backend", "gpu")
+    assert code == 2 and "gpu" in err and "Traceback" not in err
+
+
 def test_unknown_encoder_and_missing_data(capsys, tmp_path):
     code, _, err = run(capsys, "export-encoder", "resnet", "--out", tmp_path / "x.onnx")
     assert_one_line_error(code, err, "unknown encoder", "efficientnet_lite0")
@@ -117,7 +168,8 @@ def test_train_and_evaluate_end_to_end(capsys, tmp_path):
     root = write_tiny_flickr8k(tmp_path / "flickr")
     code, out, err = run(
         capsys, "train", "--data-root", root, "--run-dir", tmp_path / "run", "--cache-dir", tmp_path / "cache",
-        "--encoder-weights", "random", "--epochs", "2", "--batch-size", "8", "--hidden-dim", "16",
+        "--encoder", "efficientnet_lite0", "--no-flip-augment", "--encoder-weights", "random", "--epochs", "2",
+        "--batch-size", "8", "--hidden-dim", "16",
         "--embed-dim", "8", "--min-count", "1", "--max-length", "10",
     )  # fmt: skip
     assert code == 0, err

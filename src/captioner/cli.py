@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 
-from captioner.decode.captioner import DEFAULT_DECODER_BACKEND
-from captioner.decode.options import DecodeOptions
+from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
+from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
 from captioner.errors import CaptionerError
+from captioner.model.config import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -32,15 +33,25 @@ BundleSha256Opt = Annotated[
     str | None,
     typer.Option(help="Refuse the bundle unless its digest (bundle_sha256 of 'captioner info') is this one."),
 ]
-Strategy = Annotated[str, typer.Option(help="greedy or beam.")]
-BeamSize = Annotated[int, typer.Option(help="Beam width (1-10).")]
-MaxLength = Annotated[int, typer.Option(help="Most words per caption (1-64).")]
-LengthPenalty = Annotated[float, typer.Option(help="alpha in score = log_prob / length**alpha.")]
-NBest = Annotated[int, typer.Option(help="Captions returned per image (<= beam size).")]
-DecoderOpt = Annotated[str, typer.Option(help="Decoder step: onnx-int8 (default), onnx (fp32) or numpy.")]
 
-
-_DEFAULT = DecodeOptions()
+# The decoding flags, declared once for every command that captions; defaults from DecodeOptions, which also
+# validates them (one-line error), so the bounds below are only its constants, named in the help.
+_DECODE = DecodeOptions()
+StrategyOpt = Annotated[str, typer.Option(help="greedy or beam.")]
+BeamSizeOpt = Annotated[int, typer.Option(help=f"Beam width (1-{MAX_BEAM_SIZE}).")]
+MaxLengthOpt = Annotated[int, typer.Option(help=f"Most words per caption (1-{MAX_LENGTH_LIMIT}).")]
+LengthPenaltyOpt = Annotated[
+    float, typer.Option(help=f"alpha in score = log_prob / length**alpha (0-{MAX_LENGTH_PENALTY:g}).")
+]
+NBestOpt = Annotated[int, typer.Option(help="Captions returned per image (<= beam size; 1 for greedy).")]
+DecoderBackendOpt = Annotated[
+    DecoderBackend,
+    typer.Option(
+        "--decoder-backend",
+        "--decoder",  # the flag's first name, kept for the scripts that use it
+        help="Decoder step: onnx-int8 (int8 matmuls), onnx (float32, the trained model exactly) or numpy.",
+    ),
+]
 
 
 def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
@@ -57,20 +68,20 @@ def _options(strategy: str, beam_size: int, max_length: int, length_penalty: flo
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     bundle: BundleOpt = None,
-    strategy: Strategy = _DEFAULT.strategy,
-    beam_size: BeamSize = _DEFAULT.beam_size,
-    max_length: MaxLength = _DEFAULT.max_length,
-    length_penalty: LengthPenalty = _DEFAULT.length_penalty,
-    n_best: NBest = 1,
+    strategy: StrategyOpt = _DECODE.strategy,
+    beam_size: BeamSizeOpt = _DECODE.beam_size,
+    max_length: MaxLengthOpt = _DECODE.max_length,
+    length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
+    n_best: NBestOpt = _DECODE.n_best,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
-    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
+    decoder_backend: DecoderBackendOpt = DEFAULT_DECODER_BACKEND,
     bundle_sha256: BundleSha256Opt = None,
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder, bundle_sha256=bundle_sha256)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder_backend, bundle_sha256=bundle_sha256)
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
@@ -92,11 +103,11 @@ def caption_dir_cmd(
     ],
     out: Annotated[Path, typer.Option(help="JSONL results, one line per image; an existing file resumes.")],
     bundle: BundleOpt = None,
-    strategy: Strategy = _DEFAULT.strategy,
-    beam_size: BeamSize = _DEFAULT.beam_size,
-    max_length: MaxLength = _DEFAULT.max_length,
-    length_penalty: LengthPenalty = _DEFAULT.length_penalty,
-    n_best: NBest = 1,
+    strategy: StrategyOpt = _DECODE.strategy,
+    beam_size: BeamSizeOpt = _DECODE.beam_size,
+    max_length: MaxLengthOpt = _DECODE.max_length,
+    length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
+    n_best: NBestOpt = _DECODE.n_best,
     batch_size: Annotated[int, typer.Option(help="Images per engine batch (and per fsync).")] = 32,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (all; 1 per replica).")] = None,
     ray: Annotated[bool, typer.Option(help="Run on a new local Ray instance.")] = False,
@@ -127,15 +138,15 @@ def evaluate(
     ),
     bundle: BundleOpt = None,
     image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
-    strategy: Strategy = _DEFAULT.strategy,
-    beam_size: BeamSize = _DEFAULT.beam_size,
-    max_length: MaxLength = _DEFAULT.max_length,
-    length_penalty: LengthPenalty = _DEFAULT.length_penalty,
+    strategy: StrategyOpt = _DECODE.strategy,
+    beam_size: BeamSizeOpt = _DECODE.beam_size,
+    max_length: MaxLengthOpt = _DECODE.max_length,
+    length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
     record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
-    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
+    decoder_backend: DecoderBackendOpt = DEFAULT_DECODER_BACKEND,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
@@ -144,7 +155,7 @@ def evaluate(
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder_backend)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )
@@ -155,9 +166,12 @@ def evaluate(
         record_metrics(
             captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
-            decoder_backend=decoder,
+            decoder_backend=decoder_backend,
         )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
+
+
+_TRAIN = TrainConfig()  # the flags' defaults: the recipe of the shipped models/default
 
 
 @app.command()
@@ -170,43 +184,61 @@ def train(
         Path | None, typer.Option(help="Bundle folder to export (default: RUN_DIR/bundle).")
     ] = None,
     cache_dir: Annotated[Path, typer.Option(help="Encoder ONNX files and feature caches.")] = Path("cache"),
-    encoder: Annotated[str, typer.Option(help="inception_v3, efficientnet_lite0 or efficientnet_lite2.")] = (
-        "efficientnet_lite0"
-    ),
+    encoder: Annotated[
+        str, typer.Option(help="inception_v3, efficientnet_lite0 or efficientnet_lite2.")
+    ] = _TRAIN.encoder,
     encoder_weights: Annotated[
         str, typer.Option(help="imagenet, a local weights file, or 'random' (tests only).")
     ] = "imagenet",
     image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
-    epochs: int = 30,
-    batch_size: int = 128,
-    hidden_dim: int = 512,
-    embed_dim: int = 256,
-    dropout: float = 0.5,
-    feature_dropout: float = 0.5,
-    learning_rate: float = 2e-3,
-    min_count: int = 5,
-    max_length: int = 22,
-    patience: int = 3,
-    seed: int = 1234,
-    flip_augment: Annotated[bool, typer.Option(help="Also train on mirrored-image features.")] = False,
-    label_smoothing: float = 0.0,
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = _TRAIN.epochs,
+    batch_size: Annotated[int, typer.Option(help="Captions per training batch.")] = _TRAIN.batch_size,
+    hidden_dim: Annotated[int, typer.Option(help="LSTM units.")] = _TRAIN.hidden_dim,
+    embed_dim: Annotated[
+        int, typer.Option(help="Word embedding and image projection size.")
+    ] = _TRAIN.embed_dim,
+    dropout: Annotated[
+        float, typer.Option(help="Dropout on embeddings and LSTM output, [0, 1).")
+    ] = _TRAIN.dropout,
+    feature_dropout: Annotated[
+        float, typer.Option(help="Dropout on the encoder's pooled features, [0, 1).")
+    ] = _TRAIN.feature_dropout,
+    learning_rate: Annotated[
+        float, typer.Option(help="Adam's initial learning rate.")
+    ] = _TRAIN.learning_rate,
+    min_count: Annotated[
+        int, typer.Option(help="Words seen fewer times in training captions become <unk>.")
+    ] = _TRAIN.min_count,
+    max_length: Annotated[
+        int, typer.Option(help="Longest training caption in words (longer ones are cut).")
+    ] = _TRAIN.max_length,
+    patience: Annotated[
+        int, typer.Option(help="Epochs without a better dev score before stopping.")
+    ] = _TRAIN.patience,
+    seed: Annotated[int, typer.Option(help="Random seed (weights, shuffling, dropout).")] = _TRAIN.seed,
+    flip_augment: Annotated[
+        bool, typer.Option(help="Also train on mirrored-image features.")
+    ] = _TRAIN.flip_augment,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing, [0, 1).")] = _TRAIN.label_smoothing,
     encoder_weights_dtype: Annotated[
         str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
-    ] = "float32",
+    ] = _TRAIN.encoder_weights_dtype,
     limit_images: Annotated[int | None, typer.Option(help="Use only N training images (smoke runs).")] = None,
 ) -> None:
-    """Train the LSTM decoder on Flickr8k and export a bundle."""
+    """Train the LSTM decoder on Flickr8k and export a bundle (the defaults train models/default again)."""
     from captioner.encoders.registry import get_encoder_spec
-    from captioner.model.config import TrainConfig
     from captioner.pipeline import train_pipeline
 
     get_encoder_spec(encoder)  # fail fast, before TensorFlow loads
-    config = TrainConfig(
-        encoder=encoder, epochs=epochs, batch_size=batch_size, hidden_dim=hidden_dim, embed_dim=embed_dim,
-        dropout=dropout, feature_dropout=feature_dropout, learning_rate=learning_rate, min_count=min_count, max_length=max_length,
-        patience=patience, seed=seed, flip_augment=flip_augment, label_smoothing=label_smoothing,
-        encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
-    )  # fmt: skip
+    try:
+        config = TrainConfig(
+            encoder=encoder, epochs=epochs, batch_size=batch_size, hidden_dim=hidden_dim, embed_dim=embed_dim,
+            dropout=dropout, feature_dropout=feature_dropout, learning_rate=learning_rate, min_count=min_count,
+            max_length=max_length, patience=patience, seed=seed, flip_augment=flip_augment,
+            label_smoothing=label_smoothing, encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise CaptionerError(f"{exc} (see captioner train --help)") from None
     weights = None if encoder_weights == "random" else encoder_weights
     path = train_pipeline(data_root, run_dir, config, cache_dir, out, weights, image_dir)
     typer.echo(f"bundle written to {path}")
@@ -284,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors arrive here in non-standalone mode: click's ClickException, or that of the copy of click
+        # that newer typer versions carry (not click's class): both have show() and exit_code.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         raise

@@ -12,6 +12,7 @@ Strategy = Literal["greedy", "beam"]
 # Hard limits: the service exposes these options to the internet, so every one is bounded.
 MAX_BEAM_SIZE = 10
 MAX_LENGTH_LIMIT = 64
+MAX_LENGTH_PENALTY = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ class DecodeOptions:
             raise OptionsError(
                 f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}, got {self.max_length!r}"
             )
-        if not 0.0 <= float(self.length_penalty) <= 5.0:
-            raise OptionsError(f"length_penalty must be between 0 and 5, got {self.length_penalty!r}")
+        if not 0.0 <= float(self.length_penalty) <= MAX_LENGTH_PENALTY:
+            raise OptionsError(
+                f"length_penalty must be between 0 and {MAX_LENGTH_PENALTY:g}, got {self.length_penalty!r}"
+            )
         width = 1 if self.strategy == "greedy" else self.beam_size
         if not isinstance(self.n_best, int) or not 1 <= self.n_best <= width:
             raise OptionsError(

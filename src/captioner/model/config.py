@@ -40,26 +40,49 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run: data, encoder, optimisation and early stopping. Saved as run_config.json."""
+    """One training run: data, encoder, optimisation and early stopping. Saved as run_config.json.
 
-    encoder: str = "efficientnet_lite0"
-    encoder_weights_dtype: str = "float32"  # "float16": half-size encoder file (compute stays float32)
-    min_count: int = 5
-    max_length: int = 30
+    The defaults are the recipe of the shipped models/default (its manifest's ``training.config``), so
+    ``captioner train --data-root DIR`` trains that model again. The CLI's flags take their defaults from here.
+    """
+
+    encoder: str = "efficientnet_lite2"
+    encoder_weights_dtype: str = "float16"  # "float16": half-size encoder file (compute stays float32)
+    min_count: int = 5  # words seen fewer times in the training captions become <unk>
+    max_length: int = 22  # longer training captions are cut (words, without start/end)
     embed_dim: int = 256
     hidden_dim: int = 512
     dropout: float = 0.5
-    feature_dropout: float = 0.5
+    feature_dropout: float = 0.25
     batch_size: int = 64
-    epochs: int = 30
-    learning_rate: float = 2e-3
+    epochs: int = 20
+    learning_rate: float = 1e-3
     label_smoothing: float = 0.0
-    patience: int = 3
+    patience: int = 4  # epochs without a better dev score before stopping
     seed: int = 1234
     train_split: str = "train"
     dev_split: str = "dev"
-    flip_augment: bool = False  # also train on features of mirrored images (a random view per caption)
+    flip_augment: bool = True  # also train on features of mirrored images (a random view per caption)
     limit_images: int | None = None  # use only the first N training images (smoke runs)
+
+    def __post_init__(self) -> None:
+        counts = ("min_count", "max_length", "embed_dim", "hidden_dim", "batch_size", "epochs", "patience")
+        for name in counts:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("dropout", "feature_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.encoder_weights_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"TrainConfig.encoder_weights_dtype must be 'float32' or 'float16', got {self.encoder_weights_dtype!r}"
+            )
+        limit = self.limit_images
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"TrainConfig.limit_images must be None or an integer >= 1, got {limit!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
     app.include_router(admin.router)
     app.include_router(web.router)
     app.mount("/web", StaticFiles(directory=web.WEB_DIR), name="web")
+    app.openapi = lambda: _as_configured(FastAPI.openapi(app), settings)  # type: ignore[method-assign]
 
     app.add_middleware(
         BodyLimitMiddleware, limit_for=lambda path: body_limit_for(settings, path), metrics=metrics
@@ -103,6 +104,28 @@ def _reload_on_sighup(state: ServiceState) -> None:
 
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
+
+
+def _as_configured(schema: dict, settings: Settings) -> dict:
+    """The OpenAPI schema with what these settings enforce: a key requirement (X-API-Key, X-Admin-Key) only when
+    the server has such keys, and the batch route's most files. Edits FastAPI's cached schema in place."""
+    configured = {"ApiKey": settings.auth_enabled, "AdminKey": bool(settings.admin_keys_sha256)}
+    schemes = schema.get("components", {}).get("securitySchemes", {})
+    for name, on in configured.items():
+        if not on:
+            schemes.pop(name, None)
+    if not schemes:
+        schema.get("components", {}).pop("securitySchemes", None)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            kept = [req for req in operation.get("security", []) if all(configured.get(k, True) for k in req)]
+            if kept:
+                operation["security"] = kept
+            else:
+                operation.pop("security", None)
+    batch = schema["paths"]["/generate-captions/"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    batch["schema"]["properties"]["files"]["maxItems"] = settings.max_batch_images
+    return schema
 
 
 def _load_quietly(state: ServiceState) -> None:

@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from captioner.decode.options import DecodeOptions
+from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
 from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError
 from captioner.service.security import ApiKeys, caller_id
@@ -52,7 +52,10 @@ def get_served(state: StateDep) -> ServedModel:
 ServedDep = Annotated[ServedModel, Depends(get_served)]
 
 api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="required when the server has API keys"
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    auto_error=False,
+    description="required when the server has API keys",
 )
 
 
@@ -137,14 +140,28 @@ def rate_limit(request: Request, response: Response, state: StateDep, who: Calle
 def decode_options(
     settings: SettingsDep,
     strategy: Annotated[Literal["greedy", "beam"] | None, Query(description="greedy or beam search")] = None,
-    beam_size: Annotated[int | None, Query(description="beams per image, 1..10")] = None,
-    max_length: Annotated[int | None, Query(description="most words in a caption, 1..64")] = None,
-    length_penalty: Annotated[
-        float | None, Query(description="alpha in log_prob / length**alpha, 0..5")
+    beam_size: Annotated[
+        int | None, Query(ge=1, le=MAX_BEAM_SIZE, description="beams per image (beam search)")
     ] = None,
-    n_best: Annotated[int | None, Query(description="captions to return, 1..beam_size")] = None,
+    max_length: Annotated[
+        int | None, Query(ge=1, le=MAX_LENGTH_LIMIT, description="most words in a caption")
+    ] = None,
+    length_penalty: Annotated[
+        float | None,
+        Query(ge=0.0, le=MAX_LENGTH_PENALTY, description="alpha in score = log_prob / length**alpha"),
+    ] = None,
+    n_best: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_BEAM_SIZE,
+            description="captions to return per image; at most the beam size (1 for greedy): a larger value "
+            "is refused with 422, a rule across two parameters that the schema cannot state",
+        ),
+    ] = None,
 ) -> DecodeOptions:
-    """Query parameters over the server's defaults; out-of-range values raise OptionsError (422)."""
+    """Query parameters over the server's defaults. The bounds are DecodeOptions' own (the schema states them,
+    FastAPI answers 422 out of them); DecodeOptions checks n_best against the beam size (OptionsError, 422)."""
     return settings.default_options(
         strategy=strategy,
         beam_size=beam_size,

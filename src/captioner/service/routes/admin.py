@@ -17,7 +17,9 @@ from captioner.service.problems import ServiceError
 from captioner.service.schemas import PROBLEM_RESPONSES, ModelVersions
 from captioner.service.state import ServiceState, redact_paths
 
-admin_key_header = APIKeyHeader(name="X-Admin-Key", auto_error=False, description="an admin key")
+admin_key_header = APIKeyHeader(
+    name="X-Admin-Key", scheme_name="AdminKey", auto_error=False, description="an admin key"
+)
 
 
 def require_admin_key(

@@ -1,0 +1,50 @@
+"""Quantised copies of an encoder: they load as encoders, keep its metadata and compute nearly what it computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner.encoders.quantize import quantize_encoder
+from captioner.encoders.runtime import OnnxEncoder
+from captioner.errors import EncoderError
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def images(photo_files) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in photo_files]
+
+
+def test_float16_copy_is_half_the_file_and_computes_the_same(tiny_encoder_onnx, images, tmp_path):
+    out = quantize_encoder(tiny_encoder_onnx, tmp_path / "enc.fp16.onnx", "float16")
+    original, half = OnnxEncoder(tiny_encoder_onnx), OnnxEncoder(out)
+    assert half.info["weights_dtype"] == "float16"
+    assert half.preprocessing == original.preprocessing and half.feature_size == original.feature_size
+    assert out.stat().st_size < 0.6 * tiny_encoder_onnx.stat().st_size
+    # float16 weights, float32 compute: each weight is off by at most 2**-11 of itself.
+    np.testing.assert_allclose(half.encode(images), original.encode(images), rtol=0.05, atol=0.02)
+
+
+@pytest.mark.slow
+def test_int8_copy_keeps_the_features_direction(tiny_encoder_onnx, photo_files, images, tmp_path):
+    out = quantize_encoder(tiny_encoder_onnx, tmp_path / "enc.int8.onnx", "int8", photo_files)
+    original, int8 = OnnxEncoder(tiny_encoder_onnx), OnnxEncoder(out)
+    assert int8.info["weights_dtype"] == "int8" and int8.feature_size == original.feature_size
+    assert out.stat().st_size < 0.5 * tiny_encoder_onnx.stat().st_size
+    assert _cosine(int8.encode(images), original.encode(images)).min() > 0.9
+    assert int8.encode([]).shape == (0, original.feature_size)
+
+
+def test_refuses_what_it_cannot_do(tiny_encoder_onnx, tmp_path):
+    with pytest.raises(EncoderError, match="calibration images"):
+        quantize_encoder(tiny_encoder_onnx, tmp_path / "a.onnx", "int8")
+    with pytest.raises(EncoderError, match="precision"):
+        quantize_encoder(tiny_encoder_onnx, tmp_path / "b.onnx", "int4")
+    with pytest.raises(EncoderError, match="not found"):
+        quantize_encoder(tmp_path / "missing.onnx", tmp_path / "c.onnx", "float16")
+    assert not list(tmp_path.iterdir())  # nothing half-written

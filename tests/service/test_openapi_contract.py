@@ -1,0 +1,102 @@
+"""The OpenAPI schema says exactly what the server enforces: bounds, files per batch, and API keys only when set.
+
+The slow test runs ``schemathesis run --checks all`` against the real app on a loopback socket. What it is told
+beyond the schema, and why, is in schemathesis.toml and schemathesis_hooks.py beside this file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from service_helpers import free_port, service_settings
+
+from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY
+from captioner.service.app import create_app
+from captioner.service.security import hash_key
+
+HERE = Path(__file__).resolve().parent
+CAPTION_ROUTES = ("/generate-caption/", "/generate-captions/")
+
+
+def _query_bounds(schema: dict, path: str) -> dict[str, tuple]:
+    out = {}
+    for p in schema["paths"][path]["post"]["parameters"]:
+        s = next(s for s in p["schema"].get("anyOf", [p["schema"]]) if s.get("type") != "null")
+        out[p["name"]] = (s.get("minimum"), s.get("maximum"))
+    return out
+
+
+def test_decode_option_bounds_are_decode_options_own(make_client):
+    schema = make_client().get("/openapi.json").json()
+    for path in CAPTION_ROUTES:
+        assert _query_bounds(schema, path) == {
+            "strategy": (None, None),
+            "beam_size": (1, MAX_BEAM_SIZE),
+            "max_length": (1, MAX_LENGTH_LIMIT),
+            "length_penalty": (0, MAX_LENGTH_PENALTY),
+            "n_best": (1, MAX_BEAM_SIZE),
+        }
+
+
+def test_out_of_bounds_is_422_naming_the_parameter(client):
+    from service_inputs import jpeg
+
+    r = client.post("/generate-caption/?beam_size=0", files={"file": jpeg()})
+    assert r.status_code == 422 and "beam_size" in r.json()["detail"]
+
+
+def test_batch_schema_states_the_most_files(make_client):
+    schema = make_client(max_batch_images=3).get("/openapi.json").json()
+    body = schema["paths"]["/generate-captions/"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert body["schema"]["properties"]["files"]["maxItems"] == 3
+
+
+def test_api_key_scheme_only_when_the_server_has_keys(make_client):
+    open_schema = make_client().get("/openapi.json").json()
+    assert "securitySchemes" not in open_schema.get("components", {})
+    assert all("security" not in op for ops in open_schema["paths"].values() for op in ops.values())
+
+    keyed = make_client(api_keys_sha256=[hash_key("s3cret")])
+    schema = keyed.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    for path in CAPTION_ROUTES:
+        assert schema["paths"][path]["post"]["security"] == [{"APIKeyHeader": []}]
+
+
+@pytest.fixture
+def live_url(tiny_bundle, service_captioner):
+    import uvicorn
+
+    port = free_port()
+    app = create_app(service_settings(tiny_bundle), captioner=service_captioner)  # rate limit off
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_contract_failure(live_url, tmp_path):
+    pytest.importorskip("schemathesis")
+    cli = Path(sys.executable).with_name("schemathesis")
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="schemathesis_hooks", PYTHONPATH=str(HERE), NO_COLOR="1")
+    cmd = [
+        str(cli), "--config-file", str(HERE / "schemathesis.toml"), "run", f"{live_url}/openapi.json",
+        "--checks", "all", "--max-examples", "25", "--seed", "1", "--generation-database", "none",
+        "--workers", "1", "--no-color",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "No issues found" in proc.stdout
