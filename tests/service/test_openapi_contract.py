@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from service_helpers import free_port, service_settings
@@ -64,9 +65,16 @@ def test_api_key_scheme_only_when_the_server_has_keys(make_client):
 
     keyed = make_client(api_keys_sha256=[hash_key("s3cret")])
     schema = keyed.get("/openapi.json").json()
-    assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    assert schema["components"]["securitySchemes"] == {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": ANY}
+    }
     for path in CAPTION_ROUTES:
-        assert schema["paths"][path]["post"]["security"] == [{"APIKeyHeader": []}]
+        assert schema["paths"][path]["post"]["security"] == [{"ApiKey": []}]
+    assert "security" not in schema["paths"]["/admin/model/reload"]["post"]  # no admin keys configured
+
+    admin = make_client(admin_keys_sha256=[hash_key("root")]).get("/openapi.json").json()
+    assert set(admin["components"]["securitySchemes"]) == {"AdminKey"}
+    assert admin["paths"]["/admin/model/reload"]["post"]["security"] == [{"AdminKey": []}]
 
 
 @pytest.fixture
