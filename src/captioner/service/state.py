@@ -19,6 +19,7 @@ from captioner.service.problems import ServiceError
 from captioner.service.ratelimit import make_rate_limiter
 from captioner.service.security import ApiKeys
 from captioner.service.settings import Settings
+from captioner.service.uploads import UploadBudget
 
 log = logging.getLogger("captioner.service")
 
@@ -60,6 +61,7 @@ class ServiceState:
         self.cache = make_cache(s.cache_max_entries, redis_client, s.cache_ttl_s)
         self.limiter = make_rate_limiter(s.rate_limit_per_minute, s.burst, redis_client)
         self.api_keys = ApiKeys(s.api_keys_sha256, s.api_keys_file)
+        self.uploads = UploadBudget(s.max_upload_buffer_bytes, self.metrics.upload_buffer.set)
         # With micro-batching, pool threads only decode images and wait on the batcher, so every queued
         # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
         workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
