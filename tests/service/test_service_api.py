@@ -164,7 +164,9 @@ def test_docs_load_every_asset_from_the_app_itself(client, page):
     html = client.get(page).text
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", html, re.IGNORECASE), html
     assets = re.findall(r"""<(?:script|link)\b[^>]*?(?:src|href)=["']([^"']+)["']""", html)
-    assert any(a.endswith(".js") for a in assets) and (page == "/redoc" or any(a.endswith(".css") for a in assets))
+    assert any(a.endswith(".js") for a in assets) and (
+        page == "/redoc" or any(a.endswith(".css") for a in assets)
+    )
     for url in assets:
         assert url.startswith("/") and not url.startswith("//"), url
         r = client.get(url)

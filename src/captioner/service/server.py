@@ -133,6 +133,9 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self._in_head or self._refused or self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # a pipelined request's head: never cut into the response being written
+            return
         if self._head_bytes == 0:
             self.transport.close()  # nothing was sent: no one to answer
             return
@@ -190,7 +193,6 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,  # our access log (middleware) replaces it
         log_level=settings.log_level,
         server_header=False,
-        date_header=True,
     )
 
 
