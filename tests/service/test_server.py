@@ -146,6 +146,7 @@ def part_start(boundary: str = "b0undary") -> bytes:
     ).encode()
 
 
+@pytest.mark.slow
 def test_headers_trickled_one_line_at_a_time_get_408_and_close(server):
     sock = server.connect("127.0.0.2")
     sock.sendall(b"GET /livez HTTP/1.1\r\n")
@@ -165,12 +166,14 @@ def test_headers_trickled_one_line_at_a_time_get_408_and_close(server):
     assert closed and elapsed < HEADER_TIMEOUT_S + 2.0
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed(server):
     sock = server.connect("127.0.0.2")
     data, closed, waited = read_until_closed(sock, HEADER_TIMEOUT_S + 3.0)
     assert closed and data == b"" and waited >= HEADER_TIMEOUT_S - 0.2
 
 
+@pytest.mark.slow
 def test_oversized_request_head_is_refused(server):
     sock = server.connect("127.0.0.2")
     with contextlib.suppress(
@@ -184,6 +187,7 @@ def test_oversized_request_head_is_refused(server):
     assert httpx.get(server.url + "/livez", headers={"X-Small": "a" * 1000}).status_code == 200
 
 
+@pytest.mark.slow
 def test_stalled_upload_gets_408_and_the_connection_is_closed(server):
     sock = server.connect("127.0.0.2")
     sock.sendall(multipart_head("/generate-caption/", 5000) + part_start() + b"\xff\xd8" + b"x" * 100)
@@ -194,6 +198,7 @@ def test_stalled_upload_gets_408_and_the_connection_is_closed(server):
     assert closed and waited < BODY_TIMEOUT_S + 3.0
 
 
+@pytest.mark.slow
 def test_idle_keepalive_connection_is_closed(server):
     sock = server.connect("127.0.0.2")
     sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -204,6 +209,7 @@ def test_idle_keepalive_connection_is_closed(server):
     assert waited < KEEPALIVE_S + 2.0
 
 
+@pytest.mark.slow
 def test_uploads_past_the_buffer_budget_get_503_at_once(server, photo_files):
     # A stalled upload declaring 150 kB holds its reservation; a second one does not fit the budget.
     stalled = server.connect("127.0.0.4")
@@ -227,6 +233,7 @@ def test_uploads_past_the_buffer_budget_get_503_at_once(server, photo_files):
     assert r.status_code != 503, r.text
 
 
+@pytest.mark.slow
 def test_client_disconnect_mid_upload_is_not_a_server_error(server):
     before = server.metric("captioner_client_disconnects_total")
     sock = server.connect("127.0.0.3")
@@ -259,6 +266,7 @@ def random_ip() -> str:
     return f"203.{raw[0]}.{raw[1]}.{raw[2]}"
 
 
+@pytest.mark.slow
 def test_forwarded_for_from_a_loopback_peer_is_ignored_by_default(server):
     # 127.0.0.1 itself: the peer uvicorn trusts by default (the only rate-limited requests from it in this module).
     statuses = [hit(server.url, "127.0.0.1") for _ in range(BURST)]
@@ -266,6 +274,7 @@ def test_forwarded_for_from_a_loopback_peer_is_ignored_by_default(server):
     assert [hit(server.url, "127.0.0.1", random_ip()) for _ in range(5)] == [429] * 5
 
 
+@pytest.mark.slow
 def test_forwarded_for_is_honoured_from_a_configured_proxy(tiny_bundle, tmp_path):
     proxied = Server(
         tiny_bundle,
