@@ -1,6 +1,6 @@
 """The service over HTTP on loopback: cold start, memory, and latency/throughput at several concurrencies.
 
-The server is the real app (``uvicorn captioner.service.app:create_app --factory``) in its own process, serving
+The server is the real app as shipped (``python -m captioner.service.app``) in its own process, serving
 ``CAPTIONER_BUNDLE_PATH`` with the rate limit and the result cache off, and every request's JPEG made unique
 (``unique_jpeg``): the same photos are sent again and again, and a cache hit would measure the cache. The load generator is closed-loop: ``concurrency`` threads, each with its
 own keep-alive connection, send POST /generate-caption/ and wait for the answer, until ``requests`` answers or
@@ -72,20 +72,10 @@ class Server:
                 **self.extra_env,
             }
         )
-        args = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "captioner.service.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+        # The shipped server (captioner.service.server: uvicorn + httptools with the connection limits), as
+        # `captioner serve` runs it.
+        env.update({"HOST": "127.0.0.1", "PORT": str(self.port)})
+        args = [sys.executable, "-m", "captioner.service.app"]
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

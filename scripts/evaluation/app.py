@@ -1,7 +1,9 @@
 """The original entry point: ``cd scripts/evaluation && python app.py`` serves the API on HOST:PORT.
 
-Also importable as ``uvicorn app:app`` from this folder. Everything lives in ``captioner.service``; this file
-only wires it (see docs/service.md for the endpoints and settings).
+Everything lives in ``captioner.service``; this file only wires it (see docs/service.md for the endpoints and
+settings). ``app`` is importable, but serve it with ``python app.py`` (or ``captioner serve``): a bare
+``uvicorn app:app`` would run without the connection limits of captioner.service.server and would trust
+X-Forwarded-For from 127.0.0.1.
 """
 
 from __future__ import annotations

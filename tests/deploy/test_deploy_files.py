@@ -4,6 +4,7 @@ a non-root user with a /livez HEALTHCHECK and no TensorFlow, and the nginx templ
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -20,8 +21,9 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is not installed: pip install 
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-# Variables the service reads that are not Settings fields: uvicorn's proxy-header trust list.
-NON_SETTINGS_ENV = {"FORWARDED_ALLOW_IPS"}
+# Variables the service reads that are not Settings fields (none: uvicorn's FORWARDED_ALLOW_IPS is an alias of
+# forwarded_allow_ips).
+NON_SETTINGS_ENV: set[str] = set()
 
 
 def documents(path: Path) -> list[dict]:
@@ -127,6 +129,36 @@ def test_compose_replicas_nginx_and_redis(routes):
     assert (DEPLOY / "api_keys.sha256.example").is_file()
 
 
+def test_k8s_trusts_no_proxy_and_keeps_client_addresses():
+    """The client IP the rate limit keys on is the TCP peer's: no forwarded header is believed, and the Service
+    does not SNAT (externalTrafficPolicy: Local), so the peer is the real client, not a node or another pod."""
+    objects = k8s_objects()
+    config = objects[("ConfigMap", "captioner-settings")]["data"]
+    (container,) = objects[("Deployment", "captioner")]["spec"]["template"]["spec"]["containers"]
+    names = set(config) | {e["name"] for e in container.get("env", [])}
+    assert "FORWARDED_ALLOW_IPS" not in names  # one variable, the explicit one
+    values = {env_field(k): v for k, v in config.items() if env_field(k)}
+    assert Settings(_env_file=None, **values).forwarded_allow_ips == []
+    service = objects[("Service", "captioner")]["spec"]
+    assert service["type"] == "LoadBalancer" and service["externalTrafficPolicy"] == "Local"
+
+
+def test_compose_trusts_exactly_the_nginx_container():
+    compose = documents(DEPLOY / "compose.yaml")[0]
+    environment = compose["services"]["captioner"]["environment"]
+    assert "FORWARDED_ALLOW_IPS" not in environment
+    trusted = Settings(_env_file=None, forwarded_allow_ips=environment["CAPTIONER_FORWARDED_ALLOW_IPS"])
+    nginx_address = compose["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+    assert trusted.forwarded_allow_ips == [nginx_address]  # one address, not a network, not '*'
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    address = ipaddress.ip_address(nginx_address)
+    # nginx's address is in the network but outside the range Docker hands out, so no other container gets it.
+    assert address in ipaddress.ip_network(pool["subnet"])
+    assert address not in ipaddress.ip_network(pool["ip_range"])
+    for name, service in compose["services"].items():  # every container is on that one network
+        assert set(service.get("networks", {"default": None})) == {"default"}, name
+
+
 def dockerfile_stages() -> dict[str, list[str]]:
     """Stage name -> its instructions (continuation lines joined)."""
     text = re.sub(r"\\\n\s*", " ", (DEPLOY / "Dockerfile").read_text())
@@ -176,5 +208,12 @@ def test_nginx_template_passes_nginx_t(tmp_path):
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "captioner.conf").read_text()
-    assert "proxy_next_upstream error timeout http_502 http_503 non_idempotent;" in text
+    # Resend only what never reached a replica (refused connections) or was refused by one (502/503): never a
+    # POST that may have crashed the replica it was sent to.
+    directives = "\n".join(line.split("#")[0] for line in text.splitlines())
+    assert "proxy_next_upstream error timeout http_502 http_503;" in directives
+    assert "non_idempotent" not in directives
+    # nginx drops idle upstream connections before the replicas do, so it never sends on one being closed.
+    nginx_keepalive = float(re.search(r"^\s*keepalive_timeout (\d+)s;", text, re.MULTILINE).group(1))
+    assert nginx_keepalive < Settings(_env_file=None).keepalive_timeout_s
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in text  # overwritten, never appended

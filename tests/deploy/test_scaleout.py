@@ -6,11 +6,13 @@ One test, in phases on the same cluster (starting it is most of the cost):
   rate limit  one client's bucket is shared: the instances together admit ~burst, not 3 x burst
   cache       a caption computed on one instance is a cache HIT on another
   drain       SIGTERM to one instance mid-load: every request still gets its 200 (uvicorn finishes in-flight
-              requests, nginx resends the ones that hit the closing instance), the others keep answering
+              requests, nginx resends the ones whose connection the closing instance refused), the others keep
+              answering
   redis gone  redis-server stopped mid-load: requests keep succeeding on local limits, with a logged warning
 The figures are printed (pytest -s, or the CI log on failure) and written to bench/results/scaleout.json.
 
-Clients: nginx forwards $remote_addr and the service (uvicorn, trusting 127.0.0.1) rate-limits per client IP, so
+Clients: nginx forwards $remote_addr and the service (trusting X-Forwarded-For from nginx at 127.0.0.1 only,
+CAPTIONER_FORWARDED_ALLOW_IPS) rate-limits per client IP, so
 each simulated client binds its own loopback source address (127.x.y.z all reach 127.0.0.1 on Linux).
 """
 
@@ -145,6 +147,7 @@ def test_three_instances_behind_nginx_with_shared_redis(tmp_path, tiny_bundle):
                     "CAPTIONER_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "CAPTIONER_THREADS": "1",
                     "CAPTIONER_RATE_LIMIT_PER_MINUTE": str(PER_MINUTE), "CAPTIONER_RATE_LIMIT_BURST": str(BURST),
                     "CAPTIONER_INFERENCE_WORKERS": "1", "CAPTIONER_LOG_LEVEL": "info",
+                    "CAPTIONER_FORWARDED_ALLOW_IPS": "127.0.0.1",  # nginx, the only proxy
                 },
                 cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from service_inputs import jpeg, png
 
@@ -156,6 +158,22 @@ def test_docs_redoc_openapi_and_page(client):
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert "http" not in page.text.split("<body>")[0].replace("http-equiv", "")  # no CDN in the head
     assert client.get("/web/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_load_every_asset_from_the_app_itself(client, page):
+    """Swagger UI and ReDoc work offline: every script, stylesheet and icon comes from this app, none from a CDN."""
+    html = client.get(page).text
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", html, re.IGNORECASE), html
+    assets = re.findall(r"""<(?:script|link)\b[^>]*?(?:src|href)=["']([^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets) and (
+        page == "/redoc" or any(a.endswith(".css") for a in assets)
+    )
+    for url in assets:
+        assert url.startswith("/") and not url.startswith("//"), url
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 0, url
+    assert "/openapi.json" in html and client.get("/openapi.json").status_code == 200
 
 
 def test_unknown_route_and_method_are_problems(client):

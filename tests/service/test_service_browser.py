@@ -1,5 +1,6 @@
 """The web page end to end in headless Chromium, driven over the DevTools protocol: choose a photo through the
-file input, see the caption appear, on a phone-sized viewport without horizontal scrolling."""
+file input, see the caption appear, on a phone-sized viewport without horizontal scrolling; /docs and /redoc render
+the API with no host but the server's reachable (every other name fails to resolve)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ CHROME_FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--remote-debugging-port=0",
+    # Offline even on a connected machine: every host name but the test server's fails to resolve (no CDN).
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 
 
@@ -176,3 +179,21 @@ def test_page_shows_the_servers_error(live_server, browser, tmp_path):
         )
     )
     assert "not a supported image" in status
+
+
+def test_docs_and_redoc_render_the_operations_offline(live_server, browser):
+    browser("Page.navigate", url=live_server + "/docs")
+    paths = _wait_for(
+        lambda: browser.eval(
+            "[...document.querySelectorAll('.opblock-summary-path')].map(e => e.dataset.path).join(' ')"
+        )
+    )
+    assert "/generate-caption/" in (paths or "") and "/generate-captions/" in paths, paths
+    browser("Page.navigate", url=live_server + "/redoc")
+    text = _wait_for(
+        lambda: (
+            "Caption one image" in (browser.eval("document.body.innerText") or "")
+            and browser.eval("document.body.innerText")
+        )
+    )
+    assert text and "Caption several images" in text

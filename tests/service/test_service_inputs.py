@@ -193,7 +193,7 @@ def test_lying_content_length_is_caught_while_streaming(make_client):
 
     from captioner.service.metrics import Metrics
 
-    middleware = BodyLimitMiddleware(app, lambda path: 1000, Metrics())
+    middleware = BodyLimitMiddleware(app, lambda path: 1000, Metrics(), timeout_s=10.0)
     chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 5
     sent = []
 

@@ -1,10 +1,11 @@
 """The app factory and the uvicorn entry point.
 
     create_app(settings=None, captioner=None) -> FastAPI    # tests pass a captioner; production loads one
-    main()                                                 # uvicorn on HOST:PORT (``captioner serve``)
+    main()                                                 # serve on HOST:PORT (``captioner serve``)
 
 The model is loaded once in ``lifespan`` (never at import) and warmed with one caption before /readyz says so.
-Middleware, outermost first: request context (id, timing, access log, metrics) -> CORS -> body size limit.
+Middleware, outermost first: request context (id, timing, access log, metrics) -> CORS -> body size and time
+limits. /docs and /redoc load Swagger UI and ReDoc from files shipped in fastapi-offline (no CDN).
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from captioner import __version__
 from captioner.decode.captioner import Captioner
-from captioner.service.deps import body_limit_for
 from captioner.service.metrics import Metrics
 from captioner.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from captioner.service.problems import install_handlers
 from captioner.service.routes import admin, captions, health, web
 from captioner.service.settings import Settings
 from captioner.service.state import ServiceState
+from captioner.service.uploads import body_limit_for
 
 log = logging.getLogger("captioner.service")
 
@@ -53,7 +55,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
             task.cancel()
         state.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="captioner",
         version=__version__,
         summary="Image captioning: upload a photo, get a sentence.",
@@ -68,7 +70,10 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
     app.openapi = lambda: _as_configured(FastAPI.openapi(app), settings)  # type: ignore[method-assign]
 
     app.add_middleware(
-        BodyLimitMiddleware, limit_for=lambda path: body_limit_for(settings, path), metrics=metrics
+        BodyLimitMiddleware,
+        limit_for=lambda path: body_limit_for(settings, path),
+        metrics=metrics,
+        timeout_s=settings.body_timeout_s,
     )
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -135,23 +140,14 @@ def _load_quietly(state: ServiceState) -> None:
 
 
 def main(settings: Settings | None = None) -> None:
-    """Serve on HOST:PORT with uvicorn, JSON logs on stderr."""
-    import uvicorn
-
+    """Serve on HOST:PORT with the hardened server config (service/server.py), JSON logs on stderr."""
     from captioner.service.logs import configure_logging
+    from captioner.service.server import serve
 
     settings = settings or Settings()
     configure_logging(settings.log_level)
     log.info("starting captioner service on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        log_level=settings.log_level,
-        server_header=False,
-    )
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

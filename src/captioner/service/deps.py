@@ -1,4 +1,4 @@
-"""Typed dependencies: the app state, readiness, API key, rate limit, decode options and the uploaded images."""
+"""Typed dependencies: the app state, readiness, API key, rate limit and decode options (uploads: uploads.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
 from captioner.service.models import ServedModel
@@ -18,9 +16,6 @@ from captioner.service.settings import Settings
 from captioner.service.state import ServiceState
 
 log = logging.getLogger("captioner.service.security")
-
-# Multipart headers and boundaries around the files: allowed on top of the per-file byte limit.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def get_state(request: Request) -> ServiceState:
@@ -172,94 +167,3 @@ def decode_options(
 
 
 OptionsDep = Annotated[DecodeOptions, Depends(decode_options)]
-
-
-async def _bounded_stream(request: Request, limit: int, state: ServiceState):
-    """The request body, refused with 413 past ``limit`` bytes (the middleware does the same; belt and braces)."""
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            state.metrics.rejected_upload("body_too_large")
-            raise ServiceError(413, "body-too-large", f"the request body is larger than {limit:,} bytes")
-        yield chunk
-
-
-async def read_files(
-    request: Request, state: ServiceState, field_names: tuple[str, ...], max_files: int
-) -> list[bytes]:
-    """Parse a multipart body entirely in memory (never a temp file) and return the files' bytes in order.
-
-    The client's filename and content type are ignored: the image type is sniffed from the bytes later.
-    """
-    settings = state.settings
-    hint = "send the image as multipart/form-data in a field named 'file', e.g. curl -F file=@photo.jpg"
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        state.metrics.rejected_upload("not_multipart")
-        raise ServiceError(422, "missing-file", f"no file was uploaded: {hint}")
-    body_limit = body_limit_for(settings, request.url.path)
-    parser = MultiPartParser(
-        request.headers, _bounded_stream(request, body_limit, state), max_files=max_files + 1, max_fields=32
-    )
-    parser.spool_max_size = body_limit + 1  # the body is bounded, so no part ever rolls over to a disk file
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        state.metrics.rejected_upload("bad_multipart")
-        if "Too many files" in str(exc):
-            raise _too_many(max_files) from None
-        raise ServiceError(422, "bad-multipart", f"the multipart body is malformed ({exc}): {hint}") from None
-    try:
-        files: list[bytes] = []
-        other: list[str] = []
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if name in field_names:
-                    await value.seek(0)
-                    data = await value.read()
-                    if len(data) > settings.max_upload_bytes:
-                        state.metrics.rejected_upload("file_too_large")
-                        raise ServiceError(
-                            413,
-                            "file-too-large",
-                            f"file {len(files) + 1} is {len(data):,} bytes; the limit is {settings.max_upload_bytes:,}"
-                            " bytes per image: downscale or recompress it",
-                        )
-                    files.append(data)
-                else:
-                    other.append(name)
-            elif name in field_names:
-                raise ServiceError(
-                    422,
-                    "missing-file",
-                    f"field '{name}' holds text, not a file upload: {hint} (note the @ in curl's -F)",
-                )
-    finally:
-        await form.close()
-    if not files:
-        state.metrics.rejected_upload("missing_file")
-        got = f" (got a file in field {other[0]!r})" if other else ""
-        raise ServiceError(
-            422, "missing-file", f"no file was uploaded in field '{field_names[0]}'{got}: {hint}"
-        )
-    if len(files) > max_files:
-        raise _too_many(max_files)
-    return files
-
-
-def _too_many(max_files: int) -> ServiceError:
-    if max_files == 1:
-        return ServiceError(
-            422,
-            "too-many-files",
-            "send exactly one file to this endpoint; use /generate-captions/ for several",
-        )
-    return ServiceError(
-        413, "too-many-files", f"at most {max_files} files per request (CAPTIONER_MAX_BATCH_IMAGES)"
-    )
-
-
-def body_limit_for(settings: Settings, path: str) -> int:
-    """Bytes a request body may have on ``path``: the files plus multipart overhead."""
-    files = settings.max_batch_images if path.rstrip("/").endswith("generate-captions") else 1
-    return settings.max_upload_bytes * files + MULTIPART_OVERHEAD_BYTES

@@ -56,6 +56,16 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.client_disconnects = Counter(
+            "captioner_client_disconnects",
+            "Requests whose client closed the connection before they were read (status 499 in the access log)",
+            registry=r,
+        )
+        self.upload_buffer = Gauge(
+            "captioner_upload_buffer_bytes",
+            "Bytes reserved by uploads being received or captioned (at most CAPTIONER_MAX_UPLOAD_BUFFER_BYTES)",
+            registry=r,
+        )
         self.inflight = Gauge("captioner_inference_inflight", "Inference jobs queued or running", registry=r)
         self.ready = Gauge("captioner_ready", "1 when the model is loaded and warmed", registry=r)
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request context (id, timing, access log, metrics, last-resort 500) and the body limit.
+"""Pure ASGI middleware: request context (id, timing, access log, metrics, last-resort 500) and the body limits
+(size and deadline).
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so that the body limit can count bytes as they stream in and stop
 reading the moment the limit is passed, and so that nothing buffers a response.
@@ -6,6 +7,7 @@ reading the moment the limit is passed, and so that nothing buffers a response.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner.service.logs import request_id_var
@@ -21,6 +24,10 @@ from captioner.service.problems import MEDIA_TYPE, problem_body
 
 access_log = logging.getLogger("captioner.service.access")
 log = logging.getLogger("captioner.service")
+
+# Not an HTTP status a client ever sees: nginx's convention for "the client closed the connection before the
+# response", used in the access log and the request metrics so that disconnects are never counted as 5xx.
+CLIENT_CLOSED_REQUEST = 499
 
 # A client-sent X-Request-ID is reused only if it is short and harmless in logs and headers.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -35,7 +42,8 @@ async def send_problem(send: Send, status: int, slug: str, detail: str, request_
 
 class RequestContextMiddleware:
     """X-Request-ID in and out, X-Process-Time-ms + Server-Timing, X-Instance-ID (if set), a JSON access log
-    line, request metrics, and a problem+json 500 (never a traceback) for any exception that escaped the app."""
+    line, request metrics, and a problem+json 500 (never a traceback) for any exception that escaped the app.
+    A client that went away mid-request (e.g. mid-upload) is logged at info and counted as status 499."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, instance_id: str | None = None):
         self.app, self.metrics = app, metrics
@@ -72,6 +80,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # Not the server's fault, and nobody to answer: no traceback, no 5xx.
+            status = CLIENT_CLOSED_REQUEST
+            self.metrics.client_disconnects.inc()
+            log.info(
+                "client disconnected before the request was read: %s %s",
+                scope.get("method"),
+                scope.get("path"),
+            )
         except Exception:
             log.exception("unhandled error serving %s %s", scope.get("method"), scope.get("path"))
             status = 500
@@ -110,12 +127,18 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    pass
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies above ``limit_for(path)`` bytes with 413: at once when Content-Length says so,
-    otherwise as soon as the streamed bytes pass the limit (chunked uploads, lying Content-Length)."""
+    otherwise as soon as the streamed bytes pass the limit (chunked uploads, lying Content-Length). Refuse bodies
+    that have not fully arrived ``timeout_s`` after the request started with 408 (stalled or trickled uploads).
+    Both answers close the connection."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], metrics: Metrics):
-        self.app, self.limit_for, self.metrics = app, limit_for, metrics
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], metrics: Metrics, timeout_s: float):
+        self.app, self.limit_for, self.metrics, self.timeout_s = app, limit_for, metrics, timeout_s
 
     def _detail(self, limit: int) -> str:
         return f"the request body is larger than {limit:,} bytes: send a smaller image (or fewer images)"
@@ -126,6 +149,7 @@ class BodyLimitMiddleware:
             return
         limit = self.limit_for(scope.get("path", ""))
         request_id = scope.get("state", {}).get("request_id")
+        close = [(b"connection", b"close")]
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None:
             try:
@@ -137,20 +161,26 @@ class BodyLimitMiddleware:
                 return
             if declared > limit:
                 self.metrics.rejected_upload("body_too_large")
-                await send_problem(
-                    send, 413, "body-too-large", self._detail(limit), request_id, [(b"connection", b"close")]
-                )
+                await send_problem(send, 413, "body-too-large", self._detail(limit), request_id, close)
                 return
         received = 0
+        body_done = False
         started = False
+        deadline = time.monotonic() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect: no deadline on those
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyTimeout() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge()
+                body_done = not message.get("more_body", False)
             return message
 
         async def send_wrapper(message: Message) -> None:
@@ -164,6 +194,13 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             self.metrics.rejected_upload("body_too_large")
             if not started:
-                await send_problem(
-                    send, 413, "body-too-large", self._detail(limit), request_id, [(b"connection", b"close")]
+                await send_problem(send, 413, "body-too-large", self._detail(limit), request_id, close)
+        except BodyTimeout:
+            self.metrics.rejected_upload("body_timeout")
+            log.info("request body not received within %g s", self.timeout_s)
+            if not started:
+                detail = (
+                    f"the request body did not arrive within {self.timeout_s:g} s (CAPTIONER_BODY_TIMEOUT_S): "
+                    "upload faster or send a smaller file"
                 )
+                await send_problem(send, 408, "request-timeout", detail, request_id, close)

@@ -11,6 +11,7 @@ List settings accept a JSON list or a comma-separated string: ``CAPTIONER_CORS_A
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,6 +25,8 @@ from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.errors import OptionsError
 
 MiB = 1024 * 1024
+# Multipart headers and boundaries around the files: allowed on top of the per-file byte limit.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -113,6 +116,54 @@ class Settings(BaseSettings):
     microbatch_max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     request_timeout_s: float = Field(30.0, gt=0)
 
+    # -- connections (enforced by the server, service/server.py, and the body deadline in middleware.py) --
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1 * MiB,
+        description="Largest request head (request line + headers) in bytes; larger: 431 and the connection closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has to send a whole request head (total, not per line), counted from the "
+        "connection's start or the request's first byte; later: 408 and the connection closed (slowloris).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a whole request body, counted from the end of its headers; "
+        "later: 408 and the connection closed. A client must upload at least max body / this fast.",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds an idle keep-alive connection stays open between requests. A proxy in front must "
+        "close idle upstream connections sooner (nginx: keepalive_timeout 4s in the upstream block).",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Open connections (or requests in progress) at most; requests past it get 503 at once.",
+    )
+    max_upload_buffer_bytes: int = Field(
+        128 * MiB,
+        ge=1024,
+        description="Bytes of request bodies buffered at once across all uploads: each upload reserves its "
+        "Content-Length (or its body limit when chunked) before it is read; past it, 503 at once. At least one "
+        "whole batch body (max_upload_bytes x max_batch_images + 64 KiB).",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        [],
+        validation_alias=AliasChoices("CAPTIONER_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"),
+        description="Proxies (IP addresses or CIDR networks, or '*') whose X-Forwarded-For / X-Forwarded-Proto "
+        "are believed; the client IP (rate limit, logs) is theirs to set. Empty (the default): trust no one, "
+        "the client IP is the TCP peer's. uvicorn's FORWARDED_ALLOW_IPS is read too.",
+    )
+
     # -- cross-origin --
     cors_allow_origins: Annotated[list[str], NoDecode] = []  # empty: no CORS headers at all
     cors_allow_credentials: bool = False
@@ -157,7 +208,9 @@ class Settings(BaseSettings):
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("cors_allow_origins", "api_keys_sha256", "admin_keys_sha256", mode="before")
+    @field_validator(
+        "cors_allow_origins", "api_keys_sha256", "admin_keys_sha256", "forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
@@ -172,6 +225,22 @@ class Settings(BaseSettings):
                     "trailing slash, e.g. https://app.example.com"
                 )
         return origins
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"CAPTIONER_FORWARDED_ALLOW_IPS entry {entry!r} is not an IP address or network: list the "
+                    "proxies' addresses, e.g. 172.28.0.10 or 10.8.0.0/24 (or '*' when only the proxy can reach "
+                    "the service)"
+                ) from None
+        return entries
 
     @field_validator("api_keys_sha256", "admin_keys_sha256")
     @classmethod
@@ -240,6 +309,13 @@ class Settings(BaseSettings):
         if self.model_path and (self.bundle_path or self.bundle_sha256):
             raise ValueError(
                 "set either MODEL_PATH (original format) or CAPTIONER_BUNDLE_PATH/CAPTIONER_BUNDLE_SHA256, not both"
+            )
+        largest_body = self.max_upload_bytes * self.max_batch_images + MULTIPART_OVERHEAD_BYTES
+        if self.max_upload_buffer_bytes < largest_body:
+            raise ValueError(
+                f"CAPTIONER_MAX_UPLOAD_BUFFER_BYTES={self.max_upload_buffer_bytes} is smaller than one whole batch "
+                f"body ({largest_body} bytes = CAPTIONER_MAX_UPLOAD_BYTES x CAPTIONER_MAX_BATCH_IMAGES + 64 KiB), "
+                "so a full batch could never be accepted: raise it or lower those limits"
             )
         try:
             self.default_options()

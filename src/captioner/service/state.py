@@ -23,6 +23,7 @@ from captioner.service.problems import ServiceError
 from captioner.service.ratelimit import make_rate_limiter
 from captioner.service.security import ApiKeys, AuthFailureThrottle
 from captioner.service.settings import Settings
+from captioner.service.uploads import UploadBudget
 
 log = logging.getLogger("captioner.service")
 
@@ -78,6 +79,7 @@ class ServiceState:
                 s.auth_failures_per_minute, s.auth_failures_burst, redis_client, "API-key failure budget"
             )
         )
+        self.uploads = UploadBudget(s.max_upload_buffer_bytes, self.metrics.upload_buffer.set)
         # With micro-batching, pool threads only decode images and wait on the batcher, so every queued
         # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
         workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers

@@ -7,6 +7,7 @@ timeout) for a job on the inference pool. Uploads are parsed by an async depende
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -15,28 +16,25 @@ from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
-from captioner.service.deps import (
-    CallerDep,
-    OptionsDep,
-    ServedDep,
-    StateDep,
-    rate_limit,
-    read_files,
-)
+from captioner.service.deps import CallerDep, OptionsDep, ServedDep, StateDep, rate_limit
 from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError, from_captioner_error, problem_body
 from captioner.service.schemas import PROBLEM_RESPONSES, BatchItem, BatchOut, CaptionOut
 from captioner.service.state import ServiceState
+from captioner.service.uploads import uploaded_files
 
 router = APIRouter(tags=["captions"], dependencies=[Depends(rate_limit)], responses=PROBLEM_RESPONSES)
 
 
-async def _one_file(request: Request, state: StateDep) -> bytes:
-    return (await read_files(request, state, ("file",), 1))[0]
+# Dependencies with yield: the upload's budget reservation is held until the request is done.
+async def _one_file(request: Request, state: StateDep) -> AsyncIterator[bytes]:
+    async with uploaded_files(request, state, ("file",), 1) as files:
+        yield files[0]
 
 
-async def _many_files(request: Request, state: StateDep) -> list[bytes]:
-    return await read_files(request, state, ("files", "file"), state.settings.max_batch_images)
+async def _many_files(request: Request, state: StateDep) -> AsyncIterator[list[bytes]]:
+    async with uploaded_files(request, state, ("files", "file"), state.settings.max_batch_images) as files:
+        yield files
 
 
 def _body_schema(batch: bool) -> dict:
