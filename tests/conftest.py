@@ -5,12 +5,13 @@ Everything is built in the test session (seconds), never downloaded.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest_helpers import make_photo
+from conftest_helpers import HostileServer, make_photo
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,15 @@ def tiny_bundle(tmp_path_factory, tiny_encoder_onnx, tiny_vocabulary) -> Path:
         w.assign(rng.normal(0, 0.4, w.shape).astype("float32"))
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     return save_bundle(out, model, tiny_vocabulary, config, tiny_encoder_onnx, metrics={"BLEU-4": 0.0})
+
+
+@pytest.fixture
+def hostile():
+    """A misbehaving HTTP server on 127.0.0.1 (conftest_helpers.HostileServer), stopped after the test."""
+    server = HostileServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.stopping.set()
+    server.shutdown()
+    server.server_close()

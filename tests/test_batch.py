@@ -17,6 +17,8 @@ from captioner.batch import caption_dir, discover_images, fetch
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
+from captioner.fetch import DownloadPolicy
+from conftest_helpers import SECRET
 from test_cli import assert_one_line_error, run
 
 GREEDY = DecodeOptions(strategy="greedy", max_length=8)
@@ -159,8 +161,9 @@ def test_list_of_paths_and_urls(collection, tiny_bundle, tmp_path, http_folder):
     )
     out = tmp_path / "results.jsonl"
     summary = caption_dir(
-        listing, out, bundle=tiny_bundle, options=GREEDY, max_download_bytes=20_000, progress=False
-    )
+        listing, out, bundle=tiny_bundle, options=GREEDY, max_download_bytes=20_000, allow_private_urls=True,
+        progress=False,
+    )  # fmt: skip
     records = lines(out)
     assert [r["image"] for r in records] == [
         "photos/a.jpg", str(collection / "sub" / "c.jpg"), f"{base}/remote.jpg", f"{base}/missing.jpg",
@@ -182,8 +185,93 @@ def test_fetch_times_out_on_a_silent_server():
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow.jpg"
-        with pytest.raises(CaptionerError, match="timed out"):
-            fetch(url, timeout_s=0.3)
+        with pytest.raises(CaptionerError, match="took longer than 0.3 s"):
+            fetch(url, DownloadPolicy(timeout_s=0.3, allow_private=True))
+
+
+def hostile_list(tmp_path: Path, collection: Path, base: str) -> Path:
+    """Two good files, a good URL, and URLs that drip, lie, truncate, loop or leave http."""
+    hostile = ["/drip-status", "/drip-headers", "/drip-body", "/bad-status", "/many-headers", "/truncated",
+               "/reason", "/loop", "/close", "/to/ftp"]  # fmt: skip
+    entries = [
+        str(collection / "a.jpg"),
+        f"{base}/ok.jpg",
+        *[base + p for p in hostile],
+        str(collection / "b.JPEG"),
+    ]
+    listing = tmp_path / "hostile.txt"
+    listing.write_text("\n".join([*entries, "ftp://127.0.0.1/x.jpg"]) + "\n")
+    return listing
+
+
+def test_a_job_over_hostile_urls_records_every_item_and_ends(collection, tiny_bundle, tmp_path, hostile):
+    hostile.redirects["ftp"] = "ftp://127.0.0.1/x.jpg"
+    hostile.body = (collection / "a.jpg").read_bytes()  # /ok.jpg serves a real photo
+    listing = hostile_list(tmp_path, collection, hostile.base)
+    out = tmp_path / "results.jsonl"
+    summary = caption_dir(
+        listing, out, bundle=tiny_bundle, options=GREEDY, batch_size=4, download_timeout_s=1.0,
+        allow_private_urls=True, progress=False,
+    )  # fmt: skip
+    records = {r["image"].rsplit("/", 1)[-1]: r for r in lines(out)}
+    assert len(lines(out)) == summary["images"] == 14
+    assert (summary["captioned"], summary["errors"]) == (3, 11)
+    assert records["ok.jpg"]["caption"] == records["a.jpg"]["caption"]
+    details = {k: r["error"]["detail"] for k, r in records.items() if "error" in r}
+    assert all(records[k]["error"]["type"] == "DownloadError" for k in details)
+    for drip in ("drip-status", "drip-headers", "drip-body"):
+        assert "took longer than 1 s" in details[drip]
+    assert "bad status line" in details["bad-status"] and "HTTP 500" in details["reason"]
+    assert "more than 5 redirects" in details["loop"] and "only http://" in details["ftp"]
+    assert SECRET.decode() not in out.read_text()
+    # The drips never end: only the per-URL deadline (three of them run at once) ends the job.
+    assert summary["seconds"] < 20
+
+
+def test_the_job_refuses_loopback_urls_by_default(collection, tiny_bundle, tmp_path, hostile):
+    listing = tmp_path / "list.txt"
+    spellings = ["127.0.0.1", "127.1", "2130706433", "0x7f000001", "localhost", "[::ffff:127.0.0.1]"]
+    listing.write_text("\n".join(f"http://{h}:{hostile.port}/ok.jpg" for h in spellings) + "\n")
+    out = tmp_path / "results.jsonl"
+    summary = caption_dir(listing, out, bundle=tiny_bundle, options=GREEDY, progress=False)
+    assert summary["errors"] == len(spellings)
+    assert all("refused address" in r["error"]["detail"] for r in lines(out))
+    assert hostile.requests == []
+
+
+def test_resume_keeps_recorded_errors_unless_retry_errors(collection, tiny_bundle, tmp_path, hostile):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{collection / 'a.jpg'}\n{hostile.base}/bad-status\n{hostile.base}/missing.jpg\n")
+    out = tmp_path / "results.jsonl"
+    job = functools.partial(
+        caption_dir, listing, out, bundle=tiny_bundle, options=GREEDY, allow_private_urls=True, progress=False
+    )
+    first = job()
+    assert (first["captioned"], first["errors"], len(hostile.requests)) == (1, 2, 2)
+    again = job()
+    assert (again["skipped"], again["captioned"], again["errors"]) == (3, 0, 0)
+    assert len(hostile.requests) == 2  # recorded errors are not fetched again
+    retried = job(retry_errors=True)
+    assert (retried["skipped"], retried["errors"]) == (1, 2)
+    assert len(hostile.requests) == 4
+    records = lines(out)
+    assert len(records) == 3 and sorted(r["image"] for r in records) == sorted(
+        [str(collection / "a.jpg"), f"{hostile.base}/bad-status", f"{hostile.base}/missing.jpg"]
+    )
+
+
+def test_invalid_download_limits_are_one_line_errors(capsys, collection, tiny_bundle, tmp_path):
+    out = tmp_path / "r.jsonl"
+    for flag, value in (
+        ("--download-timeout-s", "0"),
+        ("--max-redirects", "-1"),
+        ("--max-download-bytes", "0"),
+    ):
+        code, _, err = run(
+            capsys, "caption-dir", collection, "--out", out, "--bundle", tiny_bundle, flag, value
+        )
+        assert_one_line_error(code, err, "download limits")
+    assert not out.exists()
 
 
 def test_cli_caption_dir(capsys, collection, tiny_bundle, tmp_path):

@@ -5,9 +5,11 @@
     caption_batch(captioner, items, options) -> [record]        # the one per-batch step, local and on Ray
 
 Output lines are ``{"image", "caption", "candidates", "model_version"}`` or ``{"image", "error": {"type",
-"detail"}}``; ``image`` is the path relative to the folder (or the list entry as written). The job is resumable:
-images already in ``out`` are skipped, a line cut off by a crash is dropped, and each batch is fsynced before the
-next one starts, so an interrupted run loses at most the batch in progress.
+"detail"}}``; ``image`` is the path relative to the folder (or the list entry as written). URLs are downloaded by
+``captioner.fetch`` (public addresses only unless allowed, redirects checked, a deadline per URL); every failure
+is its item's error line. The job is resumable: images already in ``out`` are skipped (error lines too, unless
+``retry_errors``: then they are removed and tried again), a line cut off by a crash is dropped, and each batch is
+fsynced before the next one starts, so an interrupted run loses at most the batch in progress.
 
 With ``ray=True`` (or a ``ray_address``) the same ``caption_batch`` runs in a pool of ``workers`` Ray actors, each
 holding one model replica (Ray Data ``map_batches`` with a callable class); the driver writes the results in input
@@ -22,8 +24,6 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,11 +31,13 @@ from typing import IO
 
 import numpy as np
 
-from captioner import __version__
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
 from captioner.errors import CaptionerError, ImageError
+from captioner.fetch import DownloadError, DownloadPolicy, download
+
+__all__ = ["DownloadError", "DownloadPolicy", "caption_batch", "caption_dir", "discover_images", "fetch"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,6 @@ MiB = 1024 * 1024
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 Item = tuple[str, str]  # (key written as "image", location: absolute path or http(s) URL)
-
-
-class DownloadError(ImageError):
-    """An image URL could not be fetched (HTTP error, timeout, too large, unsupported scheme)."""
 
 
 # -- finding the images --
@@ -122,39 +120,14 @@ def find_sources(source: Path) -> list[Item]:
 # -- reading one image --
 
 
-def fetch(location: str, max_bytes: int = 20 * MiB, timeout_s: float = 20.0) -> bytes:
-    """The bytes of a local file or an http(s) URL. URLs are refused past ``max_bytes`` or ``timeout_s`` in
-    total (not only per socket read), so one slow or huge server cannot stall or flood a worker."""
-    if "://" not in location:
-        try:
-            return Path(location).read_bytes()
-        except OSError as exc:
-            raise ImageError(f"cannot read {location}: {exc.strerror or exc}") from None
-    if not location.startswith(("http://", "https://")):
-        raise DownloadError(f"{location}: only http:// and https:// URLs (or local paths) are supported")
-    deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(location, headers={"User-Agent": f"captioner/{__version__}"})
+def fetch(location: str, policy: DownloadPolicy = DownloadPolicy()) -> bytes:
+    """The bytes of a local file, or of a URL downloaded under ``policy`` (see ``captioner.fetch``)."""
+    if "://" in location:
+        return download(location, policy)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise DownloadError(
-                    f"{location}: {int(declared):,} bytes is over the {max_bytes:,} byte limit"
-                )
-            chunks, size = [], 0
-            while chunk := response.read(64 * 1024):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise DownloadError(f"{location}: more than the {max_bytes:,} byte limit")
-                if time.monotonic() > deadline:
-                    raise DownloadError(f"{location}: download took longer than {timeout_s:g} s")
-            return b"".join(chunks)
-    except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{location}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"{location}: {reason}") from None
+        return Path(location).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {location}: {exc.strerror or exc}") from None
 
 
 # -- the per-batch step --
@@ -164,15 +137,14 @@ def caption_batch(
     captioner: Captioner,
     items: Sequence[Item],
     options: DecodeOptions,
-    max_download_bytes: int = 20 * MiB,
-    download_timeout_s: float = 20.0,
+    policy: DownloadPolicy = DownloadPolicy(),
 ) -> list[dict]:
     """Read and decode each image on its own (threads: downloads and JPEG decoding release the GIL), then
     caption the good ones as one batch. One record per item, in order; a bad image fails only its record."""
 
     def load(item: Item):
         try:
-            return captioner.load(fetch(item[1], max_download_bytes, download_timeout_s))
+            return captioner.load(fetch(item[1], policy))
         except ImageError as exc:
             return exc
 
@@ -205,21 +177,18 @@ class CaptionerActor:
     ``{"image", "location"}`` into rows ``{"image", "record"}`` (the record as a JSON string)."""
 
     def __init__(self, bundle: str, options: DecodeOptions, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_download_bytes: int = 20 * MiB, download_timeout_s: float = 20.0):  # fmt: skip
+                 policy: DownloadPolicy = DownloadPolicy()):  # fmt: skip
         from threadpoolctl import threadpool_limits
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
         self._blas_limit = threadpool_limits(limits=threads)
         self.captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
         self.options = options
-        self.fetch_limits = {
-            "max_download_bytes": max_download_bytes,
-            "download_timeout_s": download_timeout_s,
-        }
+        self.policy = policy
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(zip(batch["image"].tolist(), batch["location"].tolist(), strict=True))
-        records = caption_batch(self.captioner, items, self.options, **self.fetch_limits)
+        records = caption_batch(self.captioner, items, self.options, self.policy)
         return {
             "image": np.array([r["image"] for r in records], dtype=object),
             "record": np.array([json.dumps(r) for r in records], dtype=object),
@@ -241,6 +210,9 @@ def caption_dir(
     workers: int = 2,
     max_download_bytes: int = 20 * MiB,
     download_timeout_s: float = 20.0,
+    max_redirects: int = 5,
+    allow_private_urls: bool = False,
+    retry_errors: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
 ) -> dict:
@@ -248,11 +220,14 @@ def caption_dir(
 
     threads: onnxruntime and BLAS threads (None: library defaults locally, 1 per Ray replica). ray / ray_address: run on Ray
     (a new local instance, or ``auto`` / ``ray://host:10001``; an already initialised one is used as is) with
-    ``workers`` model replicas. Returns the summary: images found, skipped (already in ``out``), captioned,
-    errors, seconds, images per second.
+    ``workers`` model replicas. max_download_bytes, download_timeout_s (wall clock per URL, redirects included),
+    max_redirects, allow_private_urls: the ``DownloadPolicy`` of every URL. retry_errors: error lines already in
+    ``out`` are removed and their images tried again (by default they count as done). Returns the summary: images
+    found, skipped (already in ``out``), captioned, errors, seconds, images per second.
     """
     if batch_size < 1 or workers < 1:
         raise CaptionerError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
+    policy = DownloadPolicy(max_download_bytes, download_timeout_s, max_redirects, allow_private_urls)
     started = time.perf_counter()
     out = Path(out)
     items = find_sources(Path(source))
@@ -265,7 +240,7 @@ def caption_dir(
     else:
         captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
         bundle_path, version = None, captioner.version
-    done = _resume(out, version)
+    done = _resume(out, version, retry_errors)
     todo = [item for item in items if item[0] not in done]
     counts = {"captioned": 0, "errors": 0}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,14 +260,13 @@ def caption_dir(
 
         if use_ray and todo:
             actor_kwargs = {"bundle": bundle_path, "options": options, "threads": threads or 1,
-                            "max_pixels": max_pixels, "max_download_bytes": max_download_bytes,
-                            "download_timeout_s": download_timeout_s}  # fmt: skip
+                            "max_pixels": max_pixels, "policy": policy}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
             with _blas_threads(threads):
                 for s in range(0, len(todo), batch_size):
                     chunk = todo[s : s + batch_size]
-                    records = caption_batch(captioner, chunk, options, max_download_bytes, download_timeout_s)
+                    records = caption_batch(captioner, chunk, options, policy)
                     write([json.dumps(r) for r in records], sum("error" in r for r in records))
     seconds = time.perf_counter() - started
     return {
@@ -319,9 +293,10 @@ def _blas_threads(threads: int | None):
     return threadpool_limits(limits=threads)
 
 
-def _resume(out: Path, version: str) -> set[str]:
+def _resume(out: Path, version: str, retry_errors: bool = False) -> set[str]:
     """Keys already in ``out``. A last line cut off by a crash is truncated away; a file that is not ours, or
-    was written by another model, is refused rather than appended to."""
+    was written by another model, is refused rather than appended to. With ``retry_errors`` the error lines are
+    removed from ``out`` (rewritten atomically) and their keys are not done."""
     if not out.exists():
         return set()
     data = out.read_bytes()
@@ -330,8 +305,8 @@ def _resume(out: Path, version: str) -> set[str]:
         log.warning("%s: dropping an incomplete last line from an interrupted run", out)
         with out.open("r+b") as f:
             f.truncate(complete)
-    done = set()
-    for number, line in enumerate(data[:complete].splitlines(), 1):
+    done, kept, lines = set(), [], data[:complete].splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
             key = record["image"]
@@ -344,8 +319,23 @@ def _resume(out: Path, version: str) -> set[str]:
                 f"{out} was written with model {record['model_version']}, this run uses {version}: pass the same "
                 "--bundle to resume, or choose another --out file"
             )
+        if retry_errors and "error" in record:
+            continue  # dropped by the rewrite below, captioned again
         done.add(key)
+        kept.append(line)
+    if len(kept) < len(lines):
+        _rewrite(out, kept)
     return done
+
+
+def _rewrite(out: Path, lines: list[bytes]) -> None:
+    """Replace ``out`` by ``lines`` atomically (a crash leaves the old file or the new one, never half of one)."""
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
 
 
 def _append(f: IO[str], lines: list[str]) -> None:

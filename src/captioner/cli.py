@@ -114,7 +114,19 @@ def caption_dir_cmd(
     ray_address: Annotated[str | None, typer.Option(help="A Ray cluster: auto or ray://host:10001.")] = None,
     workers: Annotated[int, typer.Option(help="Model replicas on Ray.")] = 2,
     max_download_bytes: Annotated[int, typer.Option(help="Largest image fetched from a URL.")] = 20_971_520,
-    download_timeout_s: Annotated[float, typer.Option(help="Longest download of one URL.")] = 20.0,
+    download_timeout_s: Annotated[
+        float, typer.Option(help="Wall-clock limit for one URL (DNS, connect, redirects, whole body).")
+    ] = 20.0,
+    max_redirects: Annotated[
+        int, typer.Option(help="Redirects followed per URL (each target re-checked).")
+    ] = 5,
+    allow_private_urls: Annotated[
+        bool,
+        typer.Option(help="Also fetch URLs on loopback, private, link-local and other non-public addresses."),
+    ] = False,
+    retry_errors: Annotated[
+        bool, typer.Option(help="Resume: remove the error lines of --out and try those images again.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
@@ -124,7 +136,8 @@ def caption_dir_cmd(
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
-        download_timeout_s=download_timeout_s, progress=progress,
+        download_timeout_s=download_timeout_s, max_redirects=max_redirects, allow_private_urls=allow_private_urls,
+        retry_errors=retry_errors, progress=progress,
     )  # fmt: skip
     typer.echo(json.dumps(summary))
 
