@@ -12,6 +12,7 @@ from PIL import Image
 
 from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.encoders.providers import CPU, ProviderError, resolve_providers
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
@@ -33,12 +34,14 @@ def load_captioner(settings: Settings) -> Captioner:
             settings.encoder_path,
             threads=settings.threads,
             max_pixels=settings.max_image_pixels,
+            execution_provider=settings.execution_provider,
         )
     return Captioner.from_bundle(
         settings.bundle_path,
         threads=settings.threads,
         max_pixels=settings.max_image_pixels,
         decoder_backend=settings.decoder_backend,
+        execution_provider=settings.execution_provider,
     )
 
 
@@ -62,7 +65,8 @@ class ServiceState:
         self.api_keys = ApiKeys(s.api_keys_sha256, s.api_keys_file)
         # With micro-batching, pool threads only decode images and wait on the batcher, so every queued
         # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
-        workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
+        # The provider the encoder will ask for picks the batch size (the one it really gets is known once loaded).
+        workers = s.max_queue if s.microbatch_for(_expected_provider(s))[0] > 1 else s.inference_workers
         self.pool = InferencePool(s.max_queue, workers, s.request_timeout_s, self.metrics.inflight.set)
         self.batcher: MicroBatcher | None = None
         self._cpu = (time.monotonic(), _cpu_seconds())
@@ -78,11 +82,14 @@ class ServiceState:
             self.captioner.caption_images(
                 [Image.new("RGB", (64, 64), (127, 127, 127))], self.settings.default_options()
             )
-            if self.settings.microbatch_max_size > 1:
+            provider = getattr(self.captioner.encoder, "provider", CPU)
+            size, wait_ms = self.settings.microbatch_for(provider)
+            if size > 1:
+                log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
                 self.batcher = MicroBatcher(
                     self.captioner,
-                    max_batch_size=self.settings.microbatch_max_size,
-                    max_wait_ms=self.settings.microbatch_max_wait_ms,
+                    max_batch_size=size,
+                    max_wait_ms=wait_ms,
                     max_queue=self.settings.max_queue,
                 )
         except Exception as exc:
@@ -148,6 +155,14 @@ class ServiceState:
             "threads": threading.active_count(),
             "source": "proc",
         }
+
+
+def _expected_provider(settings: Settings) -> str:
+    """The provider the encoder session will ask for first (a cuda setting without CUDA fails at load)."""
+    try:
+        return resolve_providers(settings.execution_provider)[0]
+    except ProviderError:
+        return CPU
 
 
 def _cpu_seconds() -> float:
