@@ -35,6 +35,7 @@ from captioner import __version__
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError, ImageError
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,15 @@ class CaptionerActor:
     ``{"image", "location"}`` into rows ``{"image", "record"}`` (the record as a JSON string)."""
 
     def __init__(self, bundle: str, options: DecodeOptions, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_download_bytes: int = 20 * MiB, download_timeout_s: float = 20.0):  # fmt: skip
+                 max_download_bytes: int = 20 * MiB, download_timeout_s: float = 20.0,
+                 execution_provider: str = DEFAULT_EXECUTION_PROVIDER):  # fmt: skip
         from threadpoolctl import threadpool_limits
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
         self._blas_limit = threadpool_limits(limits=threads)
-        self.captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
+        self.captioner = Captioner.from_bundle(
+            bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
+        )
         self.options = options
         self.fetch_limits = {
             "max_download_bytes": max_download_bytes,
@@ -243,12 +247,13 @@ def caption_dir(
     download_timeout_s: float = 20.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
 ) -> dict:
     """Caption every image of ``source`` (a folder, an image, or a list file of paths/URLs) into JSONL ``out``.
 
     threads: onnxruntime and BLAS threads (None: library defaults locally, 1 per Ray replica). ray / ray_address: run on Ray
     (a new local instance, or ``auto`` / ``ray://host:10001``; an already initialised one is used as is) with
-    ``workers`` model replicas. Returns the summary: images found, skipped (already in ``out``), captioned,
+    ``workers`` model replicas. execution_provider: auto, cpu, cuda or tensorrt (encoders/providers.py). Returns the summary: images found, skipped (already in ``out``), captioned,
     errors, seconds, images per second.
     """
     if batch_size < 1 or workers < 1:
@@ -263,7 +268,9 @@ def caption_dir(
         verified = load_bundle(bundle)  # fail fast, and give the replicas an absolute path
         bundle_path, version, captioner = str(verified.path.resolve()), verified.version, None
     else:
-        captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
+        captioner = Captioner.from_bundle(
+            bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
+        )
         bundle_path, version = None, captioner.version
     done = _resume(out, version)
     todo = [item for item in items if item[0] not in done]
@@ -286,7 +293,8 @@ def caption_dir(
         if use_ray and todo:
             actor_kwargs = {"bundle": bundle_path, "options": options, "threads": threads or 1,
                             "max_pixels": max_pixels, "max_download_bytes": max_download_bytes,
-                            "download_timeout_s": download_timeout_s}  # fmt: skip
+                            "download_timeout_s": download_timeout_s,
+                            "execution_provider": execution_provider}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
             with _blas_threads(threads):

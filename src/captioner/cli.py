@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from captioner.decode.captioner import DEFAULT_DECODER_BACKEND
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
 
 app = typer.Typer(
@@ -33,7 +33,18 @@ BeamSize = Annotated[int, typer.Option(help="Beam width (1-10).")]
 MaxLength = Annotated[int, typer.Option(help="Most words per caption (1-64).")]
 LengthPenalty = Annotated[float, typer.Option(help="alpha in score = log_prob / length**alpha.")]
 NBest = Annotated[int, typer.Option(help="Captions returned per image (<= beam size).")]
-DecoderOpt = Annotated[str, typer.Option(help="Decoder step: onnx-int8 (default), onnx (fp32) or numpy.")]
+DecoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Decoder step: onnx-int8, onnx (fp32) or numpy (default: onnx-int8 on CPU, onnx on GPU)."
+    ),
+]
+ProviderOpt = Annotated[
+    str,
+    typer.Option(
+        "--execution-provider", help="onnxruntime provider: auto (CUDA if offered), cpu, cuda or tensorrt."
+    ),
+]
 
 
 _DEFAULT = DecodeOptions()
@@ -59,13 +70,14 @@ def caption(
     length_penalty: LengthPenalty = _DEFAULT.length_penalty,
     n_best: NBest = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
-    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
+    decoder: DecoderOpt = None,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder, execution_provider=execution_provider)
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
@@ -100,6 +112,7 @@ def caption_dir_cmd(
     max_download_bytes: Annotated[int, typer.Option(help="Largest image fetched from a URL.")] = 20_971_520,
     download_timeout_s: Annotated[float, typer.Option(help="Longest download of one URL.")] = 20.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.batch import caption_dir
@@ -108,7 +121,7 @@ def caption_dir_cmd(
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
-        download_timeout_s=download_timeout_s, progress=progress,
+        download_timeout_s=download_timeout_s, progress=progress, execution_provider=execution_provider,
     )  # fmt: skip
     typer.echo(json.dumps(summary))
 
@@ -130,7 +143,8 @@ def evaluate(
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
     record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
-    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
+    decoder: DecoderOpt = None,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
@@ -139,7 +153,7 @@ def evaluate(
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder, execution_provider=execution_provider)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )
@@ -150,7 +164,7 @@ def evaluate(
         record_metrics(
             captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
-            decoder_backend=decoder,
+            decoder_backend=captioner.info["decoder_backend"],
         )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
 
@@ -189,6 +203,12 @@ def train(
         str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
     ] = "float32",
     limit_images: Annotated[int | None, typer.Option(help="Use only N training images (smoke runs).")] = None,
+    execution_provider: Annotated[
+        str,
+        typer.Option(
+            "--execution-provider", help="Feature extraction's provider: auto, cpu, cuda, tensorrt."
+        ),
+    ] = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """Train the LSTM decoder on Flickr8k and export a bundle."""
     from captioner.encoders.registry import get_encoder_spec
@@ -203,7 +223,9 @@ def train(
         encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
     )  # fmt: skip
     weights = None if encoder_weights == "random" else encoder_weights
-    path = train_pipeline(data_root, run_dir, config, cache_dir, out, weights, image_dir)
+    path = train_pipeline(
+        data_root, run_dir, config, cache_dir, out, weights, image_dir, execution_provider=execution_provider
+    )
     typer.echo(f"bundle written to {path}")
 
 
@@ -225,23 +247,40 @@ def export_encoder_cmd(
 
 
 @app.command()
-def info(bundle: BundleOpt = None) -> None:
-    """Verify a bundle and print its manifest."""
+def info(bundle: BundleOpt = None, execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER) -> None:
+    """Verify a bundle and print its manifest, plus "runtime": the providers its sessions really run on."""
+    from captioner.decode.captioner import Captioner
+    from captioner.encoders.providers import available_providers
     from captioner.model.bundle import load_bundle
 
-    typer.echo(json.dumps(load_bundle(bundle).manifest, indent=2))
+    loaded = load_bundle(bundle)
+    captioner = Captioner.from_bundle(loaded, execution_provider=execution_provider)
+    runtime = {
+        "execution_provider": execution_provider,
+        "available_providers": available_providers(),
+        "providers": captioner.info["providers"],
+        "decoder_backend": captioner.info["decoder_backend"],
+    }
+    typer.echo(json.dumps({**loaded.manifest, "runtime": runtime}, indent=2))
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env PORT).")] = None,
+    execution_provider: Annotated[
+        str | None,
+        typer.Option(
+            "--execution-provider", help="auto, cpu, cuda or tensorrt (env CAPTIONER_EXECUTION_PROVIDER)."
+        ),
+    ] = None,
 ) -> None:
     """Run the REST service (settings from the environment; see the README)."""
     from captioner.service.app import main as serve_main
     from captioner.service.settings import Settings
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    given = {"host": host, "port": port, "execution_provider": execution_provider}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError: name the setting and what is expected
