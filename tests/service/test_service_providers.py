@@ -4,8 +4,6 @@ encoder's real provider."""
 
 from __future__ import annotations
 
-import copy
-
 import onnxruntime as ort
 import pytest
 from service_helpers import service_settings
@@ -47,10 +45,9 @@ def test_microbatch_settings_follow_the_real_provider(tiny_bundle):
 
 
 def on_gpu(captioner: Captioner) -> Captioner:
-    """The same captioner whose encoder claims to run on CUDA (only the batcher's choice reads it)."""
-    encoder = copy.copy(captioner.encoder)
-    encoder.provider = CUDA
-    return Captioner(encoder, captioner.decoder, captioner.vocabulary, captioner.info, captioner.max_pixels)
+    """The same captioner claiming that its sessions run on CUDA (only the batcher's choice reads it)."""
+    info = dict(captioner.info, providers={"encoder": CUDA, "decoder": CUDA})
+    return Captioner(captioner.encoder, captioner.decoder, captioner.vocabulary, info, captioner.max_pixels)
 
 
 @pytest.mark.parametrize(("gpu", "expected"), [(False, (4, 0.003)), (True, (16, 0.012))])

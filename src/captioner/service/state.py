@@ -82,7 +82,7 @@ class ServiceState:
             self.captioner.caption_images(
                 [Image.new("RGB", (64, 64), (127, 127, 127))], self.settings.default_options()
             )
-            provider = getattr(self.captioner.encoder, "provider", CPU)
+            provider = self.captioner.model_info.get("providers", {}).get("encoder", CPU)
             size, wait_ms = self.settings.microbatch_for(provider)
             if size > 1:
                 log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
