@@ -45,7 +45,7 @@ def test_explicit_provider_onnxruntime_lacks_is_a_clear_error(setting, available
         resolve_providers(setting, available)
     message = str(info.value)
     assert f"says {setting}" in message and f"offers only {', '.join(available)}" in message
-    assert '".[gpu]"' in message and "must not both be installed" in message
+    assert ".[gpu]" in message and "must not both be installed" in message and "setup.sh serve,gpu" in message
 
 
 def test_unknown_provider_name_lists_the_valid_ones():

@@ -27,9 +27,11 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (CUDA, TENSORRT)
+# onnxruntime is a core dependency, so installing the extra brings both; they share one module.
 INSTALL_HINT = (
-    'install the gpu extra: pip uninstall -y onnxruntime && pip install -e ".[gpu]" '
-    "(onnxruntime and onnxruntime-gpu must not both be installed)"
+    'install the gpu extra (pip install -e ".[gpu]", then pip uninstall -y onnxruntime and '
+    "pip install --force-reinstall --no-deps onnxruntime-gpu: onnxruntime and onnxruntime-gpu must not both be "
+    "installed; bash scripts/setup.sh serve,gpu does all three)"
 )
 FALLBACK_HINT = (
     "CUDA libraries missing? onnxruntime-gpu needs the CUDA and cuDNN versions listed at "
