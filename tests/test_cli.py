@@ -155,3 +155,5 @@ def test_unavailable_execution_provider_is_one_line(capsys, tiny_bundle, photo_f
         capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--execution-provider", "gpu"
     )
     assert_one_line_error(code, err, "auto, cpu, cuda, tensorrt")
+    code, _, err = run(capsys, "serve", "--execution-provider", "cuda")
+    assert_one_line_error(code, err, "setting says cuda")

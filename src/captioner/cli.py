@@ -285,6 +285,9 @@ def serve(
         settings = Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError: name the setting and what is expected
         raise CaptionerError(f"invalid service settings: {exc}".replace("\n", " ")) from None
+    from captioner.encoders.providers import resolve_providers
+
+    resolve_providers(settings.execution_provider)  # an explicit cuda without CUDA: one line, before startup
     serve_main(settings)
 
 
