@@ -8,3 +8,11 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned to the CPU build (any other version pulls gigabytes of CUDA wheels).
 .venv/bin/python -m pip install -q -e ".[${extras}]"
+# The gpu extra: onnxruntime-gpu replaces onnxruntime (a core dependency, so pip installed both; they share the
+# onnxruntime module and the last one unpacked wins). Remove onnxruntime, then reinstall onnxruntime-gpu whole.
+if [[ ",${extras}," == *",gpu,"* ]]; then
+    gpu_pin="$(grep -o 'onnxruntime-gpu==[0-9.]*' pyproject.toml)"
+    .venv/bin/python -m pip uninstall -q -y onnxruntime
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps "${gpu_pin}"
+    .venv/bin/python -c "import onnxruntime as ort; print('onnxruntime providers:', ort.get_available_providers())"
+fi

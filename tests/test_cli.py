@@ -199,3 +199,28 @@ def test_info_prints_the_bundle_digest_and_checks_a_pinned_one(capsys, tiny_bund
     assert_one_line_error(code, err, "not the pinned bundle")
     code, _, err = run(capsys, "caption", "x.jpg", "--bundle", tiny_bundle, "--bundle-sha256", "0" * 64)
     assert_one_line_error(code, err, "not the pinned bundle")
+
+
+def test_info_shows_the_providers_the_sessions_really_got(capsys, tiny_bundle):
+    code, out, _ = run(capsys, "info", "--bundle", tiny_bundle, "--execution-provider", "cpu")
+    assert code == 0
+    runtime = json.loads(out)["runtime"]
+    assert runtime["execution_provider"] == "cpu" and "CPUExecutionProvider" in runtime["available_providers"]
+    assert runtime["providers"] == {"encoder": "CPUExecutionProvider", "decoder": "CPUExecutionProvider"}
+
+
+def test_unavailable_execution_provider_is_one_line(capsys, tiny_bundle, photo_files):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime offers CUDA here")
+    code, _, err = run(
+        capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--execution-provider", "cuda"
+    )
+    assert_one_line_error(code, err, "setting says cuda", ".[gpu]")
+    code, _, err = run(
+        capsys, "caption", photo_files[0], "--bundle", tiny_bundle, "--execution-provider", "gpu"
+    )
+    assert_one_line_error(code, err, "auto, cpu, cuda, tensorrt")
+    code, _, err = run(capsys, "serve", "--execution-provider", "cuda")
+    assert_one_line_error(code, err, "setting says cuda")

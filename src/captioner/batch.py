@@ -34,6 +34,7 @@ import numpy as np
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError, ImageError
 from captioner.fetch import DownloadError, DownloadPolicy, download
 
@@ -177,12 +178,15 @@ class CaptionerActor:
     ``{"image", "location"}`` into rows ``{"image", "record"}`` (the record as a JSON string)."""
 
     def __init__(self, bundle: str, options: DecodeOptions, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 policy: DownloadPolicy = DownloadPolicy()):  # fmt: skip
+                 policy: DownloadPolicy = DownloadPolicy(),
+                 execution_provider: str = DEFAULT_EXECUTION_PROVIDER):  # fmt: skip
         from threadpoolctl import threadpool_limits
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
         self._blas_limit = threadpool_limits(limits=threads)
-        self.captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
+        self.captioner = Captioner.from_bundle(
+            bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
+        )
         self.options = options
         self.policy = policy
 
@@ -215,13 +219,15 @@ def caption_dir(
     retry_errors: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
 ) -> dict:
     """Caption every image of ``source`` (a folder, an image, or a list file of paths/URLs) into JSONL ``out``.
 
     threads: onnxruntime and BLAS threads (None: library defaults locally, 1 per Ray replica). ray / ray_address: run on Ray
     (a new local instance, or ``auto`` / ``ray://host:10001``; an already initialised one is used as is) with
     ``workers`` model replicas. max_download_bytes, download_timeout_s (wall clock per URL, redirects included),
-    max_redirects, allow_private_urls: the ``DownloadPolicy`` of every URL. retry_errors: error lines already in
+    max_redirects, allow_private_urls: the ``DownloadPolicy`` of every URL. execution_provider: auto, cpu, cuda or tensorrt
+    (encoders/providers.py). retry_errors: error lines already in
     ``out`` are removed and their images tried again (by default they count as done). Returns the summary: images
     found, skipped (already in ``out``), captioned, errors, seconds, images per second.
     """
@@ -238,7 +244,9 @@ def caption_dir(
         verified = load_bundle(bundle)  # fail fast, and give the replicas an absolute path
         bundle_path, version, captioner = str(verified.path.resolve()), verified.version, None
     else:
-        captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
+        captioner = Captioner.from_bundle(
+            bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
+        )
         bundle_path, version = None, captioner.version
     done = _resume(out, version, retry_errors)
     todo = [item for item in items if item[0] not in done]
@@ -260,7 +268,8 @@ def caption_dir(
 
         if use_ray and todo:
             actor_kwargs = {"bundle": bundle_path, "options": options, "threads": threads or 1,
-                            "max_pixels": max_pixels, "policy": policy}  # fmt: skip
+                            "max_pixels": max_pixels, "policy": policy,
+                            "execution_provider": execution_provider}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
             with _blas_threads(threads):

@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
+from captioner.decode.captioner import DecoderBackend
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
 from captioner.model.config import TrainConfig
 
@@ -33,6 +34,12 @@ BundleSha256Opt = Annotated[
     str | None,
     typer.Option(help="Refuse the bundle unless its digest (bundle_sha256 of 'captioner info') is this one."),
 ]
+ProviderOpt = Annotated[
+    str,
+    typer.Option(
+        "--execution-provider", help="onnxruntime provider: auto (CUDA if offered), cpu, cuda or tensorrt."
+    ),
+]
 
 # The decoding flags, declared once for every command that captions; defaults from DecodeOptions, which also
 # validates them (one-line error), so the bounds below are only its constants, named in the help.
@@ -45,11 +52,12 @@ LengthPenaltyOpt = Annotated[
 ]
 NBestOpt = Annotated[int, typer.Option(help="Captions returned per image (<= beam size; 1 for greedy).")]
 DecoderBackendOpt = Annotated[
-    DecoderBackend,
+    DecoderBackend | None,
     typer.Option(
         "--decoder-backend",
         "--decoder",  # the flag's first name, kept for the scripts that use it
-        help="Decoder step: onnx-int8 (int8 matmuls), onnx (float32, the trained model exactly) or numpy.",
+        help="Decoder step: onnx-int8 (int8 matmuls), onnx (float32, the trained model exactly) or numpy "
+        "(default: onnx-int8 on the CPU, onnx on a GPU).",
     ),
 ]
 
@@ -74,14 +82,20 @@ def caption(
     length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
     n_best: NBestOpt = _DECODE.n_best,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
-    decoder_backend: DecoderBackendOpt = DEFAULT_DECODER_BACKEND,
+    decoder_backend: DecoderBackendOpt = None,
     bundle_sha256: BundleSha256Opt = None,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """Caption image files with a bundle."""
     from captioner.decode.captioner import Captioner
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder_backend, bundle_sha256=bundle_sha256)
+    captioner = Captioner.from_bundle(
+        bundle,
+        decoder_backend=decoder_backend,
+        bundle_sha256=bundle_sha256,
+        execution_provider=execution_provider,
+    )
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
@@ -128,6 +142,7 @@ def caption_dir_cmd(
         bool, typer.Option(help="Resume: remove the error lines of --out and try those images again.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.batch import caption_dir
@@ -137,7 +152,7 @@ def caption_dir_cmd(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
         download_timeout_s=download_timeout_s, max_redirects=max_redirects, allow_private_urls=allow_private_urls,
-        retry_errors=retry_errors, progress=progress,
+        retry_errors=retry_errors, progress=progress, execution_provider=execution_provider,
     )  # fmt: skip
     typer.echo(json.dumps(summary))
 
@@ -159,7 +174,8 @@ def evaluate(
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
     record: Annotated[bool, typer.Option(help="Store the scores in the bundle's manifest.")] = False,
-    decoder_backend: DecoderBackendOpt = DEFAULT_DECODER_BACKEND,
+    decoder_backend: DecoderBackendOpt = None,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
@@ -168,7 +184,9 @@ def evaluate(
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder_backend)
+    captioner = Captioner.from_bundle(
+        bundle, decoder_backend=decoder_backend, execution_provider=execution_provider
+    )
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )
@@ -179,7 +197,7 @@ def evaluate(
         record_metrics(
             captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
-            decoder_backend=decoder_backend,
+            decoder_backend=captioner.info["decoder_backend"],
         )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
 
@@ -237,6 +255,12 @@ def train(
         str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
     ] = _TRAIN.encoder_weights_dtype,
     limit_images: Annotated[int | None, typer.Option(help="Use only N training images (smoke runs).")] = None,
+    execution_provider: Annotated[
+        str,
+        typer.Option(
+            "--execution-provider", help="Feature extraction's provider: auto, cpu, cuda, tensorrt."
+        ),
+    ] = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
     """Train the LSTM decoder on Flickr8k and export a bundle (the defaults train models/default again)."""
     from captioner.encoders.registry import get_encoder_spec
@@ -253,7 +277,9 @@ def train(
     except ValueError as exc:
         raise CaptionerError(f"{exc} (see captioner train --help)") from None
     weights = None if encoder_weights == "random" else encoder_weights
-    path = train_pipeline(data_root, run_dir, config, cache_dir, out, weights, image_dir)
+    path = train_pipeline(
+        data_root, run_dir, config, cache_dir, out, weights, image_dir, execution_provider=execution_provider
+    )
     typer.echo(f"bundle written to {path}")
 
 
@@ -275,12 +301,26 @@ def export_encoder_cmd(
 
 
 @app.command()
-def info(bundle: BundleOpt = None, bundle_sha256: BundleSha256Opt = None) -> None:
-    """Verify a bundle and print its manifest, headed by bundle_sha256: the digest to pin (sha256 of manifest.json)."""
+def info(
+    bundle: BundleOpt = None,
+    bundle_sha256: BundleSha256Opt = None,
+    execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
+) -> None:
+    """Verify a bundle and print its manifest, headed by bundle_sha256 (the digest to pin: sha256 of
+    manifest.json), plus "runtime": the providers its sessions really run on."""
+    from captioner.decode.captioner import Captioner
+    from captioner.encoders.providers import available_providers
     from captioner.model.bundle import load_bundle
 
     loaded = load_bundle(bundle, expected_sha256=bundle_sha256)
-    typer.echo(json.dumps({"bundle_sha256": loaded.sha256, **loaded.manifest}, indent=2))
+    captioner = Captioner.from_bundle(loaded, execution_provider=execution_provider)
+    runtime = {
+        "execution_provider": execution_provider,
+        "available_providers": available_providers(),
+        "providers": captioner.info["providers"],
+        "decoder_backend": captioner.info["decoder_backend"],
+    }
+    typer.echo(json.dumps({"bundle_sha256": loaded.sha256, **loaded.manifest, "runtime": runtime}, indent=2))
 
 
 @app.command()
@@ -290,17 +330,31 @@ def serve(
     bundle_sha256: Annotated[
         str | None, typer.Option(help="Pinned bundle digest (env CAPTIONER_BUNDLE_SHA256).")
     ] = None,
+    execution_provider: Annotated[
+        str | None,
+        typer.Option(
+            "--execution-provider", help="auto, cpu, cuda or tensorrt (env CAPTIONER_EXECUTION_PROVIDER)."
+        ),
+    ] = None,
 ) -> None:
     """Run the REST service (settings from the environment; see the README)."""
     from captioner.service.app import main as serve_main
     from captioner.service.settings import Settings
 
-    given = {"host": host, "port": port, "bundle_sha256": bundle_sha256}
+    given = {
+        "host": host,
+        "port": port,
+        "bundle_sha256": bundle_sha256,
+        "execution_provider": execution_provider,
+    }
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError: name the setting and what is expected
         raise CaptionerError(f"invalid service settings: {exc}".replace("\n", " ")) from None
+    from captioner.encoders.providers import resolve_providers
+
+    resolve_providers(settings.execution_provider)  # an explicit cuda without CUDA: one line, before startup
     serve_main(settings)
 
 

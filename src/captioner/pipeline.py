@@ -16,6 +16,7 @@ from captioner.data.flickr8k import load_flickr8k
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.export import export_encoder
 from captioner.encoders.features import extract_features
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.encoders.registry import get_encoder_spec
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.model.config import TrainConfig
@@ -97,15 +98,21 @@ def train_pipeline(
     encoder_weights: str | None = "imagenet",
     image_dir: str | Path | None = None,
     progress: bool = True,
+    execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
 ) -> Path:
-    """Train a decoder on a Flickr8k folder and export a bundle (to ``out``, default run_dir/bundle)."""
+    """Train a decoder on a Flickr8k folder and export a bundle (to ``out``, default run_dir/bundle).
+
+    execution_provider: where feature extraction's encoder runs (encoders/providers.py: auto picks CUDA when
+    onnxruntime offers it). The decoder trains wherever TensorFlow puts it (a visible GPU, else the CPU).
+    """
     from captioner.model.bundle import save_bundle
     from captioner.model.training import train
 
     run_dir, cache_dir = Path(run_dir), Path(cache_dir)
     dataset = load_flickr8k(data_root, image_dir)
     onnx_path = encoder_file(config.encoder, cache_dir, encoder_weights, config.encoder_weights_dtype)
-    encoder = OnnxEncoder(onnx_path)
+    encoder = OnnxEncoder(onnx_path, execution_provider=execution_provider)
+    log.info("feature extraction runs on %s", encoder.provider)
     features = dataset_features(
         dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress,
         flip_split=config.train_split if config.flip_augment else None,

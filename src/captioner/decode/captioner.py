@@ -18,6 +18,7 @@ from PIL import Image
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, search
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image, read_source
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER, is_gpu
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodePool
 
@@ -37,19 +38,34 @@ DECODER_BACKENDS: tuple[str, ...] = get_args(DecoderBackend)
 # int8 by default: dev BLEU-1..4/METEOR/ROUGE-L/CIDEr equal to fp32's or better (models/default/README.md), a
 # ~1.7x faster step, and, quantised per row, the same answer whatever else shares the batch (tests/model/).
 DEFAULT_DECODER_BACKEND: DecoderBackend = "onnx-int8"
+# On a GPU: fp32, since int8's MatMulInteger would run on the CPU there (model/onnx_step.py, OnnxDecoder).
+DEFAULT_GPU_DECODER_BACKEND: DecoderBackend = "onnx"
 
 
-def step_decoder(reference, backend: DecoderBackend, threads: int | None = None):
+def default_decoder_backend(provider: str) -> DecoderBackend:
+    """The decoder backend for a session that really runs on ``provider`` (e.g. the encoder's)."""
+    return DEFAULT_GPU_DECODER_BACKEND if is_gpu(provider) else DEFAULT_DECODER_BACKEND
+
+
+def step_decoder(
+    reference, backend: DecoderBackend, threads: int | None = None, execution_provider: str = "cpu"
+):
     """The step decoder a backend name stands for, over a NumPy reference step (NumpyDecoder, or any step with
     ``graph_weights()``): "numpy" -> the reference itself; "onnx" / "onnx-int8" -> its onnxruntime graph in
-    fp32 / int8 (model/onnx_step.py)."""
+    fp32 / int8 (model/onnx_step.py) on ``execution_provider`` (encoders/providers.py)."""
     if backend not in DECODER_BACKENDS:
         raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {backend!r}")
     if backend == "numpy":
         return reference
     from captioner.model.onnx_step import OnnxDecoder
 
-    return OnnxDecoder(reference, threads=threads, precision="int8" if backend == "onnx-int8" else "fp32")
+    precision = "int8" if backend == "onnx-int8" else "fp32"
+    return OnnxDecoder(reference, threads=threads, precision=precision, execution_provider=execution_provider)
+
+
+def session_providers(encoder, decoder) -> dict[str, str]:
+    """{"encoder": provider, "decoder": provider} each session really runs on ("numpy": no session)."""
+    return {"encoder": encoder.provider, "decoder": getattr(decoder, "provider", "numpy")}
 
 
 class Vocab(Protocol):
@@ -118,29 +134,34 @@ class Captioner:
         bundle=None,
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        decoder_backend: DecoderBackend = DEFAULT_DECODER_BACKEND,
+        decoder_backend: DecoderBackend | None = None,
         bundle_sha256: str | None = None,
+        execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
     ) -> Captioner:
         """Load a bundle folder (or a loaded Bundle; default: the shipped one) without TensorFlow.
 
         bundle_sha256: the pinned bundle digest (load_bundle's expected_sha256); a folder with any other is refused.
 
         decoder_backend: how the decoder step runs (model/onnx_step.py): "onnx-int8" (an onnxruntime graph with
-        int8 matmuls, the default), "onnx" (the same graph in fp32: the reference's captions exactly) or "numpy"
-        (NumpyDecoder, the reference implementation).
+        int8 matmuls), "onnx" (the same graph in fp32: the reference's captions exactly) or "numpy"
+        (NumpyDecoder, the reference implementation). None: "onnx-int8" when the encoder runs on the CPU,
+        "onnx" when it runs on a GPU (default_decoder_backend).
+        execution_provider: auto, cpu, cuda or tensorrt, for the encoder and the decoder step alike
+        (encoders/providers.py); ``info["providers"]`` says what each session really got.
         """
         from captioner.model.bundle import Bundle, load_bundle
         from captioner.model.step import NumpyDecoder
 
         if not isinstance(bundle, Bundle) or bundle_sha256 is not None:
             bundle = load_bundle(bundle.path if isinstance(bundle, Bundle) else bundle, bundle_sha256)
-        encoder = OnnxEncoder(bundle.encoder_path, threads=threads)
+        encoder = OnnxEncoder(bundle.encoder_path, threads=threads, execution_provider=execution_provider)
         if encoder.feature_size != bundle.config.feature_size:
             from captioner.errors import BundleError
 
             raise BundleError(f"{bundle.path}: encoder and decoder feature sizes differ")
         reference = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
-        decoder = step_decoder(reference, decoder_backend, threads)
+        decoder_backend = decoder_backend or default_decoder_backend(encoder.provider)
+        decoder = step_decoder(reference, decoder_backend, threads, execution_provider)
         m = bundle.manifest
         info = {
             "format": "bundle",
@@ -151,6 +172,7 @@ class Captioner:
             "vocab_size": m["vocab_size"],
             "metrics": m.get("metrics", {}),
             "decoder_backend": decoder_backend,
+            "providers": session_providers(encoder, decoder),
         }
         return cls(encoder, decoder, bundle.vocabulary, info, max_pixels)
 
@@ -163,10 +185,12 @@ class Captioner:
         encoder_path: str | Path | None = None,
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
     ) -> Captioner:
         """Artefacts of the original design (merge .keras + weights .h5 + tokenizer.pkl, InceptionV3 features).
 
         encoder_path: an InceptionV3 ONNX file from ``captioner export-encoder inception_v3``; needs TensorFlow.
+        execution_provider: the encoder's (encoders/providers.py); the original decoder runs in NumPy.
         """
         from captioner.errors import BundleError
         from captioner.model.legacy import load_legacy
@@ -176,13 +200,14 @@ class Captioner:
                 "the original format has no encoder file: export one with "
                 "'captioner export-encoder inception_v3 --out inception_v3.onnx' and pass it as the encoder"
             )
-        encoder = OnnxEncoder(encoder_path, threads=threads)
+        encoder = OnnxEncoder(encoder_path, threads=threads, execution_provider=execution_provider)
         decoder, vocab, info = load_legacy(
             model_path, weights_path, tokenizer_path=tokenizer_path, feature_size=encoder.feature_size
         )
         from captioner.model.bundle import sha256_file
 
         info = dict(info, format="legacy", encoder=encoder.name, version=sha256_file(model_path)[:12])
+        info["providers"] = session_providers(encoder, decoder)
         return cls(encoder, decoder, vocab, info, max_pixels)
 
     @property

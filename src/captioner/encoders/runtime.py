@@ -12,6 +12,7 @@ from PIL import Image
 
 from captioner.encoders.export import METADATA_KEY
 from captioner.encoders.images import Preprocessing, preprocess_batch
+from captioner.encoders.providers import resolve_providers, session_provider
 from captioner.errors import EncoderError
 
 
@@ -41,22 +42,32 @@ class OnnxEncoder:
 
     encode(images) -> float32 [B, feature_size]. Thread-safe (onnxruntime sessions are).
     stop_spinning_after_run: see session_options (True: leave the cores to the decoder step after each batch).
+    execution_provider: auto, cpu, cuda or tensorrt (encoders/providers.py); ``provider`` is the one the
+    session really got (e.g. "CPUExecutionProvider" after a fallback).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, stop_spinning_after_run: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        stop_spinning_after_run: bool = True,
+        execution_provider: str = "cpu",
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise EncoderError(f"encoder file not found: {self.path}")
+        providers = resolve_providers(execution_provider)
         try:
             self.session = ort.InferenceSession(
                 str(self.path),
                 sess_options=session_options(threads, stop_spinning_after_run),
-                providers=["CPUExecutionProvider"],
+                providers=providers,
             )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise EncoderError(f"{self.path} is not a valid ONNX encoder: {exc}") from None
+        self.provider = session_provider(self.session, providers, "encoder")
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise EncoderError(

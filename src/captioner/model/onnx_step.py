@@ -182,6 +182,10 @@ class OnnxDecoder:
     (h, c, v) as the graph reads it); its ``initial_state`` is used as is.
     threads: intra-op threads (default: all cores, as for the encoder). precision: "fp32" or "int8".
     stop_spinning_after_run: see ``encoders.runtime.session_options``.
+    execution_provider: auto, cpu, cuda or tensorrt (encoders/providers.py); ``provider`` is the one the
+    session really got. On a GPU use fp32: onnxruntime's CUDA MatMulInteger is registered for int8 x int8
+    only, so the uint8 activations of "int8" would send those nodes to the CPU with copies each step
+    (read from onnxruntime's kernel registry, not measured here).
     Thread-safe (onnxruntime sessions are; all state is in the arguments).
     """
 
@@ -191,9 +195,11 @@ class OnnxDecoder:
         threads: int | None = None,
         precision: Precision = "fp32",
         stop_spinning_after_run: bool = True,
+        execution_provider: str = "cpu",
     ):
         import onnxruntime as ort
 
+        from captioner.encoders.providers import resolve_providers, session_provider
         from captioner.encoders.runtime import session_options
 
         self.numpy = decoder
@@ -207,7 +213,9 @@ class OnnxDecoder:
             list(self._arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays.values()]
         )
         blob = build_step_graph(self._arrays, in_memory_weights=True).SerializeToString()
-        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        providers = resolve_providers(execution_provider)
+        self.session = ort.InferenceSession(blob, sess_options=opts, providers=providers)
+        self.provider = session_provider(self.session, providers, "decoder step")
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         """features [B, F] -> (h0, c0, v): once per batch, in NumPy (the same code as NumpyDecoder)."""

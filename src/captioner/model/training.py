@@ -57,6 +57,15 @@ def numpy_decoder_from_model(model, config: DecoderConfig) -> NumpyDecoder:
     return NumpyDecoder(config, w)
 
 
+def training_device() -> str:
+    """The device Keras (TensorFlow backend) trains on: the first visible GPU, else "CPU". tensorflow-cpu (the
+    train extra) never sees a GPU; a GPU needs the tensorflow build with CUDA (see the README)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{gpus[0].name} ({len(gpus)} GPU visible)" if gpus else "CPU (no GPU visible to TensorFlow)"
+
+
 def train(
     dataset: Flickr8k,
     features: dict[str, np.ndarray],
@@ -127,6 +136,7 @@ def train(
     log.info(
         "training on %d captions of %d images, vocabulary %d", train_data.rows, len(train_names), len(vocab)
     )
+    log.info("TensorFlow trains on %s", training_device())
 
     model = build_decoder(dconf)
     model.compile(

@@ -19,9 +19,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
+from captioner.decode.captioner import DecoderBackend
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS
+from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER, ExecutionProvider, is_gpu
 from captioner.errors import OptionsError
 
 MiB = 1024 * 1024
@@ -72,8 +73,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads; None: all cores
     # How the bundle's decoder step runs: "onnx-int8" (onnxruntime, int8 matmuls quantised per row: the fastest,
     # dev scores equal to fp32's), "onnx" (fp32: exactly the NumPy reference's captions) or "numpy" (the
-    # reference). The original format (MODEL_PATH) always runs its own model.
-    decoder_backend: DecoderBackend = DEFAULT_DECODER_BACKEND
+    # reference). The original format (MODEL_PATH) always runs its own model. None: onnx-int8 when the encoder
+    # runs on the CPU, onnx (fp32) when it runs on a GPU (int8's MatMulInteger would run on the CPU there).
+    decoder_backend: DecoderBackend | None = None
     load_in_background: bool = False  # True: answer /livez at once and /readyz 503 until the model is loaded
 
     # -- limits --
@@ -163,6 +165,15 @@ class Settings(BaseSettings):
         "are believed; the client IP (rate limit, logs) is theirs to set. Empty (the default): trust no one, "
         "the client IP is the TCP peer's. uvicorn's FORWARDED_ALLOW_IPS is read too.",
     )
+    # -- execution provider (encoders/providers.py; GPUs need the gpu extra) --
+    # Where the encoder and decoder step sessions run: auto (CUDA when onnxruntime offers it, else the CPU), cpu,
+    # cuda or tensorrt (an explicit one that onnxruntime does not offer fails at startup). /health's
+    # model.providers says what each session really got (onnxruntime falls back to the CPU silently).
+    execution_provider: ExecutionProvider = DEFAULT_EXECUTION_PROVIDER
+    # Micro-batching when the encoder really runs on a GPU (the CPU values above apply otherwise). A GPU wants
+    # larger batches; 32 images / 10 ms are a starting point, NOT measured here (no GPU on the dev machine).
+    microbatch_max_size_gpu: int = Field(32, ge=1, le=256)
+    microbatch_max_wait_ms_gpu: float = Field(10.0, ge=0.0, le=1000.0)
 
     # -- cross-origin --
     cors_allow_origins: Annotated[list[str], NoDecode] = []  # empty: no CORS headers at all
@@ -335,6 +346,12 @@ class Settings(BaseSettings):
     @property
     def burst(self) -> int:
         return self.rate_limit_burst or self.rate_limit_per_minute
+
+    def microbatch_for(self, provider: str) -> tuple[int, float]:
+        """(max batch size, max wait ms) of the micro-batcher for an encoder that really runs on ``provider``."""
+        if is_gpu(provider):
+            return self.microbatch_max_size_gpu, self.microbatch_max_wait_ms_gpu
+        return self.microbatch_max_size, self.microbatch_max_wait_ms
 
     def default_options(self, **overrides: object) -> DecodeOptions:
         """DecodeOptions from the defaults, with the non-None ``overrides`` applied. Raises OptionsError."""

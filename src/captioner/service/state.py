@@ -14,6 +14,7 @@ from PIL import Image
 
 from captioner.decode.batcher import MicroBatcher
 from captioner.decode.captioner import Captioner
+from captioner.encoders.providers import CPU, ProviderError, resolve_providers
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
@@ -45,6 +46,7 @@ def load_captioner(settings: Settings) -> Captioner:
             settings.encoder_path,
             threads=settings.threads,
             max_pixels=settings.max_image_pixels,
+            execution_provider=settings.execution_provider,
         )
     return Captioner.from_bundle(
         settings.bundle_path,
@@ -52,6 +54,7 @@ def load_captioner(settings: Settings) -> Captioner:
         max_pixels=settings.max_image_pixels,
         decoder_backend=settings.decoder_backend,
         bundle_sha256=settings.bundle_sha256,
+        execution_provider=settings.execution_provider,
     )
 
 
@@ -82,7 +85,8 @@ class ServiceState:
         self.uploads = UploadBudget(s.max_upload_buffer_bytes, self.metrics.upload_buffer.set)
         # With micro-batching, pool threads only decode images and wait on the batcher, so every queued
         # request gets one (max_queue bounds them); the batcher's single worker does the heavy compute.
-        workers = s.max_queue if s.microbatch_max_size > 1 else s.inference_workers
+        # The provider the encoder will ask for picks the batch size (the one it really gets is known once loaded).
+        workers = s.max_queue if s.microbatch_for(_expected_provider(s))[0] > 1 else s.inference_workers
         self.pool = InferencePool(s.max_queue, workers, s.request_timeout_s, self.metrics.inflight.set)
         # The served model and the previous one; a switch (admin endpoint, SIGHUP) reloads the settings' path.
         self.models = ModelSlot(self.build_model, retire_after_s=s.request_timeout_s)
@@ -103,12 +107,12 @@ class ServiceState:
         image = captioner.load(blank.getvalue(), self.decoders, wait_s=60.0)
         captioner.caption_images([image], self.settings.default_options())
         batcher = None
-        if self.settings.microbatch_max_size > 1:
+        provider = captioner.model_info.get("providers", {}).get("encoder", CPU)
+        size, wait_ms = self.settings.microbatch_for(provider)
+        if size > 1:
+            log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
             batcher = MicroBatcher(
-                captioner,
-                max_batch_size=self.settings.microbatch_max_size,
-                max_wait_ms=self.settings.microbatch_max_wait_ms,
-                max_queue=self.settings.max_queue,
+                captioner, max_batch_size=size, max_wait_ms=wait_ms, max_queue=self.settings.max_queue
             )
         return ServedModel(captioner, batcher)
 
@@ -215,6 +219,14 @@ _ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[=:]))(?:~|[A-Za-z]:)?[/\\][^\s'
 def redact_paths(text: str) -> str:
     """``text`` with every absolute filesystem path replaced by ``<path>`` (for responses anyone can read)."""
     return _ABSOLUTE_PATH.sub("<path>", text)
+
+
+def _expected_provider(settings: Settings) -> str:
+    """The provider the encoder session will ask for first (a cuda setting without CUDA fails at load)."""
+    try:
+        return resolve_providers(settings.execution_provider)[0]
+    except ProviderError:
+        return CPU
 
 
 def _cpu_seconds() -> float:
