@@ -32,7 +32,7 @@ log = logging.getLogger("captioner.service")
 # and the original format's file paths, which only the server's log and the CLI show).
 PUBLIC_MODEL_FIELDS = (
     "format", "version", "sha256", "encoder", "vocab_size", "metrics", "decoder_backend",
-    "feature_size", "max_length", "start_word", "end_word", "num_words", "keras_version",
+    "feature_size", "max_length", "start_word", "end_word", "num_words", "keras_version", "providers",
 )  # fmt: skip
 
 
