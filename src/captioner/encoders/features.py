@@ -7,7 +7,6 @@ computes only the rows not yet done, so an interrupted run picks up where it sto
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,18 +17,7 @@ import numpy as np
 from captioner.encoders.images import load_and_preprocess
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.errors import DataError, ImageError
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _names_digest(names: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+from captioner.hashing import sha256_file, sha256_hex
 
 
 def extract_features(
@@ -52,8 +40,8 @@ def extract_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     index = {
         "encoder": encoder.name,
-        "encoder_sha256": file_sha256(encoder.path),
-        "names_sha256": _names_digest(names),
+        "encoder_sha256": sha256_file(encoder.path),
+        "names_sha256": sha256_hex("\n".join(names)),
         "count": len(names),
         "feature_size": encoder.feature_size,
         **({"flip": True} if flip else {}),

@@ -19,7 +19,6 @@ consistent or not, refuse to load.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import platform
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from captioner.data.vocabulary import Vocabulary
 from captioner.errors import BundleError
+from captioner.hashing import sha256_file, sha256_hex
 from captioner.model.config import DecoderConfig
 
 FORMAT = "captioner.bundle"
@@ -46,14 +46,6 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 # The bundle that ships in the repository; every command uses it unless told otherwise.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "default"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -179,7 +171,7 @@ def load_bundle(path: str | Path | None = None, expected_sha256: str | None = No
         raw = (path / MANIFEST_FILE).read_bytes()  # hashed and parsed from the same bytes
     except FileNotFoundError:
         raise BundleError(f"{path} is not a model bundle: {MANIFEST_FILE} is missing") from None
-    bundle_sha256 = hashlib.sha256(raw).hexdigest()
+    bundle_sha256 = sha256_hex(raw)
     if expected_sha256 is not None and bundle_sha256 != expected_sha256:
         raise BundleError(
             f"{path} is not the pinned bundle: its sha256 is {bundle_sha256}, the pinned one is {expected_sha256}. "

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+import threading
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -81,3 +85,50 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ProcessStats:
+    """This process's RSS and CPU use, for /health: psutil if installed, else /proc and resource."""
+
+    def __init__(self) -> None:
+        self._cpu = (time.monotonic(), _cpu_seconds())
+        self._cpu_lock = threading.Lock()
+
+    def snapshot(self) -> dict:
+        """RSS bytes and CPU percent (of one core) since the previous call; psutil if installed, else /proc."""
+        try:
+            import psutil
+
+            proc = psutil.Process()
+            return {
+                "rss_bytes": proc.memory_info().rss,
+                "cpu_percent": proc.cpu_percent(interval=None),
+                "threads": proc.num_threads(),
+                "source": "psutil",
+            }
+        except ImportError:
+            pass
+        rss = None
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+        except OSError:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, Linux reports KiB
+        with self._cpu_lock:
+            now, cpu = time.monotonic(), _cpu_seconds()
+            last_wall, last_cpu = self._cpu
+            self._cpu = (now, cpu)
+        percent = 100.0 * (cpu - last_cpu) / max(now - last_wall, 1e-6)
+        return {
+            "rss_bytes": rss,
+            "cpu_percent": round(percent, 1),
+            "threads": threading.active_count(),
+            "source": "proc",
+        }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from captioner.service.cache import RedisGuard
+from captioner.service.redis_guard import RedisGuard
 
 log = logging.getLogger("captioner.service")
 

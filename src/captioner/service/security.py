@@ -10,7 +10,6 @@ requests are refused before their key is even checked, so guessing keys is bound
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from captioner.hashing import sha256_hex
 from captioner.service.ratelimit import Decision
 
 log = logging.getLogger("captioner.service.security")
@@ -27,7 +27,7 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return sha256_hex(key)
 
 
 def caller_id(key: str | None) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import resource
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -16,12 +14,13 @@ from captioner.decode.batcher import MicroBatcher
 from captioner.decode.captioner import Captioner
 from captioner.encoders.providers import CPU, ProviderError, resolve_providers
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
-from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
+from captioner.service.cache import ResultCache, SingleFlight, make_cache
 from captioner.service.inference import InferencePool
-from captioner.service.metrics import Metrics
+from captioner.service.metrics import Metrics, ProcessStats
 from captioner.service.models import ModelSlot, ServedModel
 from captioner.service.problems import ServiceError
 from captioner.service.ratelimit import make_rate_limiter
+from captioner.service.redis_guard import connect_redis
 from captioner.service.security import ApiKeys, AuthFailureThrottle
 from captioner.service.settings import Settings
 from captioner.service.uploads import UploadBudget
@@ -92,8 +91,7 @@ class ServiceState:
         self.models = ModelSlot(self.build_model, retire_after_s=s.request_timeout_s)
         # Image decoding runs in worker processes: a decode past its time is killed, memory is budgeted.
         self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.decode_memory_budget_bytes)
-        self._cpu = (time.monotonic(), _cpu_seconds())
-        self._cpu_lock = threading.Lock()
+        self.process = ProcessStats()
 
     def build_model(self, captioner: Captioner | None = None) -> ServedModel:
         """Load the settings' model (unless ``captioner`` is given), warm the whole path (a decode in a worker,
@@ -178,40 +176,6 @@ class ServiceState:
         """Why the model failed to load, without filesystem paths (the log has the full message)."""
         return None if self.load_error is None else redact_paths(self.load_error)
 
-    def process_stats(self) -> dict:
-        """RSS bytes and CPU percent (of one core) since the previous call; psutil if installed, else /proc."""
-        try:
-            import psutil
-
-            proc = psutil.Process()
-            return {
-                "rss_bytes": proc.memory_info().rss,
-                "cpu_percent": proc.cpu_percent(interval=None),
-                "threads": proc.num_threads(),
-                "source": "psutil",
-            }
-        except ImportError:
-            pass
-        rss = None
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss = int(line.split()[1]) * 1024
-        except OSError:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, Linux reports KiB
-        with self._cpu_lock:
-            now, cpu = time.monotonic(), _cpu_seconds()
-            last_wall, last_cpu = self._cpu
-            self._cpu = (now, cpu)
-        percent = 100.0 * (cpu - last_cpu) / max(now - last_wall, 1e-6)
-        return {
-            "rss_bytes": rss,
-            "cpu_percent": round(percent, 1),
-            "threads": threading.active_count(),
-            "source": "proc",
-        }
-
 
 _ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[=:]))(?:~|[A-Za-z]:)?[/\\][^\s'"()\[\],;]*""")
 
@@ -227,8 +191,3 @@ def _expected_provider(settings: Settings) -> str:
         return resolve_providers(settings.execution_provider)[0]
     except ProviderError:
         return CPU
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime

@@ -46,7 +46,7 @@ def health(state: StateDep) -> Health:
         readiness=state.ready,
         model=state.model_info(),
         uptime_s=round(time.time() - state.started, 3),
-        process=state.process_stats(),
+        process=state.process.snapshot(),
         inference={"inflight": state.pool.inflight, "max_queue": s.max_queue, "workers": s.inference_workers},
         cache={
             "backend": state.cache.backend,
