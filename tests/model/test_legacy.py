@@ -6,6 +6,7 @@ model of exactly the tutorial's architecture and check the step decoder against 
 
 from __future__ import annotations
 
+import collections
 import copyreg
 import json
 import os
@@ -277,6 +278,46 @@ def test_copyreg_extension_codes_are_refused_too(tmp_path):
     finally:
         copyreg.remove_extension(module, name, 0xF0)
     assert not marker.exists()
+
+
+def _build_on_global(module: str, name: str, attribute: str = "most_common") -> bytes:
+    """Protocol 2: name ``module.name``, then BUILD with a slot state ``{attribute: 'pwned'}`` on it, i.e. what
+    ``setattr(module.name, attribute, 'pwned')`` looks like to an unpickler."""
+    attr = attribute.encode()
+    state = b"N}X" + len(attr).to_bytes(4, "little") + attr + b"X\x05\x00\x00\x00pwneds\x86"
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + state + b"b."
+
+
+def test_a_build_on_a_class_is_live_under_plain_pickle():
+    """Control, in a child process (it corrupts the process): plain pickle sets the class attribute."""
+    code = (
+        "import collections, pickle; "
+        f"pickle.loads({_build_on_global('collections', 'Counter')!r}); "
+        "assert collections.Counter.most_common == 'pwned'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("collections", "Counter"),
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("builtins", "object"),
+        ("__builtin__", "long"),
+        ("keras.preprocessing.text", "Tokenizer"),
+    ],
+)
+def test_a_pickle_cannot_set_attributes_on_an_allowed_class(tmp_path, module, name):
+    from captioner.model import legacy
+
+    before = {cls: dict(vars(cls)) for cls in (*legacy._ALLOWED_GLOBALS.values(), legacy._PickledTokenizer)}
+    path = _write(tmp_path / "tokenizer.pkl", _build_on_global(module, name))
+    with pytest.raises(BundleError, match="sets attributes on a class"):
+        safe_load_tokenizer(path)
+    assert {cls: dict(vars(cls)) for cls in before} == before
+    assert collections.Counter.most_common is not None and callable(collections.Counter.most_common)
 
 
 # -- the model --

@@ -55,7 +55,25 @@ LOG_EPS = 1e-9
 _KERAS_TOKENIZER_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
 
-class _PickledTokenizer:
+class _NoClassState(type):
+    """Metaclass of the Tokenizer placeholder: a pickle's BUILD on the class itself (not an instance) is refused.
+
+    BUILD looks up ``__setstate__`` on whatever object is on the stack; a data descriptor on the metaclass wins
+    over the class's own method, so a BUILD aimed at the class raises before any attribute is set.
+    """
+
+    @property
+    def __setstate__(cls) -> Any:
+        raise BundleError(_SET_ATTRIBUTES_REFUSED)
+
+
+_SET_ATTRIBUTES_REFUSED = (
+    "refusing to unpickle: the pickle sets attributes on a class (a tokenizer pickle only sets them on the "
+    "Tokenizer object); the file was crafted or corrupted"
+)
+
+
+class _PickledTokenizer(metaclass=_NoClassState):
     """Inert stand-in for a Keras Tokenizer: unpickling it only stores the attribute dict."""
 
     state: dict[str, Any]
@@ -66,8 +84,27 @@ class _PickledTokenizer:
         self.state = state
 
 
-# Harmless callables a Tokenizer's __dict__ needs (protocols 0-5). Every one only builds containers or numbers.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+class _Constructor:
+    """What the unpickler hands out for an allowed class: a callable that builds instances, not the class.
+
+    A pickle can set attributes on any object it names (BUILD with a slot state calls setattr), so handing out
+    the real ``collections.Counter`` would let a pickle change it process-wide. This wrapper refuses BUILD.
+    """
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cls(*args, **kwargs)
+
+    def __setstate__(self, state: object) -> None:
+        raise BundleError(_SET_ATTRIBUTES_REFUSED)
+
+
+# Harmless classes a Tokenizer's __dict__ needs (protocols 0-5). Every one only builds containers or numbers.
+_ALLOWED_GLOBALS: dict[tuple[str, str], type] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
     ("collections", "Counter"): collections.Counter,
@@ -87,11 +124,17 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 def _new_reconstructor() -> Any:
     """A private copy of ``copyreg._reconstructor``, which protocols 0 and 1 call as ``(cls, object, None)``.
 
-    cls and base are resolved through find_class, so they can only be allowed classes or the placeholder. A fresh
-    function per lookup: a pickle can set attributes on what it loads and must not alter the real copyreg.
+    cls and base are resolved through find_class, so cls can only be the placeholder or an allowed class's
+    ``_Constructor``. A fresh function per lookup: a pickle can set attributes on it, and must not alter the real
+    copyreg.
     """
 
-    def _reconstructor(cls: type, base: type, state: object) -> object:
+    def _reconstructor(cls: Any, base: Any, state: object) -> object:
+        cls, base = (c.cls if isinstance(c, _Constructor) else c for c in (cls, base))
+        if not isinstance(cls, type) or not isinstance(base, type):
+            raise BundleError(
+                "refusing to unpickle: copyreg._reconstructor given something that is not a class"
+            )
         if base is object:
             return object.__new__(cls)
         obj = base.__new__(cls, state)
@@ -111,10 +154,12 @@ _PY2_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
 
 
 class _TokenizerUnpickler(pickle.Unpickler):
-    """Resolves only the Tokenizer class (to ``_PickledTokenizer``) and ``_ALLOWED_GLOBALS``; refuses the rest.
+    """Resolves only the Tokenizer class (to ``_PickledTokenizer``) and ``_ALLOWED_GLOBALS`` (as
+    ``_Constructor``s, never the classes themselves); refuses the rest.
 
     Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) goes through find_class, so
-    nothing outside the allow-list can be called. Persistent ids are refused by the base class.
+    nothing outside the allow-list can be called, and nothing it names can be changed: BUILD on what find_class
+    returns is refused. Persistent ids are refused by the base class.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -124,7 +169,7 @@ class _TokenizerUnpickler(pickle.Unpickler):
         if key[0] == "__builtin__":
             key = ("builtins", key[1])
         if key in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[key]
+            return _Constructor(_ALLOWED_GLOBALS[key])
         if key == ("copyreg", "_reconstructor"):
             return _new_reconstructor()
         raise BundleError(
