@@ -98,33 +98,24 @@ class StepTimer:
 def load_captioner(
     bundle: Path | None, merge: Path | None, encoder: Path | None = None, decoder: str | None = None
 ):
-    """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights).
+    """A Captioner for a bundle, or for the baseline's original artefacts (caption_model.keras, tokenizer.pkl
+    and its InceptionV3 in ONNX), loaded as users load them: ``captioner.load``.
 
     decoder: the decoder step's backend (onnx, onnx-int8, numpy; default: the engine's), for the bundle's decoder
     or the merge model.
     """
-    from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, Captioner
+    from captioner.loading import load
+    from captioner.model.backends import DEFAULT_DECODER_BACKEND
 
     decoder = decoder or DEFAULT_DECODER_BACKEND
     if merge is None:
-        captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+        captioner = load(bundle, decoder_backend=decoder)
         if encoder is not None:
             from captioner.encoders.runtime import OnnxEncoder
 
             captioner.encoder = OnnxEncoder(encoder)
         return captioner
-    from bench.merge_step import MergeStepDecoder
-    from captioner.decode.captioner import step_decoder
-    from captioner.encoders.runtime import OnnxEncoder
-    from captioner.model.legacy import safe_load_tokenizer
-
-    step = step_decoder(MergeStepDecoder.from_npz(merge / "merge_weights.npz"), decoder)
-    return Captioner(
-        OnnxEncoder(encoder or merge / "inception_v3.onnx"),
-        step,
-        safe_load_tokenizer(merge / "tokenizer.pkl"),
-        {"format": "merge", "path": str(merge), "decoder_backend": decoder},
-    )
+    return load(merge, encoder=encoder or merge / "inception_v3.onnx", decoder_backend=decoder)
 
 
 # -- measurements --
@@ -363,10 +354,13 @@ def _with_encoder(captioner, encoder):
 
 def _with_decoder(captioner, backend: str):
     """The same captioner (same encoder session) with the bundle's decoder step on another backend."""
-    from captioner.decode.captioner import Captioner, step_decoder
+    import dataclasses
+
+    from captioner.decode.captioner import Captioner
+    from captioner.model.backends import step_decoder
 
     reference = getattr(captioner.decoder, "numpy", captioner.decoder)  # the NumpyDecoder under any backend
-    info = dict(captioner.info, decoder_backend=backend)
+    info = dataclasses.replace(captioner.info, decoder_backend=backend)
     return Captioner(
         captioner.encoder, step_decoder(reference, backend), captioner.vocabulary, info, captioner.max_pixels
     )
@@ -425,7 +419,7 @@ def run(args) -> dict:
     n_batch = len(photos) if quick else max(96, 2 * len(photos))  # 3 batches of 32: one batch is too noisy
     out: dict = {
         "side": "engine",
-        "model": captioner.model_info,
+        "model": captioner.model_info.to_dict(),
         "encoder": captioner.encoder.name,
         "options": {"beam": beam.to_dict(), "greedy": greedy.to_dict()},
         "cold_start_s": ready_s,
@@ -434,7 +428,7 @@ def run(args) -> dict:
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
         "decoder": type(captioner.decoder).__name__,
-        "decoder_backend": captioner.info["decoder_backend"],
+        "decoder_backend": captioner.info.decoder_backend,
         "n_photos": len(photos),
     }
     for label, threads in (("blas_default", None), ("blas_1", 1)):

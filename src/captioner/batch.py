@@ -35,7 +35,9 @@ from captioner import __version__
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
+from captioner.encoders.runtime import limit_blas_threads
 from captioner.errors import CaptionerError, ImageError
+from captioner.loading import load
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,8 @@ class CaptionerActor:
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
         self._blas_limit = threadpool_limits(limits=threads)
-        self.captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
+        limit_blas_threads()  # and one BLAS thread beside onnxruntime's (encoders/runtime.py)
+        self.captioner = load(bundle, threads=threads, max_pixels=max_pixels)
         self.options = options
         self.fetch_limits = {
             "max_download_bytes": max_download_bytes,
@@ -263,7 +266,7 @@ def caption_dir(
         verified = load_bundle(bundle)  # fail fast, and give the replicas an absolute path
         bundle_path, version, captioner = str(verified.path.resolve()), verified.version, None
     else:
-        captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
+        captioner = load(bundle, threads=threads, max_pixels=max_pixels)
         bundle_path, version = None, captioner.version
     done = _resume(out, version)
     todo = [item for item in items if item[0] not in done]

@@ -14,9 +14,9 @@ from typing import Annotated
 
 import typer
 
-from captioner.decode.captioner import DEFAULT_DECODER_BACKEND
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
+from captioner.model.backends import DEFAULT_DECODER_BACKEND
 
 app = typer.Typer(
     add_completion=False,
@@ -61,11 +61,11 @@ def caption(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
     decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
 ) -> None:
-    """Caption image files with a bundle."""
-    from captioner.decode.captioner import Captioner
+    """Caption image files with a bundle (or a folder of original artefacts)."""
+    from captioner.loading import load
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+    captioner = load(bundle, decoder_backend=decoder)  # type: ignore[arg-type]
     for path in images:
         result = captioner.caption_files([path], options)[0]
         if json_output:
@@ -134,12 +134,12 @@ def evaluate(
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
-    from captioner.decode.captioner import Captioner
     from captioner.evaluation.evaluate import evaluate as run_evaluation
+    from captioner.loading import load
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1)
-    captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
+    captioner = load(bundle, decoder_backend=decoder)  # type: ignore[arg-type]
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )
@@ -148,7 +148,7 @@ def evaluate(
         from captioner.model.bundle import record_metrics
 
         record_metrics(
-            captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
+            captioner.info.path, report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
             decoder_backend=decoder,
         )  # fmt: skip
@@ -259,7 +259,10 @@ def download(dest: Annotated[Path, typer.Argument(help="Folder to download Flick
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, turning user errors into one line on stderr and exit status 2."""
+    from captioner.encoders.runtime import limit_blas_threads
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    limit_blas_threads()  # this process runs onnxruntime: NumPy's BLAS threads would fight its threads
     try:
         app(args=argv, standalone_mode=False)
     except CaptionerError as exc:

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from captioner.decode.captioner import Captioner
+from captioner import loading
 from captioner.decode.options import DecodeOptions
 from captioner.errors import BundleError
 from captioner.model.bundle import (
@@ -95,7 +95,7 @@ def keras_greedy(model, features: np.ndarray, start_id: int, end_id: int, max_le
 def test_captioner_agrees_with_the_keras_model(tiny_bundle, photo_files):
     import keras
 
-    captioner = Captioner.from_bundle(tiny_bundle, threads=1)
+    captioner = loading.load(tiny_bundle, threads=1)
     vocab = captioner.vocabulary
     model = keras.saving.load_model(tiny_bundle / MODEL_FILE)
     photos = captioner.encoder.encode([captioner.load(p) for p in photo_files])
@@ -134,7 +134,7 @@ def test_one_changed_byte_is_a_checksum_error(bundle_copy, name):
     with pytest.raises(BundleError, match="checksum"):
         load_bundle(bundle_copy)
     with pytest.raises(BundleError, match="checksum"):
-        Captioner.from_bundle(bundle_copy)
+        loading.load(bundle_copy)
 
 
 def test_missing_file_is_refused(bundle_copy):

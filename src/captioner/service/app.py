@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from captioner import __version__
 from captioner.decode.captioner import Captioner
+from captioner.encoders.runtime import limit_blas_threads
 from captioner.service.deps import body_limit_for
 from captioner.service.metrics import Metrics
 from captioner.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        limit_blas_threads()  # service startup: one BLAS thread beside onnxruntime's (encoders/runtime.py)
         state = ServiceState(settings=settings, metrics=metrics, captioner=captioner)
         app.state.service = state
         task = None

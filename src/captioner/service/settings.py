@@ -18,9 +18,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
 from captioner.decode.options import DecodeOptions
 from captioner.errors import OptionsError
+from captioner.model.backends import DEFAULT_DECODER_BACKEND, DecoderBackend
 
 MiB = 1024 * 1024
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -63,9 +63,9 @@ class Settings(BaseSettings):
     bundle_path: Path | None = None  # None: the shipped bundle, <repo>/models/default
     encoder_path: Path | None = None  # the ONNX encoder for the original format (MODEL_PATH)
     threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads; None: all cores
-    # How the bundle's decoder step runs: "onnx-int8" (onnxruntime, int8 matmuls quantised per row: the fastest,
-    # dev scores equal to fp32's), "onnx" (fp32: exactly the NumPy reference's captions) or "numpy" (the
-    # reference). The original format (MODEL_PATH) always runs its own model.
+    # How the decoder step runs, for a bundle and for the original format (MODEL_PATH) alike: "onnx-int8"
+    # (onnxruntime, int8 matmuls quantised per row: the fastest, dev scores equal to fp32's), "onnx" (fp32:
+    # exactly the NumPy reference's captions) or "numpy" (the reference).
     decoder_backend: DecoderBackend = DEFAULT_DECODER_BACKEND
     load_in_background: bool = False  # True: answer /livez at once and /readyz 503 until the model is loaded
 
@@ -189,7 +189,7 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def legacy(self) -> bool:
+    def original(self) -> bool:
         """True when serving the original format (MODEL_PATH + TOKENIZER_PATH)."""
         return self.model_path is not None
 

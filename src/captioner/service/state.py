@@ -12,6 +12,7 @@ from PIL import Image
 
 from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.loading import load, load_original_captioner
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
@@ -25,16 +26,17 @@ log = logging.getLogger("captioner.service")
 
 def load_captioner(settings: Settings) -> Captioner:
     """The model the settings name: the original format if MODEL_PATH is set, else a bundle (default: shipped)."""
-    if settings.legacy:
-        return Captioner.from_legacy(
-            settings.model_path,
-            settings.tokenizer_path,
+    if settings.original:
+        return load_original_captioner(
+            settings.model_path,  # type: ignore[arg-type]
+            settings.tokenizer_path,  # type: ignore[arg-type]
             settings.weights_path,
             settings.encoder_path,
+            decoder_backend=settings.decoder_backend,
             threads=settings.threads,
             max_pixels=settings.max_image_pixels,
         )
-    return Captioner.from_bundle(
+    return load(
         settings.bundle_path,
         threads=settings.threads,
         max_pixels=settings.max_image_pixels,
@@ -113,7 +115,8 @@ class ServiceState:
     def model_info(self) -> dict:
         if self.captioner is None:
             return {}
-        return {**self.captioner.model_info, "version": self.captioner.version}
+        info = self.captioner.model_info
+        return info.to_dict() if info is not None else {"version": self.captioner.version}
 
     def process_stats(self) -> dict:
         """RSS bytes and CPU percent (of one core) since the previous call; psutil if installed, else /proc."""
