@@ -207,6 +207,48 @@ def train(
     typer.echo(f"bundle written to {path}")
 
 
+@app.command("import-original")
+def import_original_cmd(
+    model: Annotated[Path, typer.Argument(help="The original caption_model.keras.")],
+    tokenizer: Annotated[Path, typer.Argument(help="The original tokenizer.pkl (or its to_json() export).")],
+    out: Annotated[
+        Path, typer.Option(help="Bundle folder to write (an existing one is kept as OUT.bak-<time>).")
+    ],
+    encoder: Annotated[
+        Path,
+        typer.Option(
+            help="The ONNX encoder the model was trained with (captioner export-encoder inception_v3)."
+        ),
+    ],
+    weights: Annotated[
+        Path | None, typer.Option(help="weights/caption_model.weights.h5, if the model had one.")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Flickr8k folder: also score the bundle (as 'evaluate --record').")
+    ] = None,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
+    split: Annotated[str, typer.Option(help="Split to score on.")] = "dev",
+    eval_dir: Annotated[Path, typer.Option(help="Report and gallery of the scoring.")] = Path(
+        "runs/import-original"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
+    meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
+    decoder: DecoderOpt = DEFAULT_DECODER_BACKEND,
+) -> None:
+    """Turn the original design's artefacts (.keras + tokenizer.pkl [+ .weights.h5]) into a checksummed bundle."""
+    from captioner.model.bundle import save_original_bundle
+
+    path = save_original_bundle(out, model, tokenizer, encoder, weights)
+    typer.echo(f"bundle written to {path}")
+    if data_root is not None:
+        evaluate(
+            data_root=data_root, split=split, bundle=path, out_dir=eval_dir, image_dir=image_dir,
+            strategy=_DEFAULT.strategy, beam_size=_DEFAULT.beam_size, max_length=_DEFAULT.max_length,
+            length_penalty=_DEFAULT.length_penalty, limit=limit,
+            meteor=meteor, batch_size=32, record=True, decoder=decoder,
+        )  # fmt: skip
+
+
 @app.command("export-encoder")
 def export_encoder_cmd(
     name: Annotated[str, typer.Argument(help="inception_v3, efficientnet_lite0 or efficientnet_lite2.")],

@@ -15,6 +15,7 @@ and a restricted unpickler; both decode through the same step backends (model/ba
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from captioner.decode.captioner import Captioner
@@ -22,7 +23,7 @@ from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.errors import BundleError
 from captioner.model.backends import DEFAULT_DECODER_BACKEND, DecoderBackend, step_decoder
-from captioner.model.bundle import MANIFEST_FILE, Bundle, load_bundle, sha256_file
+from captioner.model.bundle import ARCHITECTURE_ORIGINAL, MANIFEST_FILE, Bundle, load_bundle, sha256_file
 from captioner.model.info import ModelInfo
 
 # The names the original design gave its files, looked for in a folder of original artefacts.
@@ -83,11 +84,21 @@ def load_bundle_captioner(
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
+    m = bundle.manifest
+    if bundle.config is None:  # imported from the original design (captioner import-original)
+        captioner = load_original_captioner(
+            bundle.model_path, bundle.tokenizer_path, bundle.weights_path, bundle.encoder_path,
+            decoder_backend, threads, max_pixels,
+        )  # fmt: skip
+        captioner.info = dataclasses.replace(
+            captioner.info, format="bundle", version=bundle.version, path=str(bundle.path),
+            metrics=m.get("metrics", {}),
+        )  # fmt: skip
+        return captioner
     encoder = OnnxEncoder(bundle.encoder_path, threads=threads)
     if encoder.feature_size != bundle.config.feature_size:
         raise BundleError(f"{bundle.path}: encoder and decoder feature sizes differ")
     reference = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
-    m = bundle.manifest
     info = ModelInfo(
         format="bundle",
         version=bundle.version,
@@ -133,6 +144,7 @@ def load_original_captioner(
         decoder_backend=decoder_backend,
         path=str(model),
         max_length=original.max_length,
+        architecture=ARCHITECTURE_ORIGINAL,
     )
     step = OriginalStep(core, original.reference, original.max_length)
     return Captioner(onnx_encoder, step, original.vocabulary, info, max_pixels)

@@ -189,3 +189,20 @@ def test_tokenizer_of_the_wrong_size_is_refused(bundle_copy, tiny_vocabulary):
     (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="tokenizer has .* tokens but the decoder was built for"):
         load_bundle(bundle_copy)
+
+
+def test_saving_over_a_bundle_keeps_the_old_one_as_a_backup(tiny_bundle, tiny_encoder_onnx, tmp_path):
+    """train --out / import-original --out over an existing bundle: the previous one stays, checksums intact."""
+    import keras
+
+    bundle = load_bundle(tiny_bundle)
+    model = keras.saving.load_model(bundle.model_path)
+    out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    (out / "notes.txt").write_text("mine")
+    save_bundle(out, model, bundle.vocabulary, bundle.config, tiny_encoder_onnx)
+    backups = sorted(tmp_path.glob("bundle.bak-*"))
+    assert len(backups) == 1 and (backups[0] / "notes.txt").read_text() == "mine"
+    assert load_bundle(backups[0]).manifest == bundle.manifest
+    assert load_bundle(out).config == bundle.config
+    save_bundle(out, model, bundle.vocabulary, bundle.config, tiny_encoder_onnx)  # same second: a new name
+    assert len(list(tmp_path.glob("bundle.bak-*"))) == 2

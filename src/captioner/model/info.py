@@ -13,7 +13,9 @@ ModelFormat = Literal["bundle", "original"]
 class ModelInfo:
     """format: "bundle" (our checksummed folder) or "original" (the original design's .keras + tokenizer.pkl).
     version: 12 hex digits of the weights' sha256. max_length: tokens the model reads (original) or was trained
-    on (bundle). path: the bundle folder or the .keras file. metrics: evaluation scores recorded with a bundle."""
+    on (bundle). path: the bundle folder or the .keras file. metrics: evaluation scores recorded with a bundle.
+    architecture: the decoder, "lstm" (ours) or "original-merge" (the original design's, also inside a bundle
+    made by ``captioner import-original``)."""
 
     format: ModelFormat
     version: str
@@ -22,6 +24,7 @@ class ModelInfo:
     decoder_backend: str
     path: str
     max_length: int | None = None
+    architecture: str = "lstm"
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

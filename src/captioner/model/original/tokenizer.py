@@ -317,6 +317,23 @@ class OriginalVocabulary:
                 words.append(self.index_word[i])
         return " ".join(words)
 
+    def to_keras_json(self) -> dict[str, Any]:
+        """The ``Tokenizer.to_json()`` structure (as a dict) of this vocabulary: what bundles store instead of a
+        pickle, read back by ``safe_load_tokenizer``."""
+        return {
+            "class_name": "Tokenizer",
+            "config": {
+                "num_words": self.num_words,
+                "filters": self.filters,
+                "lower": self.lower,
+                "split": self.split,
+                "char_level": False,
+                "oov_token": self.oov_token,
+                "word_index": json.dumps(dict(self.word_index)),
+                "index_word": json.dumps({str(i): w for i, w in self.index_word.items()}),
+            },
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (for manifests and for converting the tokenizer to our own format)."""
         return {
