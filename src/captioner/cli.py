@@ -1,4 +1,4 @@
-"""The one command-line program: ``captioner train|evaluate|caption|export-encoder|info|serve|download``.
+"""The one command-line program: ``captioner train|evaluate|caption|caption-dir|import-original|export-encoder|info|serve|download``.
 
 Flag names equal the keyword names of the functions they call. Every user error prints one line
 (``error: ...``) and exits with status 2; no tracebacks.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner, CaptionResult
-from captioner.loading import load, load_original_captioner
+from captioner.loading import load
 from captioner.service.cache import ResultCache, SingleFlight, connect_redis, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics
@@ -26,22 +26,20 @@ log = logging.getLogger("captioner.service")
 
 def load_captioner(settings: Settings) -> Captioner:
     """The model the settings name: the original format if MODEL_PATH is set, else a bundle (default: shipped)."""
+    common = {
+        "threads": settings.threads,
+        "max_pixels": settings.max_image_pixels,
+        "decoder_backend": settings.decoder_backend,
+    }
     if settings.original:
-        return load_original_captioner(
-            settings.model_path,  # type: ignore[arg-type]
-            settings.tokenizer_path,  # type: ignore[arg-type]
-            settings.weights_path,
-            settings.encoder_path,
-            decoder_backend=settings.decoder_backend,
-            threads=settings.threads,
-            max_pixels=settings.max_image_pixels,
+        return load(
+            model=settings.model_path,
+            tokenizer=settings.tokenizer_path,
+            weights=settings.weights_path,
+            encoder=settings.encoder_path,
+            **common,
         )
-    return load(
-        settings.bundle_path,
-        threads=settings.threads,
-        max_pixels=settings.max_image_pixels,
-        decoder_backend=settings.decoder_backend,
-    )
+    return load(settings.bundle_path, **common)
 
 
 @dataclass
