@@ -2,7 +2,7 @@
 
 __main__.py    the one entry point: runs every part below in its own process and writes bench/results/
 baseline.py    the original loop, faithfully (TensorFlow/Keras, predict per request and per word)
-merge_step.py  a NumPy incremental step for the original merge decoder, so our engine runs the same weights
+original.py    the original artefacts served by our engine vs the original loop, same run: original.json
 engine.py      our engine timed (single, batched, micro-batched, parts), quantised encoders, dev BLEU-4
 timing.py      the shared helpers: percentiles, process memory, BLAS thread limits, a step timer
 http.py        the service over HTTP on loopback: cold start, memory, latency and throughput by concurrency

@@ -5,7 +5,7 @@ One run, the same photos throughout (the first Flickr8k dev photos, or generated
   bundle        our engine on the bundle (single, batched, micro-batched; both BLAS settings), then the service
                 over HTTP at concurrency 1, 8 and 32 (as shipped, and with OPENBLAS_NUM_THREADS=1)
   --inception   the original design's loop (TensorFlow, bench/baseline.py) against our engine with the SAME
-                random-weight InceptionV3 and merge decoder (ONNX export + NumPy step of those weights)
+                random-weight InceptionV3 and merge decoder (ONNX export; caption_model.keras via captioner.load)
   decoders      the bundle's decoder step in NumPy, onnxruntime fp32 (the default) and onnxruntime int8
   quantisation  int8 / float16 copies of each encoder: speed, and dev BLEU-4 with the bundle's decoder; the same
                 for the int8 decoder step

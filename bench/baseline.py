@@ -11,7 +11,7 @@ never predicts ``endseq`` (its bias is -50), so both sides do exactly ``max_word
 whatever the random weights would say (Flickr8k captions average ~11 words).
 
 Also builds the shared artefacts (``build``): random-weight InceptionV3 (seeded) saved as ``.weights.h5``, the merge
-model (``caption_model.keras``, the same weights as ``merge_weights.npz`` for ``bench.merge_step``) and a Keras
+model (``caption_model.keras``, which our engine reads through ``captioner.load``) and a Keras
 Tokenizer fitted on the Flickr8k training captions (``tokenizer.pkl``).
 
 Runs in its own process (it imports TensorFlow, which must never be loaded where our engine is timed):
@@ -39,32 +39,11 @@ NEVER = -50.0  # output bias of padding and endseq: never the argmax, exp(-50) ~
 
 
 def build_merge_model(keras, feature_size: int, vocab_size: int, max_length: int, units: int = UNITS):
-    """The tutorial's merge architecture (define_model), layer for layer: ``captioner.model.legacy``'s copy, the
-    one the legacy loader is tested with."""
-    from captioner.model.legacy import build_merge_model as merge_model
+    """The tutorial's merge architecture (define_model), layer for layer: ``captioner.model.original.merge``'s
+    copy, the one the original-format loader is tested with."""
+    from captioner.model.original.merge import build_merge_model as merge_model
 
     return merge_model(keras, feature_size, vocab_size, max_length, units)
-
-
-def merge_weights(model) -> dict[str, np.ndarray]:
-    """The merge model's weights by role (the names bench.merge_step reads)."""
-    dense = [layer for layer in model.layers if type(layer).__name__ == "Dense"]
-    embedding = next(layer for layer in model.layers if type(layer).__name__ == "Embedding")
-    lstm = next(layer for layer in model.layers if type(layer).__name__ == "LSTM")
-    fe, hidden, out = dense  # creation order: image Dense, decoder Dense, output Dense
-    kernel, recurrent, bias = lstm.get_weights()
-    return {
-        "fe/kernel": fe.get_weights()[0],
-        "fe/bias": fe.get_weights()[1],
-        "embedding": embedding.get_weights()[0],
-        "lstm/kernel": kernel,
-        "lstm/recurrent_kernel": recurrent,
-        "lstm/bias": bias,
-        "hidden/kernel": hidden.get_weights()[0],
-        "hidden/bias": hidden.get_weights()[1],
-        "out/kernel": out.get_weights()[0],
-        "out/bias": out.get_weights()[1],
-    }
 
 
 def suppress_ids(model, ids: list[int]) -> None:
@@ -119,7 +98,6 @@ def build(out: Path, quick: bool = False) -> dict:
     model = build_merge_model(keras, feature_size, vocab_size, max_length)
     suppress_ids(model, [0, tokenizer.word_index["endseq"]])
     model.save(out / "caption_model.keras")
-    np.savez(out / "merge_weights.npz", **merge_weights(model))
     meta = {
         "vocab_size": vocab_size,
         "max_length": max_length,

@@ -42,39 +42,37 @@ def load_captioner(
     decoder: str | None = None,
     keep_spinning: bool = False,
 ):
-    """A Captioner for a bundle, or for the baseline's artefacts (its InceptionV3 in ONNX + merge weights).
+    """A Captioner for a bundle, or for the baseline's original artefacts (caption_model.keras, tokenizer.pkl
+    and its InceptionV3 in ONNX), loaded as users load them: ``captioner.load``.
 
     encoder: another encoder file than the bundle's (a quantised copy). decoder: the decoder step's backend
     (onnx, onnx-int8, numpy; default: the engine's). keep_spinning: onnxruntime's own default, its threads
     spinning on after each run (the engine stops them), for comparison.
     """
-    from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, Captioner, step_decoder
+    from captioner.decode.captioner import Captioner
     from captioner.encoders.runtime import OnnxEncoder
+    from captioner.loading import load
+    from captioner.model.backends import DEFAULT_DECODER_BACKEND, step_decoder
 
     decoder = decoder or DEFAULT_DECODER_BACKEND
-    if merge is None:
-        loaded = Captioner.from_bundle(bundle, decoder_backend=decoder)
-        if encoder is None and not keep_spinning:
+    if merge is not None:
+        loaded = load(merge, encoder=encoder or merge / "inception_v3.onnx", decoder_backend=decoder)
+        if not keep_spinning:
             return loaded
-        # The same bundle with other parts: a new Captioner from them (never one changed in place).
-        reference = getattr(loaded.decoder, "numpy", loaded.decoder)  # the NumpyDecoder under any backend
-        encoder, vocabulary, info = encoder or loaded.encoder.path, loaded.vocabulary, loaded.info
-    else:
-        from bench.merge_step import MergeStepDecoder
-        from captioner.model.legacy import safe_load_tokenizer
-
-        reference = MergeStepDecoder.from_npz(merge / "merge_weights.npz")
-        encoder, vocabulary = (
-            encoder or merge / "inception_v3.onnx",
-            safe_load_tokenizer(merge / "tokenizer.pkl"),
-        )
-        info = {"format": "merge", "path": str(merge), "decoder_backend": decoder}
+        return Captioner(OnnxEncoder(loaded.encoder.path, stop_spinning_after_run=False), loaded.decoder,
+                         loaded.vocabulary, loaded.info)  # fmt: skip
+    loaded = load(bundle, decoder_backend=decoder)
+    if encoder is None and not keep_spinning:
+        return loaded
+    # The same bundle with other parts: a new Captioner from them (never one changed in place).
+    reference = getattr(loaded.decoder, "numpy", loaded.decoder)  # the NumpyDecoder under any backend
     step = step_decoder(reference, decoder)
     if keep_spinning and decoder != "numpy":
         from captioner.model.onnx_step import OnnxDecoder
 
         step = OnnxDecoder(reference, precision=step.precision, stop_spinning_after_run=False)
-    return Captioner(OnnxEncoder(encoder, stop_spinning_after_run=not keep_spinning), step, vocabulary, info)
+    new_encoder = OnnxEncoder(encoder or loaded.encoder.path, stop_spinning_after_run=not keep_spinning)
+    return Captioner(new_encoder, step, loaded.vocabulary, loaded.info)
 
 
 # -- measurements --
@@ -299,10 +297,13 @@ def _with_encoder(captioner, encoder):
 
 def _with_decoder(captioner, backend: str):
     """The same captioner (same encoder session) with the bundle's decoder step on another backend."""
-    from captioner.decode.captioner import Captioner, step_decoder
+    import dataclasses
+
+    from captioner.decode.captioner import Captioner
+    from captioner.model.backends import step_decoder
 
     reference = getattr(captioner.decoder, "numpy", captioner.decoder)  # the NumpyDecoder under any backend
-    info = dict(captioner.info, decoder_backend=backend)
+    info = dataclasses.replace(captioner.info, decoder_backend=backend)
     return Captioner(
         captioner.encoder, step_decoder(reference, backend), captioner.vocabulary, info, captioner.max_pixels
     )
@@ -360,7 +361,7 @@ def run(args) -> dict:
     n_batch = len(photos) if quick else max(96, 2 * len(photos))  # 3 batches of 32: one batch is too noisy
     out: dict = {
         "side": "engine",
-        "model": captioner.model_info,
+        "model": captioner.model_info.to_dict(),
         "encoder": captioner.encoder.name,
         "options": {"beam": beam.to_dict(), "greedy": greedy.to_dict()},
         "cold_start_s": ready_s,
@@ -369,7 +370,7 @@ def run(args) -> dict:
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_threads": captioner.encoder.session.get_session_options().intra_op_num_threads,
         "decoder": type(captioner.decoder).__name__,
-        "decoder_backend": captioner.info["decoder_backend"],
+        "decoder_backend": captioner.info.decoder_backend,
         "n_photos": len(photos),
     }
     for label, threads in (("blas_default", None), ("blas_1", 1)):

@@ -69,21 +69,21 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def bench_provider(bundle, provider: str, photos: list[Path], batches: list[int], repeats: int) -> dict:
-    from captioner.decode.captioner import Captioner
     from captioner.decode.options import DecodeOptions
     from captioner.encoders.images import load_and_preprocess
     from captioner.encoders.providers import ProviderError, resolve_providers
+    from captioner.loading import load
 
     try:
         wanted = resolve_providers(provider)[0]
     except ProviderError as exc:
         return {"skipped": str(exc)}
     start = time.perf_counter()
-    captioner = Captioner.from_bundle(bundle, execution_provider=provider)
-    got = captioner.info["providers"]
+    captioner = load(bundle, execution_provider=provider)
+    got = dict(captioner.info.providers)
     if got["encoder"] != wanted:
         return {"skipped": f"asked for {wanted}, the encoder got {got['encoder']}", "providers": got}
-    out: dict = {"providers": got, "decoder_backend": captioner.info["decoder_backend"],
+    out: dict = {"providers": got, "decoder_backend": captioner.info.decoder_backend,
                  "load_s": round(time.perf_counter() - start, 3), "encoder": {}}  # fmt: skip
     arrays = np.stack([load_and_preprocess(p, captioner.encoder.preprocessing) for p in photos])
     for b in batches:

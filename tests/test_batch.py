@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from captioner import loading
 from captioner.batch import caption_dir, discover_images, fetch
-from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
 from captioner.fetch import DownloadPolicy
@@ -92,7 +92,7 @@ def test_caption_dir_one_line_per_image_with_errors(collection, tiny_bundle, tmp
     assert records["broken.jpg"]["error"]["type"] == "ImageError"
     assert "corrupt" in records["broken.jpg"]["error"]["detail"]
     # The same captions as the engine's own file API (batched differently).
-    captioner = Captioner.from_bundle(tiny_bundle)
+    captioner = loading.load(tiny_bundle)
     expected = captioner.caption_files([collection / "a.jpg", collection / "sub" / "f.png"], GREEDY)
     assert [records["a.jpg"]["caption"], records["sub/f.png"]["caption"]] == [r.caption for r in expected]
     assert records["a.jpg"]["model_version"] == captioner.version

@@ -86,53 +86,34 @@ def merge_model():
     return model
 
 
-def test_merge_step_reproduces_the_keras_merge_model(merge_model):
-    from bench.baseline import merge_weights
-    from bench.merge_step import MergeStepDecoder
-    from keras.utils import pad_sequences
-
-    from captioner.model.onnx_step import OnnxDecoder
-
-    decoder = MergeStepDecoder(merge_weights(merge_model))
-    assert (decoder.vocab_size, decoder.feature_size) == (VOCAB, FEATURES)
-    onnx_decoder = OnnxDecoder(decoder, threads=1)  # the engine's backend, on the merge model's weights
-    rng = np.random.default_rng(2)
-    photos = rng.normal(0, 1, (3, FEATURES)).astype(np.float32)
-    prefix = rng.integers(1, VOCAB, (3, MAX_LENGTH))
-    state = onnx_state = decoder.initial_state(photos)
-    for t in range(MAX_LENGTH):
-        log_probs, state = decoder.step(prefix[:, t], state)
-        onnx_log_probs, onnx_state = onnx_decoder.step(prefix[:, t], onnx_state)
-        expected = merge_model.predict(
-            [photos, pad_sequences(prefix[:, : t + 1], maxlen=MAX_LENGTH)], verbose=0
-        )
-        np.testing.assert_allclose(np.exp(log_probs), expected, atol=2e-6)
-        np.testing.assert_allclose(np.exp(onnx_log_probs), expected, atol=2e-6)
-
-
-def test_original_loop_and_our_greedy_search_write_the_same_caption(merge_model):
-    from bench.baseline import generate_desc, merge_weights
-    from bench.merge_step import MergeStepDecoder
+def test_original_loop_and_our_greedy_search_write_the_same_caption(merge_model, tmp_path):
+    """bench.baseline's loop and the product's original-format step (read from the saved .keras) agree."""
+    from bench.baseline import generate_desc
     from keras.src.legacy.preprocessing.text import Tokenizer
 
     from captioner.decode.options import DecodeOptions
     from captioner.decode.search import greedy_search
+    from captioner.model.original.merge import read_merge_model
+    from captioner.model.original.merge_step import MergeStepDecoder, OriginalStep
 
     tokenizer = Tokenizer()
     tokenizer.fit_on_texts([" ".join(["startseq", "endseq"] + [f"w{i}" for i in range(VOCAB - 3)])])
     assert len(tokenizer.word_index) + 1 == VOCAB
-    decoder = MergeStepDecoder(merge_weights(merge_model))
+    merge_model.save(tmp_path / "caption_model.keras")
+    reference = MergeStepDecoder.from_model(read_merge_model(tmp_path / "caption_model.keras"))
+    decoder = OriginalStep(reference, reference, MAX_LENGTH)
     start, end = tokenizer.word_index["startseq"], tokenizer.word_index["endseq"]
     photos = np.random.default_rng(3).normal(0, 1, (2, FEATURES)).astype(np.float32)
+    words = MAX_LENGTH + 2  # past the model's input length: pad_sequences truncates on both sides
     ours = greedy_search(
-        decoder.step, decoder.initial_state(photos), DecodeOptions("greedy", max_length=6), start, end
+        decoder.step, decoder.initial_state(photos), DecodeOptions("greedy", max_length=words), start, end
     )
     for photo, hyps in zip(photos, ours, strict=True):
-        text = generate_desc(merge_model, tokenizer, photo[None], MAX_LENGTH, max_words=6)
-        words = [tokenizer.index_word[i] for i in hyps[0].tokens]
+        text = generate_desc(merge_model, tokenizer, photo[None], MAX_LENGTH, max_words=words)
+        tokens = [tokenizer.index_word[i] for i in hyps[0].tokens]
         if hyps[0].finished:
-            words.append("endseq")
-        assert text == " ".join(["startseq", *words])
+            tokens.append("endseq")
+        assert text == " ".join(["startseq", *tokens])
 
 
 def test_encoder_flops_and_quantised_copies(tiny_encoder_onnx, photo_files, tmp_path):

@@ -224,3 +224,64 @@ def test_unavailable_execution_provider_is_one_line(capsys, tiny_bundle, photo_f
     assert_one_line_error(code, err, "auto, cpu, cuda, tensorrt")
     code, _, err = run(capsys, "serve", "--execution-provider", "cuda")
     assert_one_line_error(code, err, "setting says cuda")
+
+
+def _original(tmp_path):
+    pytest.importorskip("keras")
+    from original_artefacts import write_original_artefacts
+
+    return write_original_artefacts(tmp_path / "original")
+
+
+def test_import_original_writes_a_checksummed_bundle_that_captions_like_the_artefacts(
+    capsys, tmp_path, photo_files
+):
+    import captioner
+    from captioner.errors import BundleError
+
+    a = _original(tmp_path)
+    out = tmp_path / "bundle"
+    args = ["import-original", a["model_path"], a["tokenizer_path"], "--weights", a["weights_path"],
+            "--encoder", a["encoder_path"], "--out", out]  # fmt: skip
+    code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    assert "bundle written to" in stdout and not list(out.glob("*.pkl"))  # the tokenizer is JSON now
+    imported = captioner.load(out, decoder_backend="onnx", threads=1)
+    direct = captioner.load(a["model_path"].parent, decoder_backend="onnx", threads=1)
+    assert imported.model_info.format == "bundle" and imported.model_info.architecture == "original-merge"
+    assert [r.caption for r in imported.caption_files(photo_files)] == [
+        r.caption for r in direct.caption_files(photo_files)
+    ]
+    code, _, err = run(capsys, *args)  # again: the first bundle is kept beside the new one
+    assert code == 0, err
+    assert len(list(tmp_path.glob("bundle.bak-*"))) == 1
+    tokenizer = out / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace("dog", "cat"))
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        captioner.load(out)
+
+
+def test_import_original_refuses_artefacts_that_do_not_belong_together(capsys, tmp_path, tiny_encoder_onnx):
+    a = _original(tmp_path)
+    code, _, err = run(
+        capsys, "import-original", a["model_path"], a["tokenizer_path"], "--encoder", tiny_encoder_onnx,
+        "--out", tmp_path / "bundle",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "expects 16-d image features but the encoder gives 1280-d")
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_import_original_scores_the_bundle_with_a_data_root(capsys, tmp_path):
+    from captioner.model.bundle import load_bundle
+    from conftest_helpers import write_tiny_flickr8k
+
+    a = _original(tmp_path)
+    root = write_tiny_flickr8k(tmp_path / "flickr")
+    code, _, err = run(
+        capsys, "import-original", a["model_path"], a["tokenizer_path"], "--encoder", a["encoder_path"],
+        "--out", tmp_path / "bundle", "--data-root", root, "--eval-dir", tmp_path / "eval", "--no-meteor",
+    )  # fmt: skip
+    assert code == 0, err
+    scores = load_bundle(tmp_path / "bundle").manifest["metrics"]["scores"]
+    assert {"BLEU-1", "BLEU-4", "CIDEr"} <= set(scores)

@@ -32,9 +32,9 @@ def photo(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def captioner():
-    from captioner.decode.captioner import Captioner
+    from captioner import loading
 
-    return Captioner.from_bundle()
+    return loading.load()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_serving_path_imports_no_tensorflow():
     import sys
 
     code = (
-        "import sys, io; from captioner.decode.captioner import Captioner; c = Captioner.from_bundle(); "
+        "import sys, io; import captioner; c = captioner.load(); "
         "from PIL import Image; im = Image.new('RGB', (64, 64), (120, 30, 200)); c.caption_images([im]); "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules and 'torch' not in sys.modules; "
         "print('ok')"
@@ -101,8 +101,8 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
     """The dev scores recorded in the manifest (and the model card) come back from the real images: exactly with
     the fp32 decoder step they were measured with, and within the 0.005 BLEU-4 quality bound with the shipped
     default (int8 step)."""
+    from captioner import loading
     from captioner.data.flickr8k import load_flickr8k
-    from captioner.decode.captioner import Captioner
     from captioner.evaluation.evaluate import evaluate
     from captioner.model.bundle import load_bundle
     from conftest_helpers import FLICKR8K
@@ -113,14 +113,14 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
     options = DecodeOptions(**recorded["options"])
     data = load_flickr8k(FLICKR8K)
     report = evaluate(
-        Captioner.from_bundle(decoder_backend="onnx"), data, recorded["split"], options, tmp_path / "fp32",
+        loading.load(decoder_backend="onnx"), data, recorded["split"], options, tmp_path / "fp32",
         progress=False, meteor=False,
     )  # fmt: skip
     assert report["num_images"] == recorded["images"]
     for metric in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
         assert report["metrics"][metric] == pytest.approx(recorded["scores"][metric], abs=0.001), metric
     default = evaluate(
-        Captioner.from_bundle(),
+        loading.load(),
         data,
         recorded["split"],
         options,

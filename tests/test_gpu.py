@@ -25,10 +25,10 @@ OPTIONS = DecodeOptions(beam_size=3, n_best=3)
 
 
 def load(execution_provider: str):
-    from captioner.decode.captioner import Captioner
+    from captioner.loading import load
 
     # The same decoder backend on both (fp32, the GPU's default): only the provider differs.
-    return Captioner.from_bundle(decoder_backend="onnx", execution_provider=execution_provider)
+    return load(decoder_backend="onnx", execution_provider=execution_provider)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ def load_settings() -> Settings:
 
 
 def load_model(settings: Settings | None = None) -> Captioner:
-    """The captioner the environment names: the original format if MODEL_PATH is set, else the bundle."""
+    """The captioner the environment names: the original format if MODEL_PATH is set, else the bundle (both
+    through ``captioner.load``)."""
     return load_captioner(settings or load_settings())
 
 

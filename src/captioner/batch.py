@@ -35,8 +35,10 @@ from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
+from captioner.encoders.runtime import limit_blas_threads
 from captioner.errors import CaptionerError, ImageError
 from captioner.fetch import DownloadError, DownloadPolicy, download
+from captioner.loading import load
 
 __all__ = ["DownloadError", "DownloadPolicy", "caption_batch", "caption_dir", "discover_images", "fetch"]
 
@@ -184,7 +186,8 @@ class CaptionerActor:
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
         self._blas_limit = threadpool_limits(limits=threads)
-        self.captioner = Captioner.from_bundle(
+        limit_blas_threads()  # and one BLAS thread beside onnxruntime's (encoders/runtime.py)
+        self.captioner = load(
             bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
         )
         self.options = options
@@ -244,7 +247,7 @@ def caption_dir(
         verified = load_bundle(bundle)  # fail fast, and give the replicas an absolute path
         bundle_path, version, captioner = str(verified.path.resolve()), verified.version, None
     else:
-        captioner = Captioner.from_bundle(
+        captioner = load(
             bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
         )
         bundle_path, version = None, captioner.version

@@ -1,4 +1,4 @@
-"""The one command-line program: ``captioner train|evaluate|caption|export-encoder|info|serve|download``.
+"""The one command-line program: ``captioner train|evaluate|caption|caption-dir|import-original|export-encoder|info|serve|download``.
 
 Flag names equal the keyword names of the functions they call. Every user error prints one line
 (``error: ...``) and exits with status 2; no tracebacks.
@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from captioner.decode.captioner import DecoderBackend
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
+from captioner.model.backends import DecoderBackend
 from captioner.model.config import TrainConfig
 
 app = typer.Typer(
@@ -86,11 +86,11 @@ def caption(
     bundle_sha256: BundleSha256Opt = None,
     execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
 ) -> None:
-    """Caption image files with a bundle."""
-    from captioner.decode.captioner import Captioner
+    """Caption image files with a bundle (or a folder of original artefacts)."""
+    from captioner.loading import load
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
-    captioner = Captioner.from_bundle(
+    captioner = load(
         bundle,
         decoder_backend=decoder_backend,
         bundle_sha256=bundle_sha256,
@@ -179,14 +179,12 @@ def evaluate(
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr on a split; writes a JSON report and an HTML gallery."""
     from captioner.data.flickr8k import load_flickr8k
-    from captioner.decode.captioner import Captioner
     from captioner.evaluation.evaluate import evaluate as run_evaluation
+    from captioner.loading import load
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1)
-    captioner = Captioner.from_bundle(
-        bundle, decoder_backend=decoder_backend, execution_provider=execution_provider
-    )
+    captioner = load(bundle, decoder_backend=decoder_backend, execution_provider=execution_provider)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
     )
@@ -195,9 +193,9 @@ def evaluate(
         from captioner.model.bundle import record_metrics
 
         record_metrics(
-            captioner.info["path"], report["metrics"], split=split, images=report["num_images"],
+            captioner.info.path, report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
-            decoder_backend=captioner.info["decoder_backend"],
+            decoder_backend=captioner.info.decoder_backend if captioner.info else None,
         )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
 
@@ -283,6 +281,49 @@ def train(
     typer.echo(f"bundle written to {path}")
 
 
+@app.command("import-original")
+def import_original_cmd(
+    model: Annotated[Path, typer.Argument(help="The original caption_model.keras.")],
+    tokenizer: Annotated[Path, typer.Argument(help="The original tokenizer.pkl (or its to_json() export).")],
+    out: Annotated[
+        Path, typer.Option(help="Bundle folder to write (an existing one is kept as OUT.bak-<time>).")
+    ],
+    encoder: Annotated[
+        Path,
+        typer.Option(
+            help="The ONNX encoder the model was trained with (captioner export-encoder inception_v3)."
+        ),
+    ],
+    weights: Annotated[
+        Path | None, typer.Option(help="weights/caption_model.weights.h5, if the model had one.")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Flickr8k folder: also score the bundle (as 'evaluate --record').")
+    ] = None,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
+    split: Annotated[str, typer.Option(help="Split to score on.")] = "dev",
+    eval_dir: Annotated[Path, typer.Option(help="Report and gallery of the scoring.")] = Path(
+        "runs/import-original"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
+    meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
+    decoder_backend: DecoderBackendOpt = None,
+) -> None:
+    """Turn the original design's artefacts (.keras + tokenizer.pkl [+ .weights.h5]) into a checksummed bundle."""
+    from captioner.model.bundle import save_original_bundle
+
+    path = save_original_bundle(out, model, tokenizer, encoder, weights)
+    typer.echo(f"bundle written to {path}")
+    if data_root is not None:
+        evaluate(
+            data_root=data_root, split=split, bundle=path, out_dir=eval_dir, image_dir=image_dir,
+            strategy=_DECODE.strategy, beam_size=_DECODE.beam_size, max_length=_DECODE.max_length,
+            length_penalty=_DECODE.length_penalty, limit=limit,
+            meteor=meteor, batch_size=32, record=True, decoder_backend=decoder_backend,
+            execution_provider=DEFAULT_EXECUTION_PROVIDER,
+        )  # fmt: skip
+
+
 @app.command("export-encoder")
 def export_encoder_cmd(
     name: Annotated[str, typer.Argument(help="inception_v3, efficientnet_lite0 or efficientnet_lite2.")],
@@ -308,17 +349,17 @@ def info(
 ) -> None:
     """Verify a bundle and print its manifest, headed by bundle_sha256 (the digest to pin: sha256 of
     manifest.json), plus "runtime": the providers its sessions really run on."""
-    from captioner.decode.captioner import Captioner
     from captioner.encoders.providers import available_providers
+    from captioner.loading import load
     from captioner.model.bundle import load_bundle
 
     loaded = load_bundle(bundle, expected_sha256=bundle_sha256)
-    captioner = Captioner.from_bundle(loaded, execution_provider=execution_provider)
+    info = load(loaded, execution_provider=execution_provider).info
     runtime = {
         "execution_provider": execution_provider,
         "available_providers": available_providers(),
-        "providers": captioner.info["providers"],
-        "decoder_backend": captioner.info["decoder_backend"],
+        "providers": dict(info.providers) if info else {},
+        "decoder_backend": info.decoder_backend if info else None,
     }
     typer.echo(json.dumps({"bundle_sha256": loaded.sha256, **loaded.manifest, "runtime": runtime}, indent=2))
 
@@ -368,7 +409,10 @@ def download(dest: Annotated[Path, typer.Argument(help="Folder to download Flick
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, turning user errors into one line on stderr and exit status 2."""
+    from captioner.encoders.runtime import limit_blas_threads
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    limit_blas_threads()  # this process runs onnxruntime: NumPy's BLAS threads would fight its threads
     try:
         app(args=argv, standalone_mode=False)
     except CaptionerError as exc:

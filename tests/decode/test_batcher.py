@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from captioner import loading
 from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
@@ -19,7 +20,7 @@ BEAM = DecodeOptions(strategy="beam", beam_size=3, max_length=10, n_best=2)
 
 @pytest.fixture(scope="module")
 def captioner(tiny_bundle) -> Captioner:
-    return Captioner.from_bundle(tiny_bundle, threads=1)
+    return loading.load(tiny_bundle, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from captioner import loading
 from captioner.decode.captioner import Candidate, Captioner, CaptionResult
 from captioner.decode.options import DecodeOptions
 from captioner.errors import ImageError
@@ -18,7 +19,7 @@ BEAM = DecodeOptions(strategy="beam", beam_size=4, n_best=3, max_length=12, leng
 
 @pytest.fixture(scope="module")
 def captioner(tiny_bundle) -> Captioner:
-    return Captioner.from_bundle(tiny_bundle, threads=1)
+    return loading.load(tiny_bundle, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +86,12 @@ def test_model_info(captioner, tiny_bundle):
     from captioner.model.bundle import load_bundle
 
     info = captioner.model_info
-    assert info["version"] == load_bundle(tiny_bundle).version == captioner.version
-    assert info["encoder"] == "efficientnet_lite0" and info["format"] == "bundle"
-    assert info["vocab_size"] == len(captioner.vocabulary) and info["metrics"] == {"BLEU-4": 0.0}
-    info["version"] = "changed"
-    assert captioner.model_info["version"] != "changed"  # a copy, not the engine's own dict
+    assert info.version == load_bundle(tiny_bundle).version == captioner.version
+    assert info.encoder == "efficientnet_lite0" and info.format == "bundle"
+    assert info.vocab_size == len(captioner.vocabulary) and info.metrics == {"BLEU-4": 0.0}
+    assert info.to_dict()["version"] == info.version
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.version = "changed"  # type: ignore[misc]
 
 
 def test_unreadable_file_is_an_image_error(captioner, tmp_path):

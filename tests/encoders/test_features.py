@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.decode.captioner import Captioner
+from captioner import loading
 from captioner.encoders.features import extract_features
 from captioner.encoders.images import load_image, preprocess
 from captioner.encoders.runtime import OnnxEncoder
@@ -80,7 +80,7 @@ def test_extraction_equals_caption_time_path(clean, names, image_dir, encoder, t
     direct = encoder.encode_arrays(np.stack([preprocess(im, spec) for im in loaded]))
     np.testing.assert_allclose(clean, direct, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(clean, encoder.encode(loaded), rtol=1e-5, atol=1e-5)
-    captioner = Captioner.from_bundle(tiny_bundle, threads=1)
+    captioner = loading.load(tiny_bundle, threads=1)
     served = captioner.encoder.encode([captioner.load(image_dir / n) for n in names])
     np.testing.assert_allclose(clean, served, rtol=1e-5, atol=1e-5)
 

@@ -82,18 +82,18 @@ def test_no_warning_when_the_session_got_what_it_asked_for(caplog):
 def test_real_sessions_report_the_cpu_here(tiny_bundle):
     import onnxruntime as ort
 
-    from captioner.decode.captioner import Captioner
+    from captioner.loading import load
 
-    captioner = Captioner.from_bundle(tiny_bundle, threads=1, execution_provider="auto")
+    captioner = load(tiny_bundle, threads=1, execution_provider="auto")
     expected = CUDA if CUDA in ort.get_available_providers() else CPU
-    assert captioner.info["providers"] == {"encoder": expected, "decoder": expected}
+    assert dict(captioner.info.providers) == {"encoder": expected, "decoder": expected}
     # On the CPU the decoder step defaults to int8; on a GPU to fp32 (int8's MatMulInteger would run on the CPU).
-    assert captioner.info["decoder_backend"] == ("onnx" if expected == CUDA else "onnx-int8")
+    assert captioner.info.decoder_backend == ("onnx" if expected == CUDA else "onnx-int8")
 
 
 @pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="CUDA is offered")
 def test_loading_with_cuda_requested_fails_without_it(tiny_bundle):
-    from captioner.decode.captioner import Captioner
+    from captioner.loading import load
 
     with pytest.raises(ProviderError, match="setting says cuda"):
-        Captioner.from_bundle(tiny_bundle, threads=1, execution_provider="cuda")
+        load(tiny_bundle, threads=1, execution_provider="cuda")

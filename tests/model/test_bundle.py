@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from captioner.decode.captioner import Captioner
+import captioner
+from captioner import loading
 from captioner.decode.options import DecodeOptions
 from captioner.errors import BundleError
 from captioner.model.bundle import (
@@ -95,7 +96,7 @@ def keras_greedy(model, features: np.ndarray, start_id: int, end_id: int, max_le
 def test_captioner_agrees_with_the_keras_model(tiny_bundle, photo_files):
     import keras
 
-    captioner = Captioner.from_bundle(tiny_bundle, threads=1)
+    captioner = loading.load(tiny_bundle, threads=1)
     vocab = captioner.vocabulary
     model = keras.saving.load_model(tiny_bundle / MODEL_FILE)
     photos = captioner.encoder.encode([captioner.load(p) for p in photo_files])
@@ -134,7 +135,7 @@ def test_one_changed_byte_is_a_checksum_error(bundle_copy, name):
     with pytest.raises(BundleError, match="checksum"):
         load_bundle(bundle_copy)
     with pytest.raises(BundleError, match="checksum"):
-        Captioner.from_bundle(bundle_copy)
+        loading.load(bundle_copy)
 
 
 def test_missing_file_is_refused(bundle_copy):
@@ -198,8 +199,8 @@ def test_bundle_digest_is_the_sha256_of_the_manifest(bundle_copy):
     bundle = load_bundle(bundle_copy)
     assert bundle.sha256 == sha256_file(bundle_copy / MANIFEST_FILE)
     assert load_bundle(bundle_copy, expected_sha256=bundle.sha256.upper()).sha256 == bundle.sha256
-    captioner = Captioner.from_bundle(bundle_copy, bundle_sha256=bundle.sha256)
-    assert captioner.model_info["sha256"] == bundle.sha256
+    engine = captioner.load(bundle_copy, bundle_sha256=bundle.sha256)
+    assert engine.model_info.sha256 == bundle.sha256
 
 
 def test_consistently_rewritten_bundle_is_refused_when_pinned(bundle_copy):
@@ -210,7 +211,7 @@ def test_consistently_rewritten_bundle_is_refused_when_pinned(bundle_copy):
     with pytest.raises(BundleError, match=r"not the pinned bundle.*captioner info"):
         load_bundle(bundle_copy, expected_sha256=pinned)
     with pytest.raises(BundleError, match="not the pinned bundle"):
-        Captioner.from_bundle(bundle_copy, bundle_sha256=pinned)
+        captioner.load(bundle_copy, bundle_sha256=pinned)
 
 
 def test_a_replaced_file_with_a_fixed_manifest_is_refused_when_pinned(bundle_copy, tiny_vocabulary):
@@ -227,3 +228,20 @@ def test_a_replaced_file_with_a_fixed_manifest_is_refused_when_pinned(bundle_cop
 def test_a_malformed_pinned_digest_says_what_a_digest_is(bundle_copy):
     with pytest.raises(BundleError, match="64 hex digits.*captioner info"):
         load_bundle(bundle_copy, expected_sha256="abc123")
+
+
+def test_saving_over_a_bundle_keeps_the_old_one_as_a_backup(tiny_bundle, tiny_encoder_onnx, tmp_path):
+    """train --out / import-original --out over an existing bundle: the previous one stays, checksums intact."""
+    import keras
+
+    bundle = load_bundle(tiny_bundle)
+    model = keras.saving.load_model(bundle.model_path)
+    out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    (out / "notes.txt").write_text("mine")
+    save_bundle(out, model, bundle.vocabulary, bundle.config, tiny_encoder_onnx)
+    backups = sorted(tmp_path.glob("bundle.bak-*"))
+    assert len(backups) == 1 and (backups[0] / "notes.txt").read_text() == "mine"
+    assert load_bundle(backups[0]).manifest == bundle.manifest
+    assert load_bundle(out).config == bundle.config
+    save_bundle(out, model, bundle.vocabulary, bundle.config, tiny_encoder_onnx)  # same second: a new name
+    assert len(list(tmp_path.glob("bundle.bak-*"))) == 2

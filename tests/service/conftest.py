@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fastapi.testclient import TestClient
 from service_helpers import free_port, service_settings
 
+from captioner import loading
 from captioner.decode.captioner import Captioner
 from captioner.service.app import create_app
 from captioner.service.settings import Settings  # noqa: F401
@@ -30,7 +31,7 @@ from captioner.service.settings import Settings  # noqa: F401
 
 @pytest.fixture(scope="session")
 def service_captioner(tiny_bundle) -> Captioner:
-    return Captioner.from_bundle(tiny_bundle, threads=1)
+    return loading.load(tiny_bundle, threads=1)
 
 
 @pytest.fixture

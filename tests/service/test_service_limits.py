@@ -250,7 +250,7 @@ def test_defaults_and_env(monkeypatch):
         8,
         32,
     )
-    assert s.cors_allow_origins == [] and not s.auth_enabled and not s.legacy and s.bundle_path is None
+    assert s.cors_allow_origins == [] and not s.auth_enabled and not s.original and s.bundle_path is None
     monkeypatch.setenv("PORT", "9001")
     monkeypatch.setenv("CAPTIONER_CORS_ALLOW_ORIGINS", "https://a.example, https://b.example:8443")
     monkeypatch.setenv("CAPTIONER_API_KEYS_SHA256", hashlib.sha256(b"k").hexdigest().upper())
@@ -295,12 +295,12 @@ def test_unsafe_or_inconsistent_settings_are_refused(values, match):
         Settings(_env_file=None, **values)
 
 
-def test_legacy_env_vars_select_the_original_format(monkeypatch, tmp_path):
+def test_original_env_vars_select_the_original_format(monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "caption_model.keras"))
     monkeypatch.setenv("TOKENIZER_PATH", str(tmp_path / "tokenizer.pkl"))
     monkeypatch.setenv("CAPTIONER_ENCODER_PATH", str(tmp_path / "enc.onnx"))
     s = Settings(_env_file=None)
-    assert s.legacy and s.tokenizer_path == tmp_path / "tokenizer.pkl"
+    assert s.original and s.tokenizer_path == tmp_path / "tokenizer.pkl"
 
 
 # -- per-caller state when API keys are on --

@@ -1,5 +1,7 @@
 """The captioning engine: encoder (onnxruntime) + incremental step decoder + vocabulary -> captions.
 
+Models are loaded by ``captioner.load`` (loading.py); this module only wires and runs the parts.
+
 Used by the CLI, the evaluation and the service alike. Batched end to end: one encoder run per batch of
 images and one step call per token for all beams of all images.
 """
@@ -10,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -18,9 +20,9 @@ from PIL import Image
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, search
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image, read_source
-from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER, is_gpu
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodePool
+from captioner.model.info import ModelInfo
 
 
 class StepDecoder(Protocol):
@@ -31,41 +33,6 @@ class StepDecoder(Protocol):
     def step(
         self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]: ...
-
-
-DecoderBackend = Literal["onnx", "onnx-int8", "numpy"]
-DECODER_BACKENDS: tuple[str, ...] = get_args(DecoderBackend)
-# int8 by default: dev BLEU-1..4/METEOR/ROUGE-L/CIDEr equal to fp32's or better (models/default/README.md), a
-# ~1.7x faster step, and, quantised per row, the same answer whatever else shares the batch (tests/model/).
-DEFAULT_DECODER_BACKEND: DecoderBackend = "onnx-int8"
-# On a GPU: fp32, since int8's MatMulInteger would run on the CPU there (model/onnx_step.py, OnnxDecoder).
-DEFAULT_GPU_DECODER_BACKEND: DecoderBackend = "onnx"
-
-
-def default_decoder_backend(provider: str) -> DecoderBackend:
-    """The decoder backend for a session that really runs on ``provider`` (e.g. the encoder's)."""
-    return DEFAULT_GPU_DECODER_BACKEND if is_gpu(provider) else DEFAULT_DECODER_BACKEND
-
-
-def step_decoder(
-    reference, backend: DecoderBackend, threads: int | None = None, execution_provider: str = "cpu"
-):
-    """The step decoder a backend name stands for, over a NumPy reference step (NumpyDecoder, or any step with
-    ``graph_weights()``): "numpy" -> the reference itself; "onnx" / "onnx-int8" -> its onnxruntime graph in
-    fp32 / int8 (model/onnx_step.py) on ``execution_provider`` (encoders/providers.py)."""
-    if backend not in DECODER_BACKENDS:
-        raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {backend!r}")
-    if backend == "numpy":
-        return reference
-    from captioner.model.onnx_step import OnnxDecoder
-
-    precision = "int8" if backend == "onnx-int8" else "fp32"
-    return OnnxDecoder(reference, threads=threads, precision=precision, execution_provider=execution_provider)
-
-
-def session_providers(encoder, decoder) -> dict[str, str]:
-    """{"encoder": provider, "decoder": provider} each session really runs on ("numpy": no session)."""
-    return {"encoder": encoder.provider, "decoder": getattr(decoder, "provider", "numpy")}
 
 
 class Vocab(Protocol):
@@ -99,124 +66,29 @@ class CaptionResult:
         }
 
 
-def limit_blas_threads() -> None:
-    """One BLAS thread for NumPy in a process that runs onnxruntime.
-
-    OpenBLAS's threads spin against onnxruntime's intra-op threads on the same cores; with one BLAS thread the
-    decoder steps and the encoder stop fighting (measured 1.8-4x end to end on 2 cores, bench/ and PERF-NOTES).
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return
-    threadpool_limits(limits=1, user_api="blas")
-
-
 class Captioner:
-    """Wires an encoder, a step decoder and a vocabulary. Thread-safe: holds no per-call state."""
+    """Wires an encoder, a step decoder and a vocabulary (``captioner.load`` builds them from files).
+    Thread-safe: holds no per-call state; changes nothing in the process."""
 
     def __init__(
         self,
         encoder: OnnxEncoder,
         decoder: StepDecoder,
         vocabulary: Vocab,
-        info: dict | None = None,
+        info: ModelInfo | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.encoder, self.decoder, self.vocabulary = encoder, decoder, vocabulary
-        self.info = info or {}
+        self.info = info
         self.max_pixels = max_pixels
-        limit_blas_threads()
-
-    @classmethod
-    def from_bundle(
-        cls,
-        bundle=None,
-        threads: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        decoder_backend: DecoderBackend | None = None,
-        bundle_sha256: str | None = None,
-        execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
-    ) -> Captioner:
-        """Load a bundle folder (or a loaded Bundle; default: the shipped one) without TensorFlow.
-
-        bundle_sha256: the pinned bundle digest (load_bundle's expected_sha256); a folder with any other is refused.
-
-        decoder_backend: how the decoder step runs (model/onnx_step.py): "onnx-int8" (an onnxruntime graph with
-        int8 matmuls), "onnx" (the same graph in fp32: the reference's captions exactly) or "numpy"
-        (NumpyDecoder, the reference implementation). None: "onnx-int8" when the encoder runs on the CPU,
-        "onnx" when it runs on a GPU (default_decoder_backend).
-        execution_provider: auto, cpu, cuda or tensorrt, for the encoder and the decoder step alike
-        (encoders/providers.py); ``info["providers"]`` says what each session really got.
-        """
-        from captioner.model.bundle import Bundle, load_bundle
-        from captioner.model.step import NumpyDecoder
-
-        if not isinstance(bundle, Bundle) or bundle_sha256 is not None:
-            bundle = load_bundle(bundle.path if isinstance(bundle, Bundle) else bundle, bundle_sha256)
-        encoder = OnnxEncoder(bundle.encoder_path, threads=threads, execution_provider=execution_provider)
-        if encoder.feature_size != bundle.config.feature_size:
-            from captioner.errors import BundleError
-
-            raise BundleError(f"{bundle.path}: encoder and decoder feature sizes differ")
-        reference = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
-        decoder_backend = decoder_backend or default_decoder_backend(encoder.provider)
-        decoder = step_decoder(reference, decoder_backend, threads, execution_provider)
-        m = bundle.manifest
-        info = {
-            "format": "bundle",
-            "path": str(bundle.path),
-            "version": bundle.version,
-            "sha256": bundle.sha256,
-            "encoder": m["encoder"]["name"],
-            "vocab_size": m["vocab_size"],
-            "metrics": m.get("metrics", {}),
-            "decoder_backend": decoder_backend,
-            "providers": session_providers(encoder, decoder),
-        }
-        return cls(encoder, decoder, bundle.vocabulary, info, max_pixels)
-
-    @classmethod
-    def from_legacy(
-        cls,
-        model_path: str | Path,
-        tokenizer_path: str | Path,
-        weights_path: str | Path | None = None,
-        encoder_path: str | Path | None = None,
-        threads: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
-    ) -> Captioner:
-        """Artefacts of the original design (merge .keras + weights .h5 + tokenizer.pkl, InceptionV3 features).
-
-        encoder_path: an InceptionV3 ONNX file from ``captioner export-encoder inception_v3``; needs TensorFlow.
-        execution_provider: the encoder's (encoders/providers.py); the original decoder runs in NumPy.
-        """
-        from captioner.errors import BundleError
-        from captioner.model.legacy import load_legacy
-
-        if encoder_path is None:
-            raise BundleError(
-                "the original format has no encoder file: export one with "
-                "'captioner export-encoder inception_v3 --out inception_v3.onnx' and pass it as the encoder"
-            )
-        encoder = OnnxEncoder(encoder_path, threads=threads, execution_provider=execution_provider)
-        decoder, vocab, info = load_legacy(
-            model_path, weights_path, tokenizer_path=tokenizer_path, feature_size=encoder.feature_size
-        )
-        from captioner.model.bundle import sha256_file
-
-        info = dict(info, format="legacy", encoder=encoder.name, version=sha256_file(model_path)[:12])
-        info["providers"] = session_providers(encoder, decoder)
-        return cls(encoder, decoder, vocab, info, max_pixels)
 
     @property
-    def model_info(self) -> dict:
-        return dict(self.info)
+    def model_info(self) -> ModelInfo | None:
+        return self.info
 
     @property
     def version(self) -> str:
-        return str(self.info.get("version", "unknown"))
+        return self.info.version if self.info is not None else "unknown"
 
     def load(
         self,

@@ -113,7 +113,7 @@ def evaluate(
         "metrics": scores.corpus,
         "options": options.to_dict(),
         "timing": _timing(results, caption_s),
-        "model": dict(captioner.model_info) if hasattr(captioner, "model_info") else None,
+        "model": _model_info(captioner),
         "examples": [
             {"image": n, "caption": captions[n], "references": references[n]} for n in sample[:NUM_EXAMPLES]
         ],
@@ -124,6 +124,12 @@ def evaluate(
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     logger.info("evaluated %d %s images: %s", len(names), split, scores.corpus)
     return report
+
+
+def _model_info(captioner: Any) -> dict | None:
+    """The captioner's ModelInfo as a dict (a fake captioner in tests may give a plain dict, or nothing)."""
+    info = getattr(captioner, "model_info", None)
+    return info.to_dict() if hasattr(info, "to_dict") else (dict(info) if info else None)
 
 
 def _caption_all(

@@ -7,6 +7,10 @@
     manifest.json                     encoder, sizes, special tokens, metrics, versions, sha256 of every file
     README.md                         optional model card (not checksummed: it may be edited)
 
+A bundle imported from the original design (``save_original_bundle``; ``decoder.architecture`` is
+"original-merge") holds the original ``caption_model.keras``, its weights, and its tokenizer converted to
+Keras's ``Tokenizer.to_json()`` format (no pickle).
+
 ``load_bundle`` verifies every checksum before anything is deserialised and refuses a tampered bundle.
 
 The bundle's digest is the sha256 of ``manifest.json``'s bytes (``sha256sum manifest.json``): the manifest lists the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import platform
 import re
 import shutil
@@ -27,11 +32,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from captioner.data.vocabulary import Vocabulary
 from captioner.errors import BundleError
 from captioner.hashing import sha256_file, sha256_hex
 from captioner.model.config import DecoderConfig
+
+if TYPE_CHECKING:
+    from captioner.model.original.tokenizer import OriginalVocabulary
+
+log = logging.getLogger("captioner.model.bundle")
 
 FORMAT = "captioner.bundle"
 FORMAT_VERSION = 1
@@ -41,6 +52,8 @@ TOKENIZER_FILE = "tokenizer.json"
 ENCODER_FILE = "encoder.onnx"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_FILES = (WEIGHTS_FILE, TOKENIZER_FILE, ENCODER_FILE)
+ARCHITECTURE_LSTM = "lstm"  # our decoder (model/decoder.py)
+ARCHITECTURE_ORIGINAL = "original-merge"  # the original design's merge model (model/original/)
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -62,9 +75,14 @@ class Bundle:
 
     path: Path
     manifest: dict
-    config: DecoderConfig
-    vocabulary: Vocabulary
+    config: DecoderConfig | None  # None for an original-merge bundle (its sizes are in its .keras file)
+    vocabulary: Vocabulary | OriginalVocabulary
     sha256: str  # of manifest.json's bytes: the one digest that covers every file (see the module docstring)
+
+    @property
+    def architecture(self) -> str:
+        """ARCHITECTURE_LSTM or ARCHITECTURE_ORIGINAL."""
+        return self.manifest["decoder"].get("architecture", ARCHITECTURE_LSTM)
 
     @property
     def weights_path(self) -> Path:
@@ -77,6 +95,10 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
 
     @property
     def version(self) -> str:
@@ -147,12 +169,99 @@ def save_bundle(
         "files": {name: sha256_file(tmp / name) for name in files},
         **(extra or {}),
     }
+    _finish(tmp, out_dir, manifest)
+    return out_dir
+
+
+def _finish(tmp: Path, out_dir: Path, manifest: dict) -> None:
+    """Write the manifest into ``tmp`` and move it to ``out_dir``, keeping what was there as a backup."""
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     if (out_dir / "README.md").is_file():
         shutil.copyfile(out_dir / "README.md", tmp / "README.md")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    backup = backup_path(out_dir) if out_dir.exists() else None
+    if backup is not None:
+        out_dir.rename(backup)
+        log.warning("%s existed: kept it as %s", out_dir, backup)
     tmp.rename(out_dir)
+
+
+def backup_path(out_dir: Path) -> Path:
+    """A free name beside ``out_dir`` for its backup: ``<name>.bak-<UTC YYYYmmdd-HHMMSS>[-n]``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    candidate = out_dir.with_name(f"{out_dir.name}.bak-{stamp}")
+    n = 1
+    while candidate.exists():
+        candidate, n = out_dir.with_name(f"{out_dir.name}.bak-{stamp}-{n}"), n + 1
+    return candidate
+
+
+def save_original_bundle(
+    out_dir: str | Path,
+    model_path: str | Path,
+    tokenizer_path: str | Path,
+    encoder_onnx: str | Path,
+    weights_path: str | Path | None = None,
+) -> Path:
+    """Write a bundle folder from the original design's artefacts (checked first: they must load and fit the
+    encoder); returns its path. The tokenizer is stored as ``Tokenizer.to_json()`` JSON, never as a pickle."""
+    import zipfile
+
+    from captioner.encoders.runtime import OnnxEncoder
+    from captioner.model.original import load_original
+
+    out_dir, model_path = Path(out_dir), Path(model_path)
+    encoder = OnnxEncoder(encoder_onnx, threads=1)
+    original = load_original(model_path, tokenizer_path, weights_path, feature_size=encoder.feature_size)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "weights").mkdir(parents=True)
+    shutil.copyfile(model_path, tmp / MODEL_FILE)
+    if weights_path is not None:
+        shutil.copyfile(weights_path, tmp / WEIGHTS_FILE)
+    else:  # the .keras file's own weights (already checked by load_original)
+        with zipfile.ZipFile(model_path) as archive:
+            (tmp / WEIGHTS_FILE).write_bytes(archive.read("model.weights.h5"))
+    vocabulary = original.vocabulary
+    (tmp / TOKENIZER_FILE).write_text(json.dumps(vocabulary.to_keras_json()) + "\n")
+    shutil.copyfile(encoder_onnx, tmp / ENCODER_FILE)
+    files = [MODEL_FILE, *REQUIRED_FILES]
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "encoder": {
+            "name": encoder.name,
+            "input_size": encoder.preprocessing.size,
+            "preprocessing": encoder.preprocessing.to_dict(),
+            "feature_size": encoder.feature_size,
+            "weights": encoder.info.get("weights"),
+        },
+        "decoder": {
+            "architecture": ARCHITECTURE_ORIGINAL,
+            "feature_size": original.model.feature_size,
+            "max_length": original.max_length,
+            "vocab_size": original.model.vocab_size,
+        },
+        "max_length": original.max_length,
+        "special_tokens": {
+            "pad": [0, None],
+            "start": [vocabulary.start_id, vocabulary.start_word],
+            "end": [vocabulary.end_id, vocabulary.end_word],
+            "unk": [vocabulary.unk_id, vocabulary.oov_token],
+        },
+        "vocab_size": len(vocabulary),
+        "metrics": {},
+        "source": {
+            "model": {"name": model_path.name, "sha256": sha256_file(model_path)},
+            "weights": None
+            if weights_path is None
+            else {"name": Path(weights_path).name, "sha256": sha256_file(Path(weights_path))},
+            "tokenizer": {"name": Path(tokenizer_path).name, "sha256": sha256_file(Path(tokenizer_path))},
+        },
+        "versions": _versions(),
+        "files": {name: sha256_file(tmp / name) for name in files},
+    }
+    _finish(tmp, out_dir, manifest)
     return out_dir
 
 
@@ -203,6 +312,13 @@ def load_bundle(path: str | Path | None = None, expected_sha256: str | None = No
                 f"{file} does not match the checksum in {MANIFEST_FILE}: the bundle was modified or corrupted; "
                 "re-export or re-download it"
             )
+    if not isinstance(manifest.get("decoder"), dict):
+        raise BundleError(f"{path / MANIFEST_FILE} has no decoder section")
+    if manifest["decoder"].get("architecture") == ARCHITECTURE_ORIGINAL:
+        from captioner.model.original.tokenizer import safe_load_tokenizer
+
+        # Sizes and their agreement are checked when the model is read (model/original/).
+        return Bundle(path, manifest, None, safe_load_tokenizer(path / TOKENIZER_FILE))
     try:
         config = DecoderConfig.from_dict(manifest["decoder"])
     except (KeyError, TypeError, ValueError) as exc:

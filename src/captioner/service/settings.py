@@ -19,11 +19,11 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from captioner.decode.captioner import DecoderBackend
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER, ExecutionProvider, is_gpu
 from captioner.errors import OptionsError
+from captioner.model.backends import DecoderBackend
 
 MiB = 1024 * 1024
 # Multipart headers and boundaries around the files: allowed on top of the per-file byte limit.
@@ -71,10 +71,10 @@ class Settings(BaseSettings):
     bundle_sha256: str | None = None
     encoder_path: Path | None = None  # the ONNX encoder for the original format (MODEL_PATH)
     threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads; None: all cores
-    # How the bundle's decoder step runs: "onnx-int8" (onnxruntime, int8 matmuls quantised per row: the fastest,
-    # dev scores equal to fp32's), "onnx" (fp32: exactly the NumPy reference's captions) or "numpy" (the
-    # reference). The original format (MODEL_PATH) always runs its own model. None: onnx-int8 when the encoder
-    # runs on the CPU, onnx (fp32) when it runs on a GPU (int8's MatMulInteger would run on the CPU there).
+    # How the decoder step runs, for a bundle and for the original format (MODEL_PATH) alike: "onnx-int8"
+    # (onnxruntime, int8 matmuls quantised per row: the fastest, dev scores equal to fp32's), "onnx" (fp32:
+    # exactly the NumPy reference's captions) or "numpy" (the reference). None: onnx-int8 when the encoder runs
+    # on the CPU, onnx (fp32) when it runs on a GPU (int8's MatMulInteger would run on the CPU there).
     decoder_backend: DecoderBackend | None = None
     load_in_background: bool = False  # True: answer /livez at once and /readyz 503 until the model is loaded
 
@@ -335,7 +335,7 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def legacy(self) -> bool:
+    def original(self) -> bool:
         """True when serving the original format (MODEL_PATH + TOKENIZER_PATH)."""
         return self.model_path is not None
 

@@ -14,6 +14,7 @@ from captioner.decode.batcher import MicroBatcher
 from captioner.decode.captioner import Captioner
 from captioner.encoders.providers import CPU, ProviderError, resolve_providers
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
+from captioner.loading import load
 from captioner.service.cache import ResultCache, SingleFlight, make_cache
 from captioner.service.inference import InferencePool
 from captioner.service.metrics import Metrics, ProcessStats
@@ -37,24 +38,21 @@ PUBLIC_MODEL_FIELDS = (
 
 def load_captioner(settings: Settings) -> Captioner:
     """The model the settings name: the original format if MODEL_PATH is set, else a bundle (default: shipped)."""
-    if settings.legacy:
-        return Captioner.from_legacy(
-            settings.model_path,
-            settings.tokenizer_path,
-            settings.weights_path,
-            settings.encoder_path,
-            threads=settings.threads,
-            max_pixels=settings.max_image_pixels,
-            execution_provider=settings.execution_provider,
+    common = {
+        "threads": settings.threads,
+        "max_pixels": settings.max_image_pixels,
+        "decoder_backend": settings.decoder_backend,
+        "execution_provider": settings.execution_provider,
+    }
+    if settings.original:
+        return load(
+            model=settings.model_path,
+            tokenizer=settings.tokenizer_path,
+            weights=settings.weights_path,
+            encoder=settings.encoder_path,
+            **common,
         )
-    return Captioner.from_bundle(
-        settings.bundle_path,
-        threads=settings.threads,
-        max_pixels=settings.max_image_pixels,
-        decoder_backend=settings.decoder_backend,
-        bundle_sha256=settings.bundle_sha256,
-        execution_provider=settings.execution_provider,
-    )
+    return load(settings.bundle_path, bundle_sha256=settings.bundle_sha256, **common)
 
 
 @dataclass
@@ -105,7 +103,8 @@ class ServiceState:
         image = captioner.load(blank.getvalue(), self.decoders, wait_s=60.0)
         captioner.caption_images([image], self.settings.default_options())
         batcher = None
-        provider = captioner.model_info.get("providers", {}).get("encoder", CPU)
+        info = captioner.model_info
+        provider = info.providers.get("encoder", CPU) if info is not None else CPU
         size, wait_ms = self.settings.microbatch_for(provider)
         if size > 1:
             log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
@@ -167,8 +166,9 @@ class ServiceState:
         """The public description of the model (PUBLIC_MODEL_FIELDS only)."""
         if self.captioner is None:
             return {}
-        info = {**self.captioner.model_info, "version": self.captioner.version}
-        public = {k: info[k] for k in PUBLIC_MODEL_FIELDS if k in info}
+        info = self.captioner.model_info
+        public = {"version": self.captioner.version, **(info.to_dict() if info is not None else {})}
+        public = {k: public[k] for k in PUBLIC_MODEL_FIELDS if k in public}
         return {**public, "previous_version": self.models.versions()["previous"]}
 
     @property

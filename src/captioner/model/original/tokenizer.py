@@ -1,19 +1,10 @@
-"""Load the artefacts of the original tutorial captioner safely, so they can be decoded and compared.
+"""The original design's tokenizer (a pickled Keras ``Tokenizer``), read safely and without Keras.
 
-The original design (the classic Keras "merge" captioner) shipped three files:
-
-- ``tokenizer.pkl``: a pickled ``keras.preprocessing.text.Tokenizer`` (id 0 = padding, words by frequency from 1,
-  captions wrapped in ``startseq ... endseq``);
-- ``caption_model.keras``: inputs ``[image features (F,), padded token ids (max_length,)]``, output a softmax over
-  the tokenizer's ids; features were InceptionV3 pooled outputs (F=2048, 299x299 images, ``x / 127.5 - 1``);
-- optionally ``weights/caption_model.weights.h5``.
-
-A pickle can run arbitrary code when loaded, so ``tokenizer.pkl`` is read by a restricted unpickler that maps the
-Tokenizer class to an inert placeholder, allows only a handful of builtin containers, and refuses everything else.
-Keras/TensorFlow are imported only by ``load_legacy``; reading a tokenizer never imports them.
-
-The merge model has no incremental step, so ``LegacyStepDecoder`` keeps the whole token prefix as its state and
-reruns the model on every step, exactly like the original ``pad_sequences`` + ``predict`` loop but batched.
+``tokenizer.pkl`` holds a ``keras.preprocessing.text.Tokenizer`` (id 0 = padding, words by frequency from 1,
+captions wrapped in ``startseq ... endseq``). A pickle can run arbitrary code when loaded, so it is read by a
+restricted unpickler that maps the Tokenizer class to an inert placeholder, allows only a handful of builtin
+containers (handed out as constructors, so a pickle cannot change them), and refuses everything else.
+``Tokenizer.to_json()`` exports are read too.
 """
 
 from __future__ import annotations
@@ -23,11 +14,9 @@ import io
 import json
 import pickle
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from captioner.errors import BundleError
 
@@ -49,13 +38,28 @@ TOKENIZER_MODULES = frozenset(
 # A tokenizer.pkl of the Flickr8k tutorial is about 0.5 MB; anything far larger is not a tokenizer.
 MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 
-# Added to the softmax output before the log so that a probability of exactly 0 stays finite.
-LOG_EPS = 1e-9
-
 _KERAS_TOKENIZER_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
 
-class _PickledTokenizer:
+class _NoClassState(type):
+    """Metaclass of the Tokenizer placeholder: a pickle's BUILD on the class itself (not an instance) is refused.
+
+    BUILD looks up ``__setstate__`` on whatever object is on the stack; a data descriptor on the metaclass wins
+    over the class's own method, so a BUILD aimed at the class raises before any attribute is set.
+    """
+
+    @property
+    def __setstate__(cls) -> Any:
+        raise BundleError(_SET_ATTRIBUTES_REFUSED)
+
+
+_SET_ATTRIBUTES_REFUSED = (
+    "refusing to unpickle: the pickle sets attributes on a class (a tokenizer pickle only sets them on the "
+    "Tokenizer object); the file was crafted or corrupted"
+)
+
+
+class _PickledTokenizer(metaclass=_NoClassState):
     """Inert stand-in for a Keras Tokenizer: unpickling it only stores the attribute dict."""
 
     state: dict[str, Any]
@@ -66,8 +70,27 @@ class _PickledTokenizer:
         self.state = state
 
 
-# Harmless callables a Tokenizer's __dict__ needs (protocols 0-5). Every one only builds containers or numbers.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+class _Constructor:
+    """What the unpickler hands out for an allowed class: a callable that builds instances, not the class.
+
+    A pickle can set attributes on any object it names (BUILD with a slot state calls setattr), so handing out
+    the real ``collections.Counter`` would let a pickle change it process-wide. This wrapper refuses BUILD.
+    """
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cls(*args, **kwargs)
+
+    def __setstate__(self, state: object) -> None:
+        raise BundleError(_SET_ATTRIBUTES_REFUSED)
+
+
+# Harmless classes a Tokenizer's __dict__ needs (protocols 0-5). Every one only builds containers or numbers.
+_ALLOWED_GLOBALS: dict[tuple[str, str], type] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
     ("collections", "Counter"): collections.Counter,
@@ -87,11 +110,17 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 def _new_reconstructor() -> Any:
     """A private copy of ``copyreg._reconstructor``, which protocols 0 and 1 call as ``(cls, object, None)``.
 
-    cls and base are resolved through find_class, so they can only be allowed classes or the placeholder. A fresh
-    function per lookup: a pickle can set attributes on what it loads and must not alter the real copyreg.
+    cls and base are resolved through find_class, so cls can only be the placeholder or an allowed class's
+    ``_Constructor``. A fresh function per lookup: a pickle can set attributes on it, and must not alter the real
+    copyreg.
     """
 
-    def _reconstructor(cls: type, base: type, state: object) -> object:
+    def _reconstructor(cls: Any, base: Any, state: object) -> object:
+        cls, base = (c.cls if isinstance(c, _Constructor) else c for c in (cls, base))
+        if not isinstance(cls, type) or not isinstance(base, type):
+            raise BundleError(
+                "refusing to unpickle: copyreg._reconstructor given something that is not a class"
+            )
         if base is object:
             return object.__new__(cls)
         obj = base.__new__(cls, state)
@@ -111,10 +140,12 @@ _PY2_ALIASES: dict[tuple[str, str], tuple[str, str]] = {
 
 
 class _TokenizerUnpickler(pickle.Unpickler):
-    """Resolves only the Tokenizer class (to ``_PickledTokenizer``) and ``_ALLOWED_GLOBALS``; refuses the rest.
+    """Resolves only the Tokenizer class (to ``_PickledTokenizer``) and ``_ALLOWED_GLOBALS`` (as
+    ``_Constructor``s, never the classes themselves); refuses the rest.
 
     Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) goes through find_class, so
-    nothing outside the allow-list can be called. Persistent ids are refused by the base class.
+    nothing outside the allow-list can be called, and nothing it names can be changed: BUILD on what find_class
+    returns is refused. Persistent ids are refused by the base class.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -124,7 +155,7 @@ class _TokenizerUnpickler(pickle.Unpickler):
         if key[0] == "__builtin__":
             key = ("builtins", key[1])
         if key in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[key]
+            return _Constructor(_ALLOWED_GLOBALS[key])
         if key == ("copyreg", "_reconstructor"):
             return _new_reconstructor()
         raise BundleError(
@@ -134,7 +165,7 @@ class _TokenizerUnpickler(pickle.Unpickler):
 
 
 @dataclass(frozen=True)
-class LegacyVocabulary:
+class OriginalVocabulary:
     """A Keras Tokenizer's word <-> id mapping, with the decoding interface of ``captioner.data.Vocabulary``.
 
     Id 0 is padding; ``start_id``/``end_id`` are the ids of the start/end words (e.g. ``startseq``/``endseq``).
@@ -181,7 +212,7 @@ class LegacyVocabulary:
                 )
 
     @classmethod
-    def from_tokenizer_config(cls, config: Mapping[str, Any], size: int | None = None) -> LegacyVocabulary:
+    def from_tokenizer_config(cls, config: Mapping[str, Any], size: int | None = None) -> OriginalVocabulary:
         """Build from a Tokenizer's attributes (its pickled ``__dict__`` or ``to_json()['config']``)."""
         word_index = config.get("word_index")
         if isinstance(word_index, str):  # to_json() stores the mappings as JSON strings
@@ -286,6 +317,23 @@ class LegacyVocabulary:
                 words.append(self.index_word[i])
         return " ".join(words)
 
+    def to_keras_json(self) -> dict[str, Any]:
+        """The ``Tokenizer.to_json()`` structure (as a dict) of this vocabulary: what bundles store instead of a
+        pickle, read back by ``safe_load_tokenizer``."""
+        return {
+            "class_name": "Tokenizer",
+            "config": {
+                "num_words": self.num_words,
+                "filters": self.filters,
+                "lower": self.lower,
+                "split": self.split,
+                "char_level": False,
+                "oov_token": self.oov_token,
+                "word_index": json.dumps(dict(self.word_index)),
+                "index_word": json.dumps({str(i): w for i, w in self.index_word.items()}),
+            },
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (for manifests and for converting the tokenizer to our own format)."""
         return {
@@ -309,7 +357,7 @@ def _parse_json(text: str, what: str) -> Any:
         raise BundleError(f"tokenizer {what} is not valid JSON ({e})") from None
 
 
-def safe_load_tokenizer(path: str | Path) -> LegacyVocabulary:
+def safe_load_tokenizer(path: str | Path) -> OriginalVocabulary:
     """Read a Keras Tokenizer from ``tokenizer.pkl`` (restricted unpickler) or from ``Tokenizer.to_json()`` output.
 
     Never executes code from the file and never imports Keras/TensorFlow. Raises BundleError if the file is
@@ -331,7 +379,7 @@ def safe_load_tokenizer(path: str | Path) -> LegacyVocabulary:
     else:
         config = _tokenizer_config_from_pickle(data, path)
     try:
-        return LegacyVocabulary.from_tokenizer_config(config)
+        return OriginalVocabulary.from_tokenizer_config(config)
     except BundleError as e:
         raise BundleError(f"{path}: {e}") from None
 
@@ -369,206 +417,3 @@ def _tokenizer_config_from_pickle(data: bytes, path: Path) -> Mapping[str, Any]:
             "pickle the fitted Tokenizer itself (or export it with Tokenizer.to_json())"
         )
     return getattr(obj, "state", {})
-
-
-def build_merge_model(
-    keras: Any,
-    feature_size: int,
-    vocab_size: int,
-    max_length: int,
-    units: int = 256,
-    output_activation: str | None = "softmax",
-) -> Any:
-    """The original design's merge model (the tutorial's ``define_model``), layer for layer, untrained.
-
-    For the benchmark's baseline and for tests of ``load_legacy``; ``keras`` is the imported module (this file
-    never imports Keras itself). output_activation None gives logits, a model ``load_legacy`` must refuse.
-    """
-    from keras import layers
-
-    inputs1 = keras.Input(shape=(feature_size,))
-    fe1 = layers.Dropout(0.5)(inputs1)
-    fe2 = layers.Dense(units, activation="relu")(fe1)
-    inputs2 = keras.Input(shape=(max_length,))
-    se1 = layers.Embedding(vocab_size, units, mask_zero=True)(inputs2)
-    se2 = layers.Dropout(0.5)(se1)
-    se3 = layers.LSTM(units)(se2)
-    decoder1 = layers.add([fe2, se3])
-    decoder2 = layers.Dense(units, activation="relu")(decoder1)
-    outputs = layers.Dense(vocab_size, activation=output_activation)(decoder2)
-    return keras.Model(inputs=[inputs1, inputs2], outputs=outputs)
-
-
-class LegacyStepDecoder:
-    """The StepDecoder protocol for a tutorial merge model ``[features (F,), padded ids (max_length,)] -> softmax``.
-
-    State: ``(features [N, F] float32, prefix [N, max_length] int32, length [N] int32)``. ``prefix`` holds the
-    tokens fed so far, right-aligned with 0 padding on the left and the oldest tokens dropped once it is full:
-    the same array the original built with ``pad_sequences([seq], maxlen=max_length)`` (padding and truncating
-    'pre'). ``length`` counts the tokens fed (not capped). Each step reruns the model on the whole prefix.
-    """
-
-    def __init__(self, model: Any, *, use_tf_function: bool = True) -> None:
-        """model: a loaded Keras model. use_tf_function: on the TensorFlow backend, trace the call once as a tf.function."""
-        features_input, ids_input = model.inputs
-        self.model = model
-        self.feature_size = int(features_input.shape[-1])
-        self.max_length = int(ids_input.shape[-1])
-        self.vocab_size = int(model.outputs[0].shape[-1])
-        self._ids_dtype = np.dtype(getattr(ids_input.dtype, "name", ids_input.dtype))
-        self._call = self._make_call(use_tf_function)
-
-    def _make_call(self, use_tf_function: bool) -> Any:
-        import keras
-
-        model = self.model
-        if use_tf_function and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            # One trace for any number of rows (beam search changes N), instead of one per shape.
-            return tf.function(
-                lambda features, ids: model([features, ids], training=False),
-                input_signature=[
-                    tf.TensorSpec([None, self.feature_size], tf.float32),
-                    tf.TensorSpec([None, self.max_length], tf.as_dtype(self._ids_dtype)),
-                ],
-            )
-        return lambda features, ids: model([features, ids], training=False)
-
-    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
-        """features [B, F] -> state with an empty prefix per row (the first step() gets the start id)."""
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[1] != self.feature_size:
-            raise ValueError(f"features must be [B, {self.feature_size}], got shape {features.shape}")
-        n = features.shape[0]
-        return features, np.zeros((n, self.max_length), np.int32), np.zeros(n, np.int32)
-
-    def step(
-        self, tokens: np.ndarray, state: tuple[np.ndarray, ...]
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """tokens [N] (each row's previous token) -> (log_probs float32 [N, V], new state).
-
-        log_probs are ``log(softmax + LOG_EPS)`` with the padding id treated as probability 0: the original
-        stopped when it predicted id 0, and a search must never emit padding as a word.
-        """
-        features, prefix, length = state
-        tokens = np.asarray(tokens).reshape(-1).astype(np.int32)
-        if tokens.shape[0] != prefix.shape[0]:
-            raise ValueError(f"got {tokens.shape[0]} tokens for a state of {prefix.shape[0]} rows")
-        prefix = np.concatenate([prefix[:, 1:], tokens[:, None]], axis=1)
-        length = length + 1
-        if prefix.shape[0] == 0:
-            return np.zeros((0, self.vocab_size), np.float32), (features, prefix, length)
-        probs = np.asarray(self._call(features, prefix.astype(self._ids_dtype)), dtype=np.float32)
-        log_probs = np.log(probs + np.float32(LOG_EPS))
-        log_probs[:, 0] = np.log(np.float32(LOG_EPS))
-        return log_probs, (features, prefix, length)
-
-
-def load_legacy(
-    model_path: str | Path,
-    weights_path: str | Path | None = None,
-    *,
-    tokenizer_path: str | Path,
-    feature_size: int | None = None,
-) -> tuple[LegacyStepDecoder, LegacyVocabulary, dict[str, Any]]:
-    """Load the original ``caption_model.keras`` (+ optional ``.weights.h5``) and ``tokenizer.pkl``.
-
-    feature_size: if given, the feature width the caller's encoder produces (2048 for InceptionV3); the model's
-    first input must match it. Returns ``(step_decoder, vocabulary, info)`` where info describes the artefacts.
-    Raises BundleError when a file is missing, unsafe, or the model and tokenizer do not belong together.
-    """
-    model_path = Path(model_path)
-    vocabulary = safe_load_tokenizer(tokenizer_path)
-    if model_path.suffix != ".keras":
-        raise BundleError(
-            f"{model_path}: expected a Keras v3 '.keras' model file (legacy .h5 models can embed code and "
-            "are not loaded; re-save the model with model.save('caption_model.keras'))"
-        )
-    if not model_path.is_file():
-        raise BundleError(f"model file not found: {model_path}")
-
-    import keras
-
-    try:
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as e:  # Keras raises ValueError/TypeError/OSError... for unreadable or unsafe files
-        raise BundleError(f"cannot load {model_path} ({type(e).__name__}: {e})") from None
-    if weights_path is not None:
-        weights_path = Path(weights_path)
-        if not weights_path.is_file():
-            raise BundleError(f"weights file not found: {weights_path}")
-        try:
-            model.load_weights(weights_path)
-        except Exception as e:
-            raise BundleError(
-                f"the weights {weights_path} do not fit the model {model_path} ({type(e).__name__}: {e}); "
-                "use the weights saved from this very model"
-            ) from None
-
-    _check_model(model, model_path, vocabulary, feature_size)
-    model_size = int(model.outputs[0].shape[-1])
-    if model_size != len(vocabulary):
-        # The tutorial sized the softmax len(word_index) + 1 even when the tokenizer had a num_words cap.
-        vocabulary = replace(vocabulary, size=model_size)
-    decoder = LegacyStepDecoder(model)
-    _check_softmax(decoder, model_path, vocabulary)
-    info = {
-        "format": "legacy-keras-merge",
-        "model_path": str(model_path),
-        "weights_path": None if weights_path is None else str(weights_path),
-        "tokenizer_path": str(tokenizer_path),
-        "feature_size": decoder.feature_size,
-        "vocab_size": decoder.vocab_size,
-        "max_length": decoder.max_length,  # tokens the model sees, including the start word
-        "start_word": vocabulary.start_word,
-        "end_word": vocabulary.end_word,
-        "num_words": vocabulary.num_words,
-        "keras_version": keras.__version__,
-    }
-    return decoder, vocabulary, info
-
-
-def _check_model(model: Any, path: Path, vocabulary: LegacyVocabulary, feature_size: int | None) -> None:
-    inputs = list(getattr(model, "inputs", None) or [])
-    outputs = list(getattr(model, "outputs", None) or [])
-    if len(inputs) != 2 or len(outputs) != 1:
-        raise BundleError(
-            f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; the tutorial merge model has 2 inputs "
-            "([image features, padded token ids]) and 1 softmax output"
-        )
-    feat_shape, ids_shape, out_shape = tuple(inputs[0].shape), tuple(inputs[1].shape), tuple(outputs[0].shape)
-    if len(feat_shape) != 2 or feat_shape[1] is None or len(ids_shape) != 2 or ids_shape[1] is None:
-        raise BundleError(
-            f"{path} inputs have shapes {feat_shape} and {ids_shape}; expected (None, F) features and "
-            "(None, max_length) token ids with fixed F and max_length"
-        )
-    if len(out_shape) != 2 or out_shape[1] is None:
-        raise BundleError(f"{path} output has shape {out_shape}; expected (None, vocab_size)")
-    if feature_size is not None and feat_shape[1] != feature_size:
-        raise BundleError(
-            f"{path} expects {feat_shape[1]}-d image features but the encoder gives {feature_size}-d; "
-            "use the encoder the model was trained with (the tutorial used InceptionV3, 2048-d)"
-        )
-    size, words = out_shape[1], len(vocabulary.word_index) + 1
-    if size != len(vocabulary) and not (vocabulary.num_words and size == words):
-        raise BundleError(
-            f"{path} scores {size} ids but the tokenizer has {words} (len(word_index) + 1"
-            f"{f', num_words={vocabulary.num_words}' if vocabulary.num_words else ''}); "
-            "the model and tokenizer.pkl come from different training runs"
-        )
-
-
-def _check_softmax(decoder: LegacyStepDecoder, path: Path, vocabulary: LegacyVocabulary) -> None:
-    """One call on a dummy prefix: the output must be a probability distribution (and the trace is warmed up)."""
-    features = np.zeros((1, decoder.feature_size), np.float32)
-    ids = np.zeros((1, decoder.max_length), np.int32)
-    ids[0, -1] = vocabulary.start_id
-    try:
-        probs = np.asarray(decoder._call(features, ids.astype(decoder._ids_dtype)), dtype=np.float64)
-    except Exception as e:
-        raise BundleError(
-            f"{path} fails on a [features, token ids] input ({type(e).__name__}: {e})"
-        ) from None
-    if probs.shape != (1, decoder.vocab_size) or probs.min() < 0 or abs(probs.sum() - 1) > 1e-3:
-        raise BundleError(f"{path} does not output a softmax over the vocabulary (got sum {probs.sum():.4g})")
