@@ -4,6 +4,8 @@ encoder's real provider."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnxruntime as ort
 import pytest
 from service_helpers import service_settings
@@ -46,7 +48,7 @@ def test_microbatch_settings_follow_the_real_provider(tiny_bundle):
 
 def on_gpu(captioner: Captioner) -> Captioner:
     """The same captioner claiming that its sessions run on CUDA (only the batcher's choice reads it)."""
-    info = dict(captioner.info, providers={"encoder": CUDA, "decoder": CUDA})
+    info = dataclasses.replace(captioner.info, providers={"encoder": CUDA, "decoder": CUDA})
     return Captioner(captioner.encoder, captioner.decoder, captioner.vocabulary, info, captioner.max_pixels)
 
 

@@ -318,7 +318,7 @@ def load_bundle(path: str | Path | None = None, expected_sha256: str | None = No
         from captioner.model.original.tokenizer import safe_load_tokenizer
 
         # Sizes and their agreement are checked when the model is read (model/original/).
-        return Bundle(path, manifest, None, safe_load_tokenizer(path / TOKENIZER_FILE))
+        return Bundle(path, manifest, None, safe_load_tokenizer(path / TOKENIZER_FILE), bundle_sha256)
     try:
         config = DecoderConfig.from_dict(manifest["decoder"])
     except (KeyError, TypeError, ValueError) as exc:
