@@ -272,6 +272,16 @@ def test_compose_stack_with_three_replicas_nginx_and_redis(images, figures, tmp_
             figures["compose_up_s"] = round(time.monotonic() - started, 1)
             replicas = run("ps", "-q", "captioner").stdout.split()
             assert len(replicas) == 3, replicas  # deploy.replicas
+            host_config = inspect(replicas[0])["HostConfig"]
+            figures["compose_replica_limits"] = {
+                "memory_bytes": host_config["Memory"], "nano_cpus": host_config["NanoCpus"],
+                "memory_reservation_bytes": host_config["MemoryReservation"],
+            }  # fmt: skip
+            # deploy.resources: applied by v1 1.29 too, without --compatibility (a CPU reservation has no Docker
+            # equivalent outside Swarm, in v1 or v2).
+            assert (host_config["Memory"], host_config["NanoCpus"]) == (2**30, 2 * 10**9)
+            assert host_config["ReadonlyRootfs"] and host_config["CapDrop"] == ["ALL"]
+            assert host_config["SecurityOpt"] == ["no-new-privileges:true"]
 
             # A caption through nginx, with an API key (and refused without one).
             r = caption(url, chelsea_jpeg(), **{"X-API-Key": next(fresh_keys)})
