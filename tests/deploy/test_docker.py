@@ -106,12 +106,13 @@ def caption(url: str, image: bytes, **headers):
 
 
 def slow_batch(url: str, sent: threading.Event, out: dict) -> None:
-    """POST 8 large photos with beam search to /generate-captions/; ``sent`` is set once all of the body is on the
-    wire (from then on the server has the request and a graceful stop must still answer it)."""
+    """POST 16 large photos with beam search to /generate-captions/; ``sent`` is set once all of the body is on the
+    wire."""
     import httpx
 
-    batch = [("files", (f"b{k}.jpg", photo_jpeg((640, 480), seed=40 + k))) for k in range(8)]
-    request = httpx.Request("POST", url + "/generate-captions/", files=batch, params={"strategy": "beam"})
+    batch = [("files", (f"b{k}.jpg", photo_jpeg((640, 480), seed=40 + k))) for k in range(16)]
+    params = {"strategy": "beam", "beam_size": 5}
+    request = httpx.Request("POST", url + "/generate-captions/", files=batch, params=params)
     body = request.read()
 
     def stream():
@@ -141,7 +142,7 @@ def test_image_serves_as_non_root_read_only_healthy_and_drains_on_stop(images, f
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8000",
-           "-e", "CAPTIONER_THREADS=2", images["captioner"])  # fmt: skip
+           "-e", "CAPTIONER_THREADS=1", "-e", "CAPTIONER_MAX_BATCH_IMAGES=16", images["captioner"])  # fmt: skip
     try:
         wait_until(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 180, "container /readyz")
         figures["container_ready_s"] = round(time.monotonic() - started, 1)
@@ -175,13 +176,17 @@ def test_image_serves_as_non_root_read_only_healthy_and_drains_on_stop(images, f
         client = threading.Thread(target=slow_batch, args=(url, sent, out), daemon=True)
         client.start()
         assert sent.wait(30)
-        time.sleep(0.5)  # the server has read the request
+        wait_until(  # the batch is in inference: the request is the server's now
+            lambda: "captioner_inference_inflight 1.0" in httpx.get(url + "/metrics", timeout=2).text,
+            30,
+            "the batch in flight",
+        )
         stop_started = time.monotonic()
         docker("stop", "-t", "60", name, timeout=90)
         figures["stop_s"] = round(time.monotonic() - stop_started, 1)
         client.join(60)
         figures["drained_batch_s_after_sigterm"] = round(out.pop("ended", stop_started) - stop_started, 2)
-        assert out == {"status": 200, "items_ok": 8}
+        assert out == {"status": 200, "items_ok": 16}
         assert figures["drained_batch_s_after_sigterm"] > 0  # it was still running when the stop began
         assert inspect(name)["State"]["ExitCode"] == 0
     except BaseException:
