@@ -9,6 +9,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v redis-server >/dev/null || missing+=(redis-server)   # shared rate limit / cache tests
   command -v chromium >/dev/null || missing+=(chromium)           # web page end-to-end test
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)  # load-balancer integration test
+  # tests/deploy/test_docker.py: the image and the compose stack for real, on a registry-free Debian base
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     apt-get update -qq
