@@ -54,32 +54,71 @@ class Settings(BaseSettings):
     )
 
     # -- the original design's variables (unprefixed) --
-    model_path: Path | None = Field(None, validation_alias=AliasChoices("MODEL_PATH", "CAPTIONER_MODEL_PATH"))
+    model_path: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("MODEL_PATH", "CAPTIONER_MODEL_PATH"),
+        description="The original design's caption_model.keras: when set, the original format is served "
+        "(with TOKENIZER_PATH and CAPTIONER_ENCODER_PATH), by the same engine, without TensorFlow.",
+    )
     weights_path: Path | None = Field(
-        None, validation_alias=AliasChoices("WEIGHTS_PATH", "CAPTIONER_WEIGHTS_PATH")
+        None,
+        validation_alias=AliasChoices("WEIGHTS_PATH", "CAPTIONER_WEIGHTS_PATH"),
+        description="Optional weights/caption_model.weights.h5 applied over MODEL_PATH.",
     )
     tokenizer_path: Path | None = Field(
-        None, validation_alias=AliasChoices("TOKENIZER_PATH", "CAPTIONER_TOKENIZER_PATH")
+        None,
+        validation_alias=AliasChoices("TOKENIZER_PATH", "CAPTIONER_TOKENIZER_PATH"),
+        description="The original tokenizer.pkl (required with MODEL_PATH; read by a restricted unpickler).",
     )
-    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST", "CAPTIONER_HOST"))
-    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "CAPTIONER_PORT"))
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("HOST", "CAPTIONER_HOST"),
+        description="Listen address; set 0.0.0.0 deliberately (in a container, behind a TLS proxy).",
+    )
+    port: int = Field(
+        8000,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("PORT", "CAPTIONER_PORT"),
+        description="Listen port.",
+    )
 
     # -- model --
-    bundle_path: Path | None = None  # None: the shipped bundle, <repo>/models/default
-    # The bundle digest to trust (bundle_sha256 of `captioner info`, i.e. sha256 of manifest.json): a bundle with any
-    # other manifest, and so any changed file, is refused at startup. None: only the manifest's own checksums.
-    bundle_sha256: str | None = None
-    encoder_path: Path | None = None  # the ONNX encoder for the original format (MODEL_PATH)
-    threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads; None: all cores
-    # How the decoder step runs, for a bundle and for the original format (MODEL_PATH) alike: "onnx-int8"
-    # (onnxruntime, int8 matmuls quantised per row: the fastest, dev scores equal to fp32's), "onnx" (fp32:
-    # exactly the NumPy reference's captions) or "numpy" (the reference). None: onnx-int8 when the encoder runs
-    # on the CPU, onnx (fp32) when it runs on a GPU (int8's MatMulInteger would run on the CPU there).
-    decoder_backend: DecoderBackend | None = None
-    load_in_background: bool = False  # True: answer /livez at once and /readyz 503 until the model is loaded
+    bundle_path: Path | None = Field(
+        None, description="The model bundle folder; unset: the shipped models/default. Not with MODEL_PATH."
+    )
+    bundle_sha256: str | None = Field(
+        None,
+        description="The bundle digest to trust (bundle_sha256 of 'captioner info', the sha256 of manifest.json): "
+        "a bundle with any other manifest, and so any changed file, is refused at startup and at a model switch. "
+        "Unset: only the manifest's own checksums are checked.",
+    )
+    encoder_path: Path | None = Field(
+        None,
+        description="The ONNX encoder for the original format (captioner export-encoder inception_v3 --out FILE).",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=256, description="onnxruntime intra-op threads; unset: all cores (set the CPU limit)."
+    )
+    decoder_backend: DecoderBackend | None = Field(
+        None,
+        description="How the decoder step runs (bundle and original format alike): onnx-int8 (int8 matmuls "
+        "quantised per row: the fastest, dev scores as good as fp32's), onnx (fp32: exactly the trained model's "
+        "captions) or numpy (the reference). Unset: onnx-int8 on the CPU, onnx on a GPU.",
+    )
+    load_in_background: bool = Field(
+        False,
+        description="true: answer /livez at once and /readyz 503 until the model is loaded; false: a bad model "
+        "setting stops startup with its message.",
+    )
 
     # -- limits --
-    max_upload_bytes: int = Field(10 * MiB, ge=1024)
+    max_upload_bytes: int = Field(
+        10 * MiB,
+        ge=1024,
+        description="Bytes per image; a request body may be this (times the batch size on /generate-captions/) "
+        "plus 64 KiB of multipart overhead. Larger: 413 while the body streams.",
+    )
     max_image_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
         ge=1,
@@ -107,16 +146,31 @@ class Settings(BaseSettings):
         description="Longest a single image may take to decode; its worker is then killed and replaced and the "
         "client gets 422 image-too-complex. Must be less than CAPTIONER_REQUEST_TIMEOUT_S.",
     )
-    max_batch_images: int = Field(8, ge=1, le=256)
-    max_queue: int = Field(32, ge=1)  # in-flight inference requests; more -> 503 at once
+    max_batch_images: int = Field(
+        8, ge=1, le=256, description="Files per /generate-captions/ request; more: 413."
+    )
+    max_queue: int = Field(
+        32, ge=1, description="Captioning requests queued or running; beyond it 503 overloaded at once."
+    )
     inference_workers: int = Field(
-        2, ge=1, le=64
-    )  # requests decoded/encoded at the same time (no micro-batching)
-    # Dynamic micro-batching of single-image requests: gather up to this many concurrent requests, waiting at most
-    # microbatch_max_wait_ms for more, and run them as one encoder batch and one decoding batch. 1 turns it off.
-    microbatch_max_size: int = Field(8, ge=1, le=64)
-    microbatch_max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
-    request_timeout_s: float = Field(30.0, gt=0)
+        2, ge=1, le=64, description="Captioning jobs running at once when micro-batching is off."
+    )
+    microbatch_max_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Concurrent single-image requests captioned as one encoder batch and one decoding batch "
+        "(on the CPU); 1 turns micro-batching off.",
+    )
+    microbatch_max_wait_ms: float = Field(
+        5.0,
+        ge=0.0,
+        le=1000.0,
+        description="Longest wait for more requests to join a micro-batch (on the CPU).",
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for a caption before 504; the job's slot is freed when it ends."
+    )
 
     # -- connections (enforced by the server, service/server.py, and the body deadline in middleware.py) --
     max_header_bytes: int = Field(
@@ -166,53 +220,94 @@ class Settings(BaseSettings):
         "the client IP is the TCP peer's. uvicorn's FORWARDED_ALLOW_IPS is read too.",
     )
     # -- execution provider (encoders/providers.py; GPUs need the gpu extra) --
-    # Where the encoder and decoder step sessions run: auto (CUDA when onnxruntime offers it, else the CPU), cpu,
-    # cuda or tensorrt (an explicit one that onnxruntime does not offer fails at startup). /health's
-    # model.providers says what each session really got (onnxruntime falls back to the CPU silently).
-    execution_provider: ExecutionProvider = DEFAULT_EXECUTION_PROVIDER
-    # Micro-batching when the encoder really runs on a GPU (the CPU values above apply otherwise). A GPU wants
-    # larger batches; 32 images / 10 ms are a starting point, NOT measured here (no GPU on the dev machine).
-    microbatch_max_size_gpu: int = Field(32, ge=1, le=256)
-    microbatch_max_wait_ms_gpu: float = Field(10.0, ge=0.0, le=1000.0)
+    execution_provider: ExecutionProvider = Field(
+        DEFAULT_EXECUTION_PROVIDER,
+        description="Where the encoder and decoder-step sessions run: auto (CUDA when onnxruntime offers it, else "
+        "the CPU), cpu, cuda or tensorrt (one that onnxruntime does not offer stops startup). /health's "
+        "model.providers says what each session really got (onnxruntime falls back to the CPU silently).",
+    )
+    microbatch_max_size_gpu: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="Micro-batch size when the encoder really runs on a GPU (a starting point, not measured).",
+    )
+    microbatch_max_wait_ms_gpu: float = Field(
+        10.0, ge=0.0, le=1000.0, description="Micro-batch wait when the encoder really runs on a GPU."
+    )
 
     # -- cross-origin --
-    cors_allow_origins: Annotated[list[str], NoDecode] = []  # empty: no CORS headers at all
-    cors_allow_credentials: bool = False
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Allowed origins (scheme://host[:port]), comma-separated; empty: no CORS headers at all.",
+    )
+    cors_allow_credentials: bool = Field(
+        False, description="Allow credentials; refused together with origin *."
+    )
 
     # -- rate limiting (token bucket per API key, else per client IP) --
-    rate_limit_per_minute: int = Field(60, ge=0)  # 0: no rate limit
-    rate_limit_burst: int | None = Field(None, ge=1)  # bucket size; None: rate_limit_per_minute
-    redis_url: str | None = None  # shared rate limits and cache across instances
+    rate_limit_per_minute: int = Field(
+        60, ge=0, description="Caption requests per minute per client (API key, else IP); 0: no rate limit."
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="Token-bucket size (requests allowed at once); unset: the per-minute rate."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:6379/0: rate limits, auth-failure budgets and the result cache shared by all "
+        "instances; while Redis is unreachable each instance falls back to its memory (one warning).",
+    )
 
     # -- authentication --
-    api_keys_sha256: Annotated[list[str], NoDecode] = []  # sha256 hex digests of the accepted keys
-    api_keys_file: Path | None = None  # one digest per line; re-read when it changes
+    api_keys_sha256: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="sha256 hex digests of the accepted API keys (printf %s KEY | sha256sum); empty: no keys.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of API-key digests, one per line (# comments); re-read when it changes."
+    )
     admin_keys_sha256: Annotated[list[str], NoDecode] = Field(
         [],
         description="sha256 hex digests of the keys that may switch models (POST /admin/model/reload and "
         "/admin/model/rollback, header X-Admin-Key); empty: the admin endpoints are off (SIGHUP still reloads).",
     )
-    # Failed API-key attempts allowed per client IP (a token bucket: this many a minute, bursts of
-    # auth_failures_burst); past them the IP's requests get 429 without their key being checked. 0: no budget.
-    auth_failures_per_minute: int = Field(5, ge=0)
-    auth_failures_burst: int = Field(10, ge=1)
+    auth_failures_per_minute: int = Field(
+        5,
+        ge=0,
+        description="Failed API/admin-key attempts a client IP regains per minute; once its budget is spent, its "
+        "requests get 429 without their key being checked. 0: no budget.",
+    )
+    auth_failures_burst: int = Field(
+        10, ge=1, description="Failed key attempts a client IP may make at once."
+    )
 
     # -- cache --
-    cache_max_entries: int = Field(1024, ge=0)  # 0: no cache
-    cache_ttl_s: int = Field(86_400, ge=1)  # Redis entries only
+    cache_max_entries: int = Field(
+        1024,
+        ge=0,
+        description="Results kept in the in-memory LRU (per API key when keys are on); 0: no cache.",
+    )
+    cache_ttl_s: int = Field(86_400, ge=1, description="Lifetime of a cached result in Redis.")
 
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    # Sent as X-Instance-ID on every response so that requests can be traced to a replica behind a load
-    # balancer (e.g. the pod name); None: no header.
-    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="debug, info, warning, error or critical (JSON lines on stderr)."
+    )
+    instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        description="Sent as X-Instance-ID on every response (e.g. the pod name), to trace a replica; unset: none.",
+    )
 
-    # -- default decode options (a request's query parameters override them) --
-    # Defaults of the per-request decoding options: DecodeOptions' own defaults (chosen on the dev split).
-    default_strategy: Literal["greedy", "beam"] = DecodeOptions().strategy
-    default_beam_size: int = DecodeOptions().beam_size
-    default_max_length: int = DecodeOptions().max_length
-    default_length_penalty: float = DecodeOptions().length_penalty
-    default_n_best: int = DecodeOptions().n_best
+    # -- default decode options (a request's query parameters override them; defaults chosen on dev) --
+    default_strategy: Literal["greedy", "beam"] = Field(
+        DecodeOptions().strategy, description="Default strategy."
+    )
+    default_beam_size: int = Field(DecodeOptions().beam_size, description="Default beam_size.")
+    default_max_length: int = Field(DecodeOptions().max_length, description="Default max_length (words).")
+    default_length_penalty: float = Field(
+        DecodeOptions().length_penalty, description="Default length_penalty."
+    )
+    default_n_best: int = Field(DecodeOptions().n_best, description="Default n_best (1 whenever greedy).")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -366,3 +461,60 @@ class Settings(BaseSettings):
         if values["strategy"] == "greedy" and overrides.get("n_best") is None:
             values["n_best"] = 1
         return DecodeOptions(**values)  # type: ignore[arg-type]
+
+
+# -- the settings table of docs/service.md, generated from the field descriptions above --
+
+SETTINGS_TABLE_BEGIN = (
+    "<!-- settings table: generated by `python -m captioner.service.settings --update docs/service.md` -->"
+)
+SETTINGS_TABLE_END = "<!-- end of settings table -->"
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting (its first alias, else CAPTIONER_<NAME>)."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return "CAPTIONER_" + name.upper()
+
+
+def _default_text(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list):
+        return "empty" if not value else f"`{','.join(map(str, value))}`"
+    if isinstance(value, int) and value >= MiB and value % MiB == 0:
+        return f"`{value}` ({value // MiB} MiB)"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The markdown table of every setting: variable, default, meaning (the field's description)."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{env_name(name)}` | {_default_text(field.default)} | {meaning} |")
+    return "\n".join(rows)
+
+
+def update_settings_doc(doc: Path) -> bool:
+    """Rewrite the table between the markers in ``doc``; True if it changed."""
+    text = doc.read_text()
+    start = text.index(SETTINGS_TABLE_BEGIN) + len(SETTINGS_TABLE_BEGIN)
+    end = text.index(SETTINGS_TABLE_END)
+    new = text[:start] + "\n" + settings_table() + "\n" + text[end:]
+    if new != text:
+        doc.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m captioner.service.settings [--update docs/service.md]
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        print("updated" if update_settings_doc(Path(sys.argv[2])) else "up to date")
+    else:
+        print(settings_table())
