@@ -32,6 +32,7 @@ from typing import IO
 import numpy as np
 
 from captioner import __version__
+from captioner.decode.answer import AnswerOptions, present
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
@@ -166,9 +167,11 @@ def caption_batch(
     options: DecodeOptions,
     max_download_bytes: int = 20 * MiB,
     download_timeout_s: float = 20.0,
+    answer: AnswerOptions = AnswerOptions(),
 ) -> list[dict]:
     """Read and decode each image on its own (threads: downloads and JPEG decoding release the GIL), then
-    caption the good ones as one batch. One record per item, in order; a bad image fails only its record."""
+    caption the good ones as one batch. One record per item, in order; a bad image fails only its record.
+    answer: the tags and wording of the records (decode/answer.py)."""
 
     def load(item: Item):
         try:
@@ -188,15 +191,9 @@ def caption_batch(
             detail = _ADDRESS.sub("", str(image))
             records.append({"image": key, "error": {"type": type(image).__name__, "detail": detail}})
             continue
-        r = next(results)
-        records.append(
-            {
-                "image": key,
-                "caption": r.caption,
-                "candidates": [c.__dict__ for c in r.candidates],
-                "model_version": captioner.version,
-            }
-        )
+        r = present(next(results), answer).to_dict()
+        del r["timings_ms"]  # the records of a rerun must be identical
+        records.append({"image": key, **r, "model_version": captioner.version})
     return records
 
 
@@ -205,13 +202,14 @@ class CaptionerActor:
     ``{"image", "location"}`` into rows ``{"image", "record"}`` (the record as a JSON string)."""
 
     def __init__(self, bundle: str, options: DecodeOptions, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_download_bytes: int = 20 * MiB, download_timeout_s: float = 20.0):  # fmt: skip
+                 max_download_bytes: int = 20 * MiB, download_timeout_s: float = 20.0,
+                 answer: AnswerOptions = AnswerOptions()):  # fmt: skip
         from threadpoolctl import threadpool_limits
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
         self._blas_limit = threadpool_limits(limits=threads)
         self.captioner = Captioner.from_bundle(bundle, threads=threads, max_pixels=max_pixels)
-        self.options = options
+        self.options, self.answer = options, answer
         self.fetch_limits = {
             "max_download_bytes": max_download_bytes,
             "download_timeout_s": download_timeout_s,
@@ -219,7 +217,7 @@ class CaptionerActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(zip(batch["image"].tolist(), batch["location"].tolist(), strict=True))
-        records = caption_batch(self.captioner, items, self.options, **self.fetch_limits)
+        records = caption_batch(self.captioner, items, self.options, **self.fetch_limits, answer=self.answer)
         return {
             "image": np.array([r["image"] for r in records], dtype=object),
             "record": np.array([json.dumps(r) for r in records], dtype=object),
@@ -243,13 +241,14 @@ def caption_dir(
     download_timeout_s: float = 20.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    answer: AnswerOptions = AnswerOptions(),
 ) -> dict:
     """Caption every image of ``source`` (a folder, an image, or a list file of paths/URLs) into JSONL ``out``.
 
     threads: onnxruntime and BLAS threads (None: library defaults locally, 1 per Ray replica). ray / ray_address: run on Ray
     (a new local instance, or ``auto`` / ``ray://host:10001``; an already initialised one is used as is) with
     ``workers`` model replicas. Returns the summary: images found, skipped (already in ``out``), captioned,
-    errors, seconds, images per second.
+    errors, seconds, images per second. answer: the records' tags and wording (decode/answer.py).
     """
     if batch_size < 1 or workers < 1:
         raise CaptionerError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
@@ -286,13 +285,15 @@ def caption_dir(
         if use_ray and todo:
             actor_kwargs = {"bundle": bundle_path, "options": options, "threads": threads or 1,
                             "max_pixels": max_pixels, "max_download_bytes": max_download_bytes,
-                            "download_timeout_s": download_timeout_s}  # fmt: skip
+                            "download_timeout_s": download_timeout_s, "answer": answer}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
             with _blas_threads(threads):
                 for s in range(0, len(todo), batch_size):
                     chunk = todo[s : s + batch_size]
-                    records = caption_batch(captioner, chunk, options, max_download_bytes, download_timeout_s)
+                    records = caption_batch(
+                        captioner, chunk, options, max_download_bytes, download_timeout_s, answer
+                    )
                     write([json.dumps(r) for r in records], sum("error" in r for r in records))
     seconds = time.perf_counter() - started
     return {

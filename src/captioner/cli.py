@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from captioner.decode.answer import AnswerOptions, present
 from captioner.decode.captioner import DEFAULT_DECODER_BACKEND
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
@@ -34,9 +35,15 @@ MaxLength = Annotated[int, typer.Option(help="Most words per caption (1-64).")]
 LengthPenalty = Annotated[float, typer.Option(help="alpha in score = log_prob / length**alpha.")]
 NBest = Annotated[int, typer.Option(help="Captions returned per image (<= beam size).")]
 DecoderOpt = Annotated[str, typer.Option(help="Decoder step: onnx-int8 (default), onnx (fp32) or numpy.")]
+TagsTopK = Annotated[int, typer.Option(help="Most ImageNet tags per image (0-20; 0: none).")]
+TagsMinProb = Annotated[float, typer.Option(help="Leave out tags less probable than this (0-1).")]
+GenderNeutral = Annotated[
+    bool, typer.Option("--gender-neutral", help="person/child/they instead of man/woman/boy/girl/he/she.")
+]
 
 
 _DEFAULT = DecodeOptions()
+_ANSWER = AnswerOptions()
 
 
 def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
@@ -52,6 +59,9 @@ def _options(strategy: str, beam_size: int, max_length: int, length_penalty: flo
 @app.command()
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    tags_top_k: TagsTopK = _ANSWER.tags_top_k,
+    tags_min_prob: TagsMinProb = _ANSWER.tags_min_prob,
+    gender_neutral: GenderNeutral = False,
     bundle: BundleOpt = None,
     strategy: Strategy = _DEFAULT.strategy,
     beam_size: BeamSize = _DEFAULT.beam_size,
@@ -65,9 +75,10 @@ def caption(
     from captioner.decode.captioner import Captioner
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
+    answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = Captioner.from_bundle(bundle, decoder_backend=decoder)
     for path in images:
-        result = captioner.caption_files([path], options)[0]
+        result = present(captioner.caption_files([path], options)[0], answer)
         if json_output:
             typer.echo(
                 json.dumps({"image": str(path), **result.to_dict(), "model_version": captioner.version})
@@ -100,6 +111,9 @@ def caption_dir_cmd(
     max_download_bytes: Annotated[int, typer.Option(help="Largest image fetched from a URL.")] = 20_971_520,
     download_timeout_s: Annotated[float, typer.Option(help="Longest download of one URL.")] = 20.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    tags_top_k: TagsTopK = _ANSWER.tags_top_k,
+    tags_min_prob: TagsMinProb = _ANSWER.tags_min_prob,
+    gender_neutral: GenderNeutral = False,
 ) -> None:
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.batch import caption_dir
@@ -109,6 +123,7 @@ def caption_dir_cmd(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
         download_timeout_s=download_timeout_s, progress=progress,
+        answer=AnswerOptions(tags_top_k, tags_min_prob, gender_neutral),
     )  # fmt: skip
     typer.echo(json.dumps(summary))
 

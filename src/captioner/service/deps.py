@@ -11,8 +11,10 @@ from fastapi.security import APIKeyHeader
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from captioner.decode.answer import AnswerOptions
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.service.problems import ServiceError
 from captioner.service.settings import Settings
 from captioner.service.state import ServiceState
@@ -130,6 +132,27 @@ def decode_options(
 
 
 OptionsDep = Annotated[DecodeOptions, Depends(decode_options)]
+
+
+def answer_options(
+    settings: SettingsDep,
+    tags_top_k: Annotated[
+        int | None, Query(ge=0, le=MAX_TAGS_TOP_K, description="most ImageNet tags per image; 0: none")
+    ] = None,
+    tags_min_prob: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="leave out tags less probable than this")
+    ] = None,
+    gender_neutral: Annotated[
+        bool | None, Query(description="rewrite man/woman/boy/girl... as person/child..., he/she as they")
+    ] = None,
+) -> AnswerOptions:
+    """What the answer shows (tags, wording) over the server's defaults; they never change decoding."""
+    return settings.answer_options(
+        tags_top_k=tags_top_k, tags_min_prob=tags_min_prob, gender_neutral=gender_neutral
+    )
+
+
+AnswerDep = Annotated[AnswerOptions, Depends(answer_options)]
 
 
 async def _bounded_stream(request: Request, limit: int, state: ServiceState):

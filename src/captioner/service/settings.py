@@ -18,8 +18,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from captioner.decode.answer import AnswerOptions
 from captioner.decode.captioner import DEFAULT_DECODER_BACKEND, DecoderBackend
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.errors import OptionsError
 
 MiB = 1024 * 1024
@@ -112,6 +114,14 @@ class Settings(BaseSettings):
     default_max_length: int = DecodeOptions().max_length
     default_length_penalty: float = DecodeOptions().length_penalty
     default_n_best: int = DecodeOptions().n_best
+    # -- default answer options (query parameters tags_top_k, tags_min_prob, gender_neutral override them) --
+    default_tags_top_k: int = Field(
+        AnswerOptions().tags_top_k, ge=0, le=MAX_TAGS_TOP_K
+    )  # ImageNet tags per image
+    default_tags_min_prob: float = Field(
+        AnswerOptions().tags_min_prob, ge=0.0, le=1.0
+    )  # tags below are left out
+    default_gender_neutral: bool = False  # True: "a person in a red shirt" instead of "a man in a red shirt"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -214,3 +224,13 @@ class Settings(BaseSettings):
         if values["strategy"] == "greedy" and overrides.get("n_best") is None:
             values["n_best"] = 1
         return DecodeOptions(**values)  # type: ignore[arg-type]
+
+    def answer_options(self, **overrides: object) -> AnswerOptions:
+        """AnswerOptions from the defaults, with the non-None ``overrides`` applied. Raises OptionsError."""
+        values: dict[str, object] = {
+            "tags_top_k": self.default_tags_top_k,
+            "tags_min_prob": self.default_tags_min_prob,
+            "gender_neutral": self.default_gender_neutral,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return AnswerOptions(**values)  # type: ignore[arg-type]

@@ -11,11 +11,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from captioner.decode.captioner import Captioner
+from captioner.decode.answer import AnswerOptions, present
+from captioner.decode.captioner import Captioner, CaptionResult
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
 from captioner.service.deps import (
+    AnswerDep,
     CaptionerDep,
     OptionsDep,
     StateDep,
@@ -50,9 +52,9 @@ def _body_schema(batch: bool) -> dict:
 
 
 def _entry(result) -> dict:
+    """What is cached: the model's own answer (all MAX_TAGS_TOP_K tags, its wording); AnswerOptions shape it later."""
     return {
-        "caption": result.caption,
-        "candidates": [c.__dict__ for c in result.candidates],
+        **result.to_dict(),
         "timings_ms": {
             "encoder": result.timings_ms.get("encoder", 0.0),
             "decoder": result.timings_ms.get("decoder", 0.0),
@@ -95,12 +97,15 @@ def _caption_many(
     return out
 
 
-def _response(entry: dict, version: str, cached: bool, started: float) -> CaptionOut:
+def _response(entry: dict, version: str, cached: bool, started: float, answer: AnswerOptions) -> CaptionOut:
     timings = {"encoder": 0.0, "decoder": 0.0} if cached else entry["timings_ms"]
     total = (time.perf_counter() - started) * 1000
+    shown = present(CaptionResult.from_dict(entry), answer).to_dict()
     return CaptionOut(
-        caption=entry["caption"],
-        candidates=entry["candidates"],
+        caption=shown["caption"],
+        candidates=shown["candidates"],
+        confidence=shown["confidence"],
+        tags=shown["tags"],
         model_version=version,
         timings_ms={**timings, "total": total},
         cached=cached,
@@ -118,6 +123,7 @@ def generate_caption(
     state: StateDep,
     captioner: CaptionerDep,
     options: OptionsDep,
+    answer: AnswerDep,
     image: Annotated[bytes, Depends(_one_file)],
 ) -> CaptionOut:
     """Upload one image as multipart field `file`; get its caption and the n-best candidates.
@@ -141,7 +147,7 @@ def generate_caption(
             raise
         cached = not leader
     response.headers["X-Cache"] = "HIT" if cached else "MISS"
-    return _response(entry, captioner.version, cached, started)
+    return _response(entry, captioner.version, cached, started, answer)
 
 
 @router.post(
@@ -155,6 +161,7 @@ def generate_captions(
     state: StateDep,
     captioner: CaptionerDep,
     options: OptionsDep,
+    answer: AnswerDep,
     images: Annotated[list[bytes], Depends(_many_files)],
 ) -> BatchOut:
     """Upload up to `CAPTIONER_MAX_BATCH_IMAGES` images as repeated multipart field `files`.
@@ -176,7 +183,9 @@ def generate_captions(
     items = []
     for i, entry in enumerate(entries):
         if entry is not None:
-            items.append(BatchItem(index=i, result=_response(entry, captioner.version, True, started)))
+            items.append(
+                BatchItem(index=i, result=_response(entry, captioner.version, True, started, answer))
+            )
             continue
         outcome = computed[i]
         if isinstance(outcome, CaptionerError):
@@ -185,5 +194,7 @@ def generate_captions(
             body = problem_body(err.status, err.slug, f"file {i + 1}: {err.detail}", err.title, request_id)
             items.append(BatchItem(index=i, error=body))
         else:
-            items.append(BatchItem(index=i, result=_response(outcome, captioner.version, False, started)))
+            items.append(
+                BatchItem(index=i, result=_response(outcome, captioner.version, False, started, answer))
+            )
     return BatchOut(results=items, model_version=captioner.version)
