@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 from PIL import Image
 
-from captioner.decode.confidence import caption_confidence
+from captioner.decode.confidence import Calibration, caption_confidence
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, search
 from captioner.encoders.imagenet import Tag, top_tags
@@ -129,10 +129,13 @@ class Captioner:
         vocabulary: Vocab,
         info: dict | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        calibration: Calibration | None = None,
     ):
+        """calibration: maps the raw caption confidence to a calibrated one (decode/confidence.py); None: raw."""
         self.encoder, self.decoder, self.vocabulary = encoder, decoder, vocabulary
         self.info = info or {}
         self.max_pixels = max_pixels
+        self.calibration = calibration
         limit_blas_threads()
 
     @classmethod
@@ -171,7 +174,9 @@ class Captioner:
             "metrics": m.get("metrics", {}),
             "decoder_backend": decoder_backend,
         }
-        return cls(encoder, decoder, bundle.vocabulary, info, max_pixels)
+        calibration = m.get("confidence_calibration")
+        calibration = Calibration.from_dict(calibration) if calibration else None
+        return cls(encoder, decoder, bundle.vocabulary, info, max_pixels, calibration)
 
     @classmethod
     def from_legacy(
@@ -242,10 +247,7 @@ class Captioner:
             for h in image_hyps:
                 texts.setdefault(self.vocabulary.decode(h.tokens), h)
             cands = tuple(
-                Candidate(
-                    text, h.log_prob, h.score, caption_confidence(h.log_prob, len(h.tokens) + h.finished)
-                )
-                for text, h in texts.items()
+                Candidate(text, h.log_prob, h.score, self._confidence(h)) for text, h in texts.items()
             )
             # An empty best caption (the model ended at once) is useless to a user: prefer any non-empty one.
             best = next((c for c in cands if c.caption), cands[0] if cands else Candidate("", 0.0, 0.0))
@@ -253,6 +255,10 @@ class Captioner:
         if imagenet_probs is not None:
             results = [replace(r, tags=t) for r, t in zip(results, top_tags(imagenet_probs), strict=True)]
         return results
+
+    def _confidence(self, h: Hypothesis) -> float:
+        raw = caption_confidence(h.log_prob, len(h.tokens) + h.finished)
+        return raw if self.calibration is None else self.calibration(raw)
 
     def caption_images(
         self, images: Sequence[Image.Image], options: DecodeOptions = DecodeOptions()
