@@ -125,3 +125,36 @@ def test_answer_options_are_bounded(bad):
 def test_neutral_answer_equals_neutralize(captioner, images):
     result = captioner.caption_images(images[:2], DecodeOptions())[0]
     assert present(result, AnswerOptions(gender_neutral=True)).caption == neutralize(result.caption)
+
+
+def test_teacher_forcing_reproduces_the_search_log_prob(captioner, images):
+    from captioner.decode.scoring import sequence_log_probs
+    from captioner.decode.search import search
+
+    decoder, vocab = captioner.decoder, captioner.vocabulary
+    features = captioner.encoder.run(images).features
+    options = DecodeOptions(strategy="greedy", max_length=40)
+    hyps = [
+        h[0]
+        for h in search(decoder.step, decoder.initial_state(features), options, vocab.start_id, vocab.end_id)
+    ]
+    scored = sequence_log_probs(
+        decoder.step, decoder.initial_state(features), [h.tokens for h in hyps], vocab.start_id, vocab.end_id
+    )
+    for h, (log_prob, n) in zip(hyps, scored, strict=True):
+        if h.finished:
+            assert log_prob == pytest.approx(h.log_prob, abs=1e-4) and n == len(h.tokens) + 1
+
+
+def test_sequence_log_probs_with_a_fake_step():
+    from captioner.decode.scoring import sequence_log_probs
+
+    table = np.log(np.array([[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]]))
+
+    def step(tokens, state):  # token 0 -> row 0 of the table, anything else -> row 1
+        return table[np.minimum(tokens, 1)], state
+
+    state = (np.zeros((2, 1)),)
+    (lp_a, n_a), (lp_b, n_b) = sequence_log_probs(step, state, [[3], []], start_id=0, end_id=2)
+    assert n_a == 2 and lp_a == pytest.approx(math.log(0.4) + math.log(0.25))
+    assert n_b == 1 and lp_b == pytest.approx(math.log(0.3))

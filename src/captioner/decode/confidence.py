@@ -56,8 +56,9 @@ class Calibration:
         return cls(tuple(map(float, data["raw"])), tuple(map(float, data["calibrated"])))
 
     @classmethod
-    def fit(cls, raw: Sequence[float], outcome: Sequence[float]) -> Calibration:
-        """Isotonic regression (pool adjacent violators) of ``outcome`` (e.g. 0/1) on ``raw``."""
+    def fit(cls, raw: Sequence[float], outcome: Sequence[float], floor: float = 0.01) -> Calibration:
+        """Isotonic regression (pool adjacent violators) of ``outcome`` (e.g. 0/1) on ``raw``, kept within
+        [floor, 1 - floor]: a few thousand captions never justify saying 0 or 1."""
         order = np.argsort(np.asarray(raw, float), kind="stable")
         x, y = np.asarray(raw, float)[order], np.asarray(outcome, float)[order]
         blocks: list[list[float]] = []  # [sum_y, count, x_min, x_max]
@@ -73,5 +74,5 @@ class Calibration:
             for xk in (lo, hi) if hi > lo else (lo,):
                 if not knots_x or xk > knots_x[-1]:
                     knots_x.append(round(float(xk), 5))
-                    knots_y.append(round(float(total / count), 4))
+                    knots_y.append(round(min(max(float(total / count), floor), 1.0 - floor), 4))
         return cls(tuple(knots_x), tuple(knots_y))

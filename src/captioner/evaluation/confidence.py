@@ -226,11 +226,14 @@ def main(argv: list[str] | None = None) -> None:
             manifest = json.loads(path.read_text())
             manifest["confidence_calibration"] = fitted["record"]
             path.write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest itself is not checksummed
+    from captioner.model.bundle import load_bundle
+
+    record = fitted["record"] if fitted else load_bundle(args.bundle).manifest.get("confidence_calibration")
     calibration = fitted["calibration"] if fitted else captioner.calibration
-    threshold = fitted["record"]["cider_threshold"] if fitted else None
+    threshold = record.get("cider_threshold") if record else None
     report = confidence_report(captioner, dataset, args.split, options, args.limit, calibration, threshold)
-    if fitted:
-        report["calibration"] = fitted["record"]
+    if record:
+        report["calibration"] = record
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
