@@ -99,3 +99,15 @@ def test_top_tags_are_sorted_and_select_tags_cuts_them():
     assert len(select_tags(tags[0], 20, 0.0)) == 20
     with pytest.raises(ValueError, match="1000"):
         top_tags(np.zeros((1, 10)))
+
+
+@pytest.mark.slow
+def test_inception_v3_export_has_the_head(tmp_path):
+    from captioner.encoders.registry import get_encoder_spec
+
+    encoder = OnnxEncoder(export_encoder("inception_v3", tmp_path / "i.onnx", weights=None), threads=2)
+    assert encoder.has_imagenet_probs
+    pre = get_encoder_spec("inception_v3").preprocessing
+    out = encoder.run_arrays(np.stack([preprocess(make_photo((120, 90), seed=1), pre)]))
+    assert out.features.shape == (1, 2048) and out.imagenet_probs.shape == (1, NUM_CLASSES)
+    np.testing.assert_allclose(out.imagenet_probs.sum(axis=1), 1.0, atol=1e-5)
