@@ -62,7 +62,8 @@ class Vocab(Protocol):
 
 @dataclass(frozen=True)
 class Candidate:
-    """confidence: geometric-mean token probability in [0, 1] (decode/confidence.py)."""
+    """confidence: in [0, 1], the geometric-mean token probability, calibrated when the Captioner has a
+    calibration (decode/confidence.py)."""
 
     caption: str
     log_prob: float
