@@ -129,3 +129,15 @@ def test_encoder_flops_and_quantised_copies(tiny_encoder_onnx, photo_files, tmp_
     for path in made.values():
         encoder = OnnxEncoder(path)  # the captioner metadata survived
         assert encoder.encode([]).shape == (0, 1280)
+
+
+def test_tags_bench_compares_the_encoder_with_and_without_its_head(tiny_bundle, tmp_path):
+    from bench import tags
+
+    out = tmp_path / "tags.json"
+    tags.main(["--bundle", str(tiny_bundle), "--repeats", "1", "--threads", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    for batch in ("batch_1", "batch_32"):
+        row = report["results"][batch]
+        assert row["features_max_abs_diff"] == 0.0  # the head is an extra branch: features untouched
+        assert row["with_head_ms_median"] > 0 and row["without_head_ms_median"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -130,3 +131,45 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
     )
     assert default["metrics"]["BLEU-4"] == pytest.approx(recorded["scores"]["BLEU-4"], abs=0.005)
     assert default["metrics"]["CIDEr"] >= recorded["scores"]["CIDEr"] - 0.01
+
+
+CAT_TAGS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
+CUP_TAGS = {"espresso", "cup", "coffee mug", "eggnog", "cappuccino"}
+
+
+def test_tags_name_what_is_in_the_photo(captions):
+    for name in captions:
+        tags = captions[name].tags
+        assert tags is not None and len(tags) == 20, name
+    assert captions["chelsea"].tags[0].label in CAT_TAGS, captions["chelsea"].tags[:3]
+    assert captions["coffee"].tags[0].label in CUP_TAGS, captions["coffee"].tags[:3]
+    assert captions["chelsea"].tags[0].probability > 0.5
+
+
+def test_confidence_prefers_the_models_caption_to_nonsense(captioner):
+    from captioner.decode.scoring import caption_confidences
+
+    image = captioner.load(photo("astronaut"))
+    features = captioner.encoder.run([image]).features
+    result = captioner.decode_features(features, DecodeOptions(strategy="greedy"))[0]
+    assert 0.0 < result.confidence < 1.0
+    raw = copy.copy(captioner)
+    raw.calibration = None  # the calibration is flat at its ends; the raw value orders any two captions
+    own, shuffled, other = caption_confidences(
+        raw, features[0], [result.caption, "red a in playing shirt man ball", "a cat sits on a boat"]
+    )
+    assert own > other > shuffled
+    assert caption_confidences(captioner, features[0], [result.caption])[0] == pytest.approx(
+        result.confidence
+    )
+
+
+def test_gender_neutral_answer(captions):
+    from captioner.decode.answer import AnswerOptions, present
+
+    astronaut = captions["astronaut"]
+    assert {"man", "woman", "boy", "girl"} & set(astronaut.caption.split()), astronaut.caption
+    neutral = present(astronaut, AnswerOptions(gender_neutral=True))
+    words = set(neutral.caption.split())
+    assert not {"man", "woman", "boy", "girl", "men", "women", "his", "her"} & words
+    assert {"person", "child", "people", "children"} & words, neutral.caption

@@ -34,15 +34,15 @@ def load(execution_provider: str):
 @pytest.fixture(scope="module")
 def engines():
     gpu = load("cuda")
-    if gpu.info["providers"]["encoder"] != CUDA:
-        pytest.skip(f"onnxruntime-gpu is installed but CUDA did not start (got {gpu.info['providers']})")
+    if gpu.info.providers["encoder"] != CUDA:
+        pytest.skip(f"onnxruntime-gpu is installed but CUDA did not start (got {dict(gpu.info.providers)})")
     return load("cpu"), gpu
 
 
 def test_cuda_captions_equal_cpu_captions(engines):
     cpu, gpu = engines
-    assert cpu.info["providers"] == {"encoder": CPU, "decoder": CPU}
-    assert gpu.info["providers"] == {"encoder": CUDA, "decoder": CUDA}
+    assert dict(cpu.info.providers) == {"encoder": CPU, "decoder": CPU}
+    assert dict(gpu.info.providers) == {"encoder": CUDA, "decoder": CUDA}
     images = [cpu.load(photo(n)) for n in NAMES]
     feats_cpu, feats_gpu = cpu.encoder.encode(images), gpu.encoder.encode(images)
     # cuDNN's convolutions (TF32 on Ampere and later) sum in another order than MLAS: close, not equal.

@@ -31,6 +31,7 @@ from typing import IO
 
 import numpy as np
 
+from captioner.decode.answer import AnswerOptions, present
 from captioner.decode.captioner import Captioner
 from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
@@ -141,18 +142,20 @@ def caption_batch(
     items: Sequence[Item],
     options: DecodeOptions,
     policy: DownloadPolicy = DownloadPolicy(),
+    answer: AnswerOptions = AnswerOptions(),
 ) -> list[dict]:
     """Read and decode each image on its own (threads: downloads and JPEG decoding release the GIL), then
-    caption the good ones as one batch. One record per item, in order; a bad image fails only its record."""
+    caption the good ones as one batch. One record per item, in order; a bad image fails only its record.
+    answer: the tags and wording of the records (decode/answer.py)."""
 
-    def load(item: Item):
+    def read(item: Item):
         try:
             return captioner.load(fetch(item[1], policy))
         except ImageError as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
-        loaded = list(pool.map(load, items))
+        loaded = list(pool.map(read, items))
     good = [i for i, x in enumerate(loaded) if not isinstance(x, ImageError)]
     results = iter(captioner.caption_images([loaded[i] for i in good], options))
     records = []
@@ -163,15 +166,9 @@ def caption_batch(
             detail = _ADDRESS.sub("", str(image))
             records.append({"image": key, "error": {"type": type(image).__name__, "detail": detail}})
             continue
-        r = next(results)
-        records.append(
-            {
-                "image": key,
-                "caption": r.caption,
-                "candidates": [c.__dict__ for c in r.candidates],
-                "model_version": captioner.version,
-            }
-        )
+        r = present(next(results), answer).to_dict()
+        del r["timings_ms"]  # the records of a rerun must be identical
+        records.append({"image": key, **r, "model_version": captioner.version})
     return records
 
 
@@ -181,7 +178,8 @@ class CaptionerActor:
 
     def __init__(self, bundle: str, options: DecodeOptions, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
                  policy: DownloadPolicy = DownloadPolicy(),
-                 execution_provider: str = DEFAULT_EXECUTION_PROVIDER):  # fmt: skip
+                 execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
+                 answer: AnswerOptions = AnswerOptions()):  # fmt: skip
         from threadpoolctl import threadpool_limits
 
         # This process is one replica on `threads` cores: NumPy's BLAS must not start a thread per machine core.
@@ -190,12 +188,12 @@ class CaptionerActor:
         self.captioner = load(
             bundle, threads=threads, max_pixels=max_pixels, execution_provider=execution_provider
         )
-        self.options = options
+        self.options, self.answer = options, answer
         self.policy = policy
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(zip(batch["image"].tolist(), batch["location"].tolist(), strict=True))
-        records = caption_batch(self.captioner, items, self.options, self.policy)
+        records = caption_batch(self.captioner, items, self.options, self.policy, self.answer)
         return {
             "image": np.array([r["image"] for r in records], dtype=object),
             "record": np.array([json.dumps(r) for r in records], dtype=object),
@@ -223,6 +221,7 @@ def caption_dir(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
+    answer: AnswerOptions = AnswerOptions(),
 ) -> dict:
     """Caption every image of ``source`` (a folder, an image, or a list file of paths/URLs) into JSONL ``out``.
 
@@ -232,7 +231,8 @@ def caption_dir(
     max_redirects, allow_private_urls: the ``DownloadPolicy`` of every URL. execution_provider: auto, cpu, cuda or tensorrt
     (encoders/providers.py). retry_errors: error lines already in
     ``out`` are removed and their images tried again (by default they count as done). Returns the summary: images
-    found, skipped (already in ``out``), captioned, errors, seconds, images per second.
+    found, skipped (already in ``out``), captioned, errors, seconds, images per second. answer: the
+    records' tags and wording (decode/answer.py).
     """
     if batch_size < 1 or workers < 1:
         raise CaptionerError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
@@ -272,13 +272,13 @@ def caption_dir(
         if use_ray and todo:
             actor_kwargs = {"bundle": bundle_path, "options": options, "threads": threads or 1,
                             "max_pixels": max_pixels, "policy": policy,
-                            "execution_provider": execution_provider}  # fmt: skip
+                            "execution_provider": execution_provider, "answer": answer}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
             with _blas_threads(threads):
                 for s in range(0, len(todo), batch_size):
                     chunk = todo[s : s + batch_size]
-                    records = caption_batch(captioner, chunk, options, policy)
+                    records = caption_batch(captioner, chunk, options, policy, answer)
                     write([json.dumps(r) for r in records], sum("error" in r for r in records))
     seconds = time.perf_counter() - started
     return {

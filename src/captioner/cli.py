@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from captioner.decode.answer import AnswerOptions, present
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
@@ -60,6 +61,12 @@ DecoderBackendOpt = Annotated[
         "(default: onnx-int8 on the CPU, onnx on a GPU).",
     ),
 ]
+TagsTopKOpt = Annotated[int, typer.Option(help="Most ImageNet tags per image (0-20; 0: none).")]
+TagsMinProbOpt = Annotated[float, typer.Option(help="Leave out tags less probable than this (0-1).")]
+GenderNeutralOpt = Annotated[
+    bool, typer.Option("--gender-neutral", help="person/child/they instead of man/woman/boy/girl/he/she.")
+]
+_ANSWER = AnswerOptions()
 
 
 def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
@@ -75,6 +82,9 @@ def _options(strategy: str, beam_size: int, max_length: int, length_penalty: flo
 @app.command()
 def caption(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    tags_top_k: TagsTopKOpt = _ANSWER.tags_top_k,
+    tags_min_prob: TagsMinProbOpt = _ANSWER.tags_min_prob,
+    gender_neutral: GenderNeutralOpt = False,
     bundle: BundleOpt = None,
     strategy: StrategyOpt = _DECODE.strategy,
     beam_size: BeamSizeOpt = _DECODE.beam_size,
@@ -90,6 +100,7 @@ def caption(
     from captioner.loading import load
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
+    answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = load(
         bundle,
         decoder_backend=decoder_backend,
@@ -97,7 +108,7 @@ def caption(
         execution_provider=execution_provider,
     )
     for path in images:
-        result = captioner.caption_files([path], options)[0]
+        result = present(captioner.caption_files([path], options)[0], answer)
         if json_output:
             typer.echo(
                 json.dumps({"image": str(path), **result.to_dict(), "model_version": captioner.version})
@@ -143,6 +154,9 @@ def caption_dir_cmd(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     execution_provider: ProviderOpt = DEFAULT_EXECUTION_PROVIDER,
+    tags_top_k: TagsTopKOpt = _ANSWER.tags_top_k,
+    tags_min_prob: TagsMinProbOpt = _ANSWER.tags_min_prob,
+    gender_neutral: GenderNeutralOpt = False,
 ) -> None:
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.batch import caption_dir
@@ -153,6 +167,7 @@ def caption_dir_cmd(
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
         download_timeout_s=download_timeout_s, max_redirects=max_redirects, allow_private_urls=allow_private_urls,
         retry_errors=retry_errors, progress=progress, execution_provider=execution_provider,
+        answer=AnswerOptions(tags_top_k, tags_min_prob, gender_neutral),
     )  # fmt: skip
     typer.echo(json.dumps(summary))
 

@@ -19,6 +19,7 @@ import dataclasses
 from pathlib import Path
 
 from captioner.decode.captioner import Captioner
+from captioner.decode.confidence import Calibration
 from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.encoders.runtime import OnnxEncoder
@@ -127,7 +128,9 @@ def load_bundle_captioner(
         sha256=bundle.sha256,
         providers=session_providers(encoder, decoder),
     )
-    return Captioner(encoder, decoder, bundle.vocabulary, info, max_pixels)
+    calibration = m.get("confidence_calibration")
+    calibration = Calibration.from_dict(calibration) if calibration else None
+    return Captioner(encoder, decoder, bundle.vocabulary, info, max_pixels, calibration)
 
 
 def load_original_captioner(

@@ -39,7 +39,8 @@ def reference(captioner, images):
 
 
 class GatedEncoder:
-    """Wraps an encoder: blocks every encode() until ``gate`` is set; raises for images in ``bad``."""
+    """Wraps an encoder: blocks every run() (features and ImageNet probabilities) until ``gate`` is set; raises
+    for images in ``bad``."""
 
     def __init__(self, encoder, bad: tuple[int, ...] = ()):
         self.encoder, self.bad = encoder, {id(x) for x in bad}
@@ -48,12 +49,12 @@ class GatedEncoder:
         self.entered = threading.Event()
         self.preprocessing, self.feature_size = encoder.preprocessing, encoder.feature_size
 
-    def encode(self, images):
+    def run(self, images):
         self.entered.set()
         self.gate.wait(10)
         if any(id(im) in self.bad for im in images):
             raise ValueError("this image cannot be encoded")
-        return self.encoder.encode(images)
+        return self.encoder.run(images)
 
 
 def _same(result, ref):

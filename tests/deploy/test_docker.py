@@ -135,8 +135,8 @@ def slow_batch(url: str, sent: threading.Event, out: dict) -> None:
 def test_image_serves_as_non_root_read_only_healthy_and_drains_on_stop(images, figures):
     import httpx
 
-    from captioner.decode.captioner import Captioner
     from captioner.decode.options import DecodeOptions
+    from captioner.loading import load
 
     name, port = f"captioner-test-{RUN}", free_port()
     url = f"http://127.0.0.1:{port}"
@@ -151,7 +151,7 @@ def test_image_serves_as_non_root_read_only_healthy_and_drains_on_stop(images, f
         photo = chelsea_jpeg()
         r = caption(url, photo)
         assert r.status_code == 200, r.text
-        host = Captioner.from_bundle(REPO / "models" / "default", threads=1)
+        host = load(REPO / "models" / "default", threads=1)
         options = DecodeOptions(strategy="greedy")
         expected = host.caption_images([host.load(photo)], options)[0].caption
         figures["chelsea_caption"] = r.json()["caption"]

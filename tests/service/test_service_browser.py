@@ -157,6 +157,10 @@ def test_upload_through_the_page_shows_the_caption(live_server, browser, tmp_pat
         files={"file": photo.read_bytes()},
     )
     assert direct.json()["caption"] == caption
+    # Tags under the caption, as the API gives them (labels are set as text, never as markup), and the confidence.
+    shown = browser.eval("[...document.querySelectorAll('#tags li')].map(li => li.textContent)")
+    assert [t.rsplit(" ", 1)[0] for t in shown] == [t["label"] for t in direct.json()["tags"]]
+    assert browser.eval("document.getElementById('confidence').textContent").startswith("confidence ")
 
 
 def test_page_shows_the_servers_error(live_server, browser, tmp_path):

@@ -26,13 +26,14 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
 from captioner.decode.captioner import Captioner, CaptionResult
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.runtime import EncoderOutput
 
 
 class QueueFull(Exception):
@@ -172,14 +173,15 @@ class MicroBatcher:
         if not live:
             return
         start = time.perf_counter()
-        features, ok = self._encode(live)
+        encoded, ok = self._encode(live)
         enc_ms = (time.perf_counter() - start) * 1000 / len(live)
         groups: dict[DecodeOptions, list[int]] = {}
         for i in ok:
             groups.setdefault(live[i].options, []).append(i)
         for options, idx in groups.items():
             try:
-                results = self.captioner.decode_features(features[idx], options)
+                probs = None if encoded.imagenet_probs is None else encoded.imagenet_probs[idx]
+                results = self.captioner.decode_features(encoded.features[idx], options, probs)
             except Exception as exc:  # noqa: BLE001 - belongs to this options group's callers only
                 for i in idx:
                     live[i].future.set_exception(exc)
@@ -187,37 +189,41 @@ class MicroBatcher:
             for i, r in zip(idx, results, strict=True):
                 queue_ms = (start - live[i].enqueued) * 1000
                 timings = {"encoder": enc_ms, **r.timings_ms, "queue": queue_ms}
-                live[i].future.set_result(CaptionResult(r.caption, r.candidates, timings))
+                live[i].future.set_result(replace(r, timings_ms=timings))
         with self._cond:
             self._batches += 1
             self._images += len(live)
             self._groups += len(groups)
             self._largest = max(self._largest, len(live))
 
-    def _encode(self, live: list[_Request]) -> tuple[np.ndarray, list[int]]:
-        """Features [len(live), F] and the indices that have them; a failed image fails only its own future.
+    def _encode(self, live: list[_Request]) -> tuple[EncoderOutput, list[int]]:
+        """Encoder outputs for all of ``live`` (rows [len(live), ...]) and the indices that have them; a failed
+        image fails only its own future.
 
         The whole batch is tried first; if that raises, each image is encoded alone to find the culprit(s).
         """
         encoder = self.captioner.encoder
         try:
-            return encoder.encode([r.image for r in live]), list(range(len(live)))
+            return encoder.run([r.image for r in live]), list(range(len(live)))
         except Exception as exc:  # noqa: BLE001
             if len(live) == 1:
                 live[0].future.set_exception(exc)
-                return np.zeros((1, 0), np.float32), []
-        rows: list[np.ndarray | None] = []
+                return EncoderOutput(np.zeros((1, 0), np.float32)), []
+        rows: list[EncoderOutput | None] = []
         for r in live:
             try:
-                rows.append(encoder.encode([r.image])[0])
+                rows.append(encoder.run([r.image]))
             except Exception as exc:  # noqa: BLE001
                 r.future.set_exception(exc)
                 rows.append(None)
         ok = [i for i, row in enumerate(rows) if row is not None]
         if not ok:
-            return np.zeros((len(live), 0), np.float32), []
-        width = rows[ok[0]].shape[0]  # type: ignore[union-attr]
-        features = np.zeros((len(live), width), np.float32)
+            return EncoderOutput(np.zeros((len(live), 0), np.float32)), []
+        first: EncoderOutput = rows[ok[0]]  # type: ignore[assignment]
+        features = np.zeros((len(live), first.features.shape[1]), np.float32)
+        probs = None if first.imagenet_probs is None else np.zeros((len(live), first.imagenet_probs.shape[1]))
         for i in ok:
-            features[i] = rows[i]
-        return features, ok
+            features[i] = rows[i].features[0]  # type: ignore[union-attr]
+            if probs is not None:
+                probs[i] = rows[i].imagenet_probs[0]  # type: ignore[union-attr,index]
+        return EncoderOutput(features, None if probs is None else probs.astype(np.float32)), ok

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from captioner.decode.confidence import Calibration, caption_confidence
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, search
+from captioner.encoders.imagenet import Tag, top_tags
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image, read_source
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodePool
@@ -44,26 +46,49 @@ class Vocab(Protocol):
 
 @dataclass(frozen=True)
 class Candidate:
+    """confidence: in [0, 1], the geometric-mean token probability, calibrated when the Captioner has a
+    calibration (decode/confidence.py)."""
+
     caption: str
     log_prob: float
     score: float
+    confidence: float = 0.0
 
 
 @dataclass(frozen=True)
 class CaptionResult:
     """caption: the best candidate's text. candidates: n-best, best first. timings_ms: this image's share of
-    the batch's encoder and decoder time."""
+    the batch's encoder and decoder time. confidence: the best caption's (decode/confidence.py). tags: the encoder's
+    most probable ImageNet classes (at most MAX_TAGS_TOP_K, most probable first; decode/answer.py cuts them to the
+    request), None when the encoder file has no ImageNet head."""
 
     caption: str
     candidates: tuple[Candidate, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    confidence: float = 0.0
+    tags: tuple[Tag, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "caption": self.caption,
+            "confidence": self.confidence,
             "candidates": [c.__dict__ for c in self.candidates],
+            "tags": None if self.tags is None else [t.__dict__ for t in self.tags],
             "timings_ms": self.timings_ms,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaptionResult:
+        """The inverse of to_dict (e.g. for a cached answer; entries cached before confidence and tags get the
+        defaults)."""
+        tags = data.get("tags")
+        return cls(
+            caption=data["caption"],
+            candidates=tuple(Candidate(**c) for c in data["candidates"]),
+            timings_ms=dict(data.get("timings_ms", {})),
+            confidence=float(data.get("confidence", 0.0)),
+            tags=None if tags is None else tuple(Tag(**t) for t in tags),
+        )
 
 
 class Captioner:
@@ -77,10 +102,13 @@ class Captioner:
         vocabulary: Vocab,
         info: ModelInfo | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        calibration: Calibration | None = None,
     ):
+        """calibration: maps the raw caption confidence to a calibrated one (decode/confidence.py); None: raw."""
         self.encoder, self.decoder, self.vocabulary = encoder, decoder, vocabulary
         self.info = info
         self.max_pixels = max_pixels
+        self.calibration = calibration
 
     @property
     def model_info(self) -> ModelInfo | None:
@@ -109,9 +137,13 @@ class Captioner:
         return pool.load(read_source(source), limit, spec.size, spec.resize, wait_s)
 
     def decode_features(
-        self, features: np.ndarray, options: DecodeOptions = DecodeOptions()
+        self,
+        features: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        imagenet_probs: np.ndarray | None = None,
     ) -> list[CaptionResult]:
-        """Pooled features [B, F] -> one CaptionResult per row."""
+        """Pooled features [B, F] (and the encoder's ImageNet probabilities [B, 1000], if any) -> one
+        CaptionResult per row."""
         start = time.perf_counter()
         hyps = search(
             self.decoder.step,
@@ -129,11 +161,19 @@ class Captioner:
             texts: dict[str, Hypothesis] = {}
             for h in image_hyps:
                 texts.setdefault(self.vocabulary.decode(h.tokens), h)
-            cands = tuple(Candidate(text, h.log_prob, h.score) for text, h in texts.items())
+            cands = tuple(
+                Candidate(text, h.log_prob, h.score, self._confidence(h)) for text, h in texts.items()
+            )
             # An empty best caption (the model ended at once) is useless to a user: prefer any non-empty one.
-            best = next((c.caption for c in cands if c.caption), cands[0].caption if cands else "")
-            results.append(CaptionResult(best, cands, {"decoder": per_image}))
+            best = next((c for c in cands if c.caption), cands[0] if cands else Candidate("", 0.0, 0.0))
+            results.append(CaptionResult(best.caption, cands, {"decoder": per_image}, best.confidence))
+        if imagenet_probs is not None:
+            results = [replace(r, tags=t) for r, t in zip(results, top_tags(imagenet_probs), strict=True)]
         return results
+
+    def _confidence(self, h: Hypothesis) -> float:
+        raw = caption_confidence(h.log_prob, len(h.tokens) + h.finished)
+        return raw if self.calibration is None else self.calibration(raw)
 
     def caption_images(
         self, images: Sequence[Image.Image], options: DecodeOptions = DecodeOptions()
@@ -142,10 +182,10 @@ class Captioner:
         if not images:
             return []
         start = time.perf_counter()
-        features = self.encoder.encode(images)
+        encoded = self.encoder.run(images)  # features and ImageNet probabilities from one encoder run
         enc_ms = (time.perf_counter() - start) * 1000 / len(images)
-        results = self.decode_features(features, options)
-        return [CaptionResult(r.caption, r.candidates, {"encoder": enc_ms, **r.timings_ms}) for r in results]
+        results = self.decode_features(encoded.features, options, encoded.imagenet_probs)
+        return [replace(r, timings_ms={"encoder": enc_ms, **r.timings_ms}) for r in results]
 
     def caption_files(
         self, paths: Sequence[str | Path], options: DecodeOptions = DecodeOptions(), batch_size: int = 32

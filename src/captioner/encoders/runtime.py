@@ -1,16 +1,18 @@
-"""Run an exported encoder through onnxruntime: images -> pooled features."""
+"""Run an exported encoder through onnxruntime: images -> pooled features (and ImageNet class probabilities)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from captioner.encoders.export import METADATA_KEY
+from captioner.encoders.imagenet import IMAGENET_PROBS_OUTPUT
 from captioner.encoders.images import Preprocessing, preprocess_batch
 from captioner.encoders.providers import resolve_providers, session_provider
 from captioner.errors import EncoderError
@@ -51,10 +53,20 @@ def session_options(threads: int | None = None, stop_spinning_after_run: bool = 
     return opts
 
 
+@dataclass(frozen=True)
+class EncoderOutput:
+    """One encoder run: features float32 [B, feature_size]; imagenet_probs float32 [B, 1000] (rows sum to 1), or
+    None when the file has no ImageNet head (files exported before it, or a local InceptionV3 weights file)."""
+
+    features: np.ndarray
+    imagenet_probs: np.ndarray | None = None
+
+
 class OnnxEncoder:
     """An ONNX encoder file plus the preprocessing stored in its metadata.
 
-    encode(images) -> float32 [B, feature_size]. Thread-safe (onnxruntime sessions are).
+    encode(images) -> float32 [B, feature_size]; run(images) -> EncoderOutput (features and, when the file has
+    the head, ImageNet class probabilities from the same onnxruntime run). Thread-safe (onnxruntime sessions are).
     stop_spinning_after_run: see session_options (True: leave the cores to the decoder step after each batch).
     execution_provider: auto, cpu, cuda or tensorrt (encoders/providers.py); ``provider`` is the one the
     session really got (e.g. "CPUExecutionProvider" after a fallback).
@@ -92,13 +104,38 @@ class OnnxEncoder:
         self.preprocessing = Preprocessing.from_dict(self.info["preprocessing"])
         self.feature_size: int = int(self.info["feature_size"])
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.features_output = outputs[0]
+        self.has_imagenet_probs = IMAGENET_PROBS_OUTPUT in outputs
+
+    def _run(self, batch: np.ndarray, output_names: list[str]) -> list[np.ndarray]:
+        if batch.ndim != 4:
+            raise ValueError(f"expected a batch of preprocessed images [B, ...], got shape {batch.shape}")
+        return self.session.run(
+            output_names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        )
+
+    @staticmethod
+    def _flat(features: np.ndarray) -> np.ndarray:
+        return features.reshape(features.shape[0], -1).astype(np.float32, copy=False)
 
     def encode_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed batch [B, ...] -> features float32 [B, feature_size]."""
-        if batch.ndim != 4:
-            raise ValueError(f"expected a batch of preprocessed images [B, ...], got shape {batch.shape}")
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+        return self._flat(self._run(batch, [self.features_output])[0])
+
+    def run_arrays(self, batch: np.ndarray) -> EncoderOutput:
+        """Preprocessed batch [B, ...] -> EncoderOutput, both outputs from one onnxruntime run."""
+        if not self.has_imagenet_probs:
+            return EncoderOutput(self.encode_arrays(batch))
+        features, probs = self._run(batch, [self.features_output, IMAGENET_PROBS_OUTPUT])
+        return EncoderOutput(self._flat(features), probs.astype(np.float32, copy=False))
+
+    def run(self, images: Sequence[Image.Image]) -> EncoderOutput:
+        """RGB PIL images -> EncoderOutput (features [B, feature_size], ImageNet probabilities [B, 1000] or None)."""
+        if not images:
+            probs = np.zeros((0, 1000), np.float32) if self.has_imagenet_probs else None
+            return EncoderOutput(np.zeros((0, self.feature_size), np.float32), probs)
+        return self.run_arrays(preprocess_batch(images, self.preprocessing))
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB PIL images -> features float32 [B, feature_size]."""

@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 from fastapi import Depends, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader
 
+from captioner.decode.answer import AnswerOptions
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
+from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError
 from captioner.service.security import ApiKeys, caller_id
@@ -167,3 +169,24 @@ def decode_options(
 
 
 OptionsDep = Annotated[DecodeOptions, Depends(decode_options)]
+
+
+def answer_options(
+    settings: SettingsDep,
+    tags_top_k: Annotated[
+        int | None, Query(ge=0, le=MAX_TAGS_TOP_K, description="most ImageNet tags per image; 0: none")
+    ] = None,
+    tags_min_prob: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="leave out tags less probable than this")
+    ] = None,
+    gender_neutral: Annotated[
+        bool | None, Query(description="rewrite man/woman/boy/girl... as person/child..., he/she as they")
+    ] = None,
+) -> AnswerOptions:
+    """What the answer shows (tags, wording) over the server's defaults; they never change decoding."""
+    return settings.answer_options(
+        tags_top_k=tags_top_k, tags_min_prob=tags_min_prob, gender_neutral=gender_neutral
+    )
+
+
+AnswerDep = Annotated[AnswerOptions, Depends(answer_options)]

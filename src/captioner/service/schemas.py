@@ -11,6 +11,18 @@ class CandidateOut(BaseModel):
     caption: str
     log_prob: float = Field(description="sum of the words' log-probabilities")
     score: float = Field(description="log_prob / length**length_penalty; candidates are sorted by it")
+    confidence: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="this caption's confidence (see CaptionOut.confidence)",
+    )
+
+
+class TagOut(BaseModel):
+    label: str = Field(description="an ImageNet class name, e.g. 'tabby' or 'espresso'")
+    probability: float = Field(ge=0.0, le=1.0, description="the encoder's ImageNet classifier's probability")
+    class_id: int = Field(ge=0, le=999, description="the ImageNet-1k class index")
 
 
 class Timings(BaseModel):
@@ -22,6 +34,20 @@ class Timings(BaseModel):
 class CaptionOut(BaseModel):
     caption: str = Field(description="the best caption")
     candidates: list[CandidateOut] = Field(description="the n-best captions, best first")
+    confidence: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="how good the best caption is likely to be: from the model's average certainty per word "
+        "(geometric-mean token probability), calibrated on training images to the share of captions that read "
+        "as well as a typical human caption (CIDEr); higher ranks better captions. On unseen photos it runs "
+        "about 0.1 high",
+    )
+    tags: list[TagOut] | None = Field(
+        None,
+        description="ImageNet classes the encoder sees, most probable first (tags_top_k, tags_min_prob); null "
+        "when the model's encoder has no ImageNet head",
+    )
     model_version: str
     timings_ms: Timings
     cached: bool = Field(

@@ -19,7 +19,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from captioner.decode.answer import AnswerOptions
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER, ExecutionProvider, is_gpu
 from captioner.errors import OptionsError
@@ -308,6 +310,23 @@ class Settings(BaseSettings):
         DecodeOptions().length_penalty, description="Default length_penalty."
     )
     default_n_best: int = Field(DecodeOptions().n_best, description="Default n_best (1 whenever greedy).")
+    # -- default answer options (query parameters tags_top_k, tags_min_prob, gender_neutral override them) --
+    default_tags_top_k: int = Field(
+        AnswerOptions().tags_top_k,
+        ge=0,
+        le=MAX_TAGS_TOP_K,
+        description="Default tags_top_k: ImageNet tags per image.",
+    )
+    default_tags_min_prob: float = Field(
+        AnswerOptions().tags_min_prob,
+        ge=0.0,
+        le=1.0,
+        description="Default tags_min_prob: tags below it are left out.",
+    )
+    default_gender_neutral: bool = Field(
+        False,
+        description='Default gender_neutral: true answers "a person in a red shirt", not "a man in a red shirt".',
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -461,6 +480,16 @@ class Settings(BaseSettings):
         if values["strategy"] == "greedy" and overrides.get("n_best") is None:
             values["n_best"] = 1
         return DecodeOptions(**values)  # type: ignore[arg-type]
+
+    def answer_options(self, **overrides: object) -> AnswerOptions:
+        """AnswerOptions from the defaults, with the non-None ``overrides`` applied. Raises OptionsError."""
+        values: dict[str, object] = {
+            "tags_top_k": self.default_tags_top_k,
+            "tags_min_prob": self.default_tags_min_prob,
+            "gender_neutral": self.default_gender_neutral,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return AnswerOptions(**values)  # type: ignore[arg-type]
 
 
 # -- the settings table of docs/service.md, generated from the field descriptions above --

@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from captioner.decode.captioner import Captioner
+from captioner.decode.answer import AnswerOptions, present
+from captioner.decode.captioner import Captioner, CaptionResult
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
-from captioner.service.deps import CallerDep, OptionsDep, ServedDep, StateDep, rate_limit
+from captioner.service.deps import AnswerDep, CallerDep, OptionsDep, ServedDep, StateDep, rate_limit
 from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError, from_captioner_error, problem_body
 from captioner.service.schemas import PROBLEM_RESPONSES, BatchItem, BatchOut, CaptionOut
@@ -50,9 +51,9 @@ def _body_schema(batch: bool) -> dict:
 
 
 def _entry(result) -> dict:
+    """What is cached: the model's own answer (all MAX_TAGS_TOP_K tags, its wording); AnswerOptions shape it later."""
     return {
-        "caption": result.caption,
-        "candidates": [c.__dict__ for c in result.candidates],
+        **result.to_dict(),
         "timings_ms": {
             "encoder": result.timings_ms.get("encoder", 0.0),
             "decoder": result.timings_ms.get("decoder", 0.0),
@@ -99,12 +100,15 @@ def _caption_many(
     return out
 
 
-def _response(entry: dict, version: str, cached: bool, started: float) -> CaptionOut:
+def _response(entry: dict, version: str, cached: bool, started: float, answer: AnswerOptions) -> CaptionOut:
     timings = {"encoder": 0.0, "decoder": 0.0} if cached else entry["timings_ms"]
     total = (time.perf_counter() - started) * 1000
+    shown = present(CaptionResult.from_dict(entry), answer).to_dict()
     return CaptionOut(
-        caption=entry["caption"],
-        candidates=entry["candidates"],
+        caption=shown["caption"],
+        candidates=shown["candidates"],
+        confidence=shown["confidence"],
+        tags=shown["tags"],
         model_version=version,
         timings_ms={**timings, "total": total},
         cached=cached,
@@ -123,6 +127,7 @@ def generate_caption(
     model: ServedDep,
     options: OptionsDep,
     who: CallerDep,
+    answer: AnswerDep,
     image: Annotated[bytes, Depends(_one_file)],
 ) -> CaptionOut:
     """Upload one image as multipart field `file`; get its caption and the n-best candidates.
@@ -148,7 +153,7 @@ def generate_caption(
             raise
         cached = not leader
     response.headers["X-Cache"] = "HIT" if cached else "MISS"
-    return _response(entry, version, cached, started)
+    return _response(entry, version, cached, started, answer)
 
 
 @router.post(
@@ -163,6 +168,7 @@ def generate_captions(
     model: ServedDep,
     options: OptionsDep,
     who: CallerDep,
+    answer: AnswerDep,
     images: Annotated[list[bytes], Depends(_many_files)],
 ) -> BatchOut:
     """Upload up to `CAPTIONER_MAX_BATCH_IMAGES` images as repeated multipart field `files`.
@@ -185,7 +191,7 @@ def generate_captions(
     items = []
     for i, entry in enumerate(entries):
         if entry is not None:
-            items.append(BatchItem(index=i, result=_response(entry, version, True, started)))
+            items.append(BatchItem(index=i, result=_response(entry, version, True, started, answer)))
             continue
         outcome = computed[i]
         if isinstance(outcome, CaptionerError):
@@ -194,5 +200,5 @@ def generate_captions(
             body = problem_body(err.status, err.slug, f"file {i + 1}: {err.detail}", err.title, request_id)
             items.append(BatchItem(index=i, error=body))
         else:
-            items.append(BatchItem(index=i, result=_response(outcome, version, False, started)))
+            items.append(BatchItem(index=i, result=_response(outcome, version, False, started, answer)))
     return BatchOut(results=items, model_version=version)

@@ -3,7 +3,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const input = $("file"), drop = $("drop"), preview = $("preview"), statusEl = $("status");
-  const captionEl = $("caption"), list = $("candidates");
+  const captionEl = $("caption"), list = $("candidates"), tagsEl = $("tags"), confidenceEl = $("confidence");
   let previewUrl = null;
 
   function setStatus(text, isError) {
@@ -19,7 +19,9 @@
     preview.hidden = false;
     $("drop-text").hidden = true;
     captionEl.textContent = "";
+    confidenceEl.textContent = "";
     list.replaceChildren();
+    tagsEl.replaceChildren();
     setStatus("Captioning…", false);
 
     const params = new URLSearchParams({ strategy: $("strategy").value });
@@ -28,6 +30,7 @@
       params.set("beam_size", String(beam));
       params.set("n_best", String(Math.min(beam, Math.max(1, parseInt($("n_best").value, 10) || 1))));
     }
+    if ($("gender_neutral").checked) params.set("gender_neutral", "true");
     const body = new FormData();
     body.append("file", file);
     const headers = {};
@@ -40,6 +43,14 @@
         return;
       }
       captionEl.textContent = data.caption || "(no caption)";
+      if (typeof data.confidence === "number") {
+        confidenceEl.textContent = "confidence " + Math.round(100 * data.confidence) + "%";
+      }
+      for (const t of data.tags || []) {  // textContent only: labels are data, never markup
+        const li = document.createElement("li");
+        li.textContent = t.label + " " + Math.round(100 * t.probability) + "%";
+        tagsEl.appendChild(li);
+      }
       for (const c of data.candidates || []) {
         const li = document.createElement("li");
         li.textContent = c.caption + "  (score " + Number(c.score).toFixed(2) + ")";
