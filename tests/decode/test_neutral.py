@@ -4,13 +4,11 @@ word is left and no article goes wrong."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from captioner.decode.neutral import GENDERED_WORDS, neutralize
-
-FLICKR8K = Path(__file__).resolve().parents[2] / ".." / ".." / "shared" / "data" / "flickr8k"
+from conftest_helpers import FLICKR8K  # noqa: E402
 
 EXAMPLES = [
     ("a man in a red shirt", "a person in a red shirt"),

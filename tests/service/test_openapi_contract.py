@@ -18,6 +18,7 @@ import pytest
 from service_helpers import free_port, service_settings
 
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY
+from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.service.app import create_app
 from captioner.service.security import hash_key
 
@@ -42,6 +43,9 @@ def test_decode_option_bounds_are_decode_options_own(make_client):
             "max_length": (1, MAX_LENGTH_LIMIT),
             "length_penalty": (0, MAX_LENGTH_PENALTY),
             "n_best": (1, MAX_BEAM_SIZE),
+            "tags_top_k": (0, MAX_TAGS_TOP_K),
+            "tags_min_prob": (0, 1),
+            "gender_neutral": (None, None),
         }
 
 
