@@ -142,7 +142,8 @@ def test_image_serves_as_non_root_read_only_healthy_and_drains_on_stop(images, f
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8000",
-           "-e", "CAPTIONER_THREADS=1", "-e", "CAPTIONER_MAX_BATCH_IMAGES=16", images["captioner"])  # fmt: skip
+           "-e", "CAPTIONER_THREADS=1", "-e", "CAPTIONER_MAX_BATCH_IMAGES=16",
+           "-e", "CAPTIONER_MAX_UPLOAD_BUFFER_BYTES=268435456", images["captioner"])  # fmt: skip
     try:
         wait_until(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 180, "container /readyz")
         figures["container_ready_s"] = round(time.monotonic() - started, 1)
