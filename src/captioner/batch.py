@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from captioner.decode.options import DecodeOptions
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, sniff_format
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.encoders.runtime import limit_blas_threads
-from captioner.errors import CaptionerError, ImageError
+from captioner.errors import CaptionerError, ImageError, without_addresses
 from captioner.fetch import DownloadError, DownloadPolicy, download
 from captioner.loading import load
 
@@ -48,7 +47,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif"})
 MiB = 1024 * 1024
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 Item = tuple[str, str]  # (key written as "image", location: absolute path or http(s) URL)
 
@@ -148,25 +146,17 @@ def caption_batch(
     caption the good ones as one batch. One record per item, in order; a bad image fails only its record.
     answer: the tags and wording of the records (decode/answer.py)."""
 
-    def read(item: Item):
-        try:
-            return captioner.load(fetch(item[1], policy))
-        except ImageError as exc:
-            return exc
-
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
-        loaded = list(pool.map(read, items))
-    good = [i for i, x in enumerate(loaded) if not isinstance(x, ImageError)]
-    results = iter(captioner.caption_images([loaded[i] for i in good], options))
+        outcomes = captioner.caption_each(
+            items, options, load=lambda item: captioner.load(fetch(item[1], policy)), map=pool.map
+        )
     records = []
-    for (key, _), image in zip(items, loaded, strict=True):
-        if isinstance(image, ImageError):
-            # Pillow's messages may name an object's address ("<_io.BytesIO object at 0x7f..>"): drop it so
-            # that reruns and Ray replicas write identical lines.
-            detail = _ADDRESS.sub("", str(image))
-            records.append({"image": key, "error": {"type": type(image).__name__, "detail": detail}})
+    for (key, _), outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, ImageError):
+            detail = without_addresses(str(outcome))  # reruns and Ray replicas must write identical lines
+            records.append({"image": key, "error": {"type": type(outcome).__name__, "detail": detail}})
             continue
-        r = present(next(results), answer).to_dict()
+        r = present(outcome, answer).to_dict()
         del r["timings_ms"]  # the records of a rerun must be identical
         records.append({"image": key, **r, "model_version": captioner.version})
     return records

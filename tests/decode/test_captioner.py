@@ -151,3 +151,25 @@ def test_candidates_that_read_the_same_are_merged(tiny_vocabulary):
     texts = [c.caption for c in result.candidates]
     assert texts[0] == "a dog"
     assert len(texts) == len(set(texts))
+
+
+def test_caption_each_fails_only_the_bad_items_and_captions_the_rest_together(
+    captioner, photo_files, tmp_path
+):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    sources = [photo_files[0], broken, photo_files[1], tmp_path / "missing.jpg"]
+    batches = []
+    real = captioner.caption_images
+    captioner.caption_images = lambda imgs, opts: batches.append(len(imgs)) or real(imgs, opts)  # type: ignore[method-assign]
+    try:
+        outcomes = captioner.caption_each(sources, GREEDY)
+    finally:
+        del captioner.caption_images
+    assert batches == [2]  # the two good images, one batch
+    assert isinstance(outcomes[1], ImageError) and isinstance(outcomes[3], ImageError)
+    expected = captioner.caption_images(
+        [captioner.load(photo_files[0]), captioner.load(photo_files[1])], GREEDY
+    )
+    assert [outcomes[0].caption, outcomes[2].caption] == [r.caption for r in expected]
+    assert captioner.caption_each([], GREEDY) == []

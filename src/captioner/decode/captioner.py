@@ -9,10 +9,10 @@ images and one step call per token for all beams of all images.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,10 @@ from captioner.encoders.imagenet import Tag, top_tags
 from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image, read_source
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodePool
+from captioner.errors import ImageError
 from captioner.model.info import ModelInfo
+
+T = TypeVar("T")
 
 
 class StepDecoder(Protocol):
@@ -186,6 +189,29 @@ class Captioner:
         enc_ms = (time.perf_counter() - start) * 1000 / len(images)
         results = self.decode_features(encoded.features, options, encoded.imagenet_probs)
         return [replace(r, timings_ms={"encoder": enc_ms, **r.timings_ms}) for r in results]
+
+    def caption_each(
+        self,
+        sources: Sequence[T],
+        options: DecodeOptions = DecodeOptions(),
+        load: Callable[[T], Image.Image] | None = None,
+        map: Callable[..., Iterable] = map,  # noqa: A002 - a thread pool's map decodes in parallel
+    ) -> list[CaptionResult | ImageError]:
+        """Decode each source on its own (``load``, default ``self.load``; an ImageError fails only its own
+        item), then caption the good ones as one encoder batch and one decoding batch. One outcome per source, in
+        order: its CaptionResult or its ImageError. Used by the batch endpoint and caption-dir alike."""
+        load = load or self.load
+
+        def decode(source: T) -> Image.Image | ImageError:
+            try:
+                return load(source)
+            except ImageError as exc:
+                return exc
+
+        decoded = list(map(decode, sources))
+        good = [x for x in decoded if not isinstance(x, ImageError)]
+        results = iter(self.caption_images(good, options))  # type: ignore[arg-type]
+        return [x if isinstance(x, ImageError) else next(results) for x in decoded]
 
     def caption_files(
         self, paths: Sequence[str | Path], options: DecodeOptions = DecodeOptions(), batch_size: int = 32

@@ -86,15 +86,14 @@ def _caption_many(
     """
     start = time.perf_counter()
     out: dict[int, dict | CaptionerError] = {}
-    decoded = {}
-    for i, data in images.items():
-        try:
-            decoded[i] = state.load_image(captioner, data, started)
-        except ImageError as exc:
-            out[i] = exc
-    if decoded:
-        for i, result in zip(decoded, captioner.caption_images(list(decoded.values()), options), strict=True):
-            out[i] = _entry(result)
+    outcomes = captioner.caption_each(
+        list(images.values()), options, load=lambda data: state.load_image(captioner, data, started)
+    )
+    for i, outcome in zip(images, outcomes, strict=True):
+        if isinstance(outcome, ImageError):
+            out[i] = outcome
+        else:
+            out[i] = _entry(outcome)
             state.cache.set(keys[i], out[i])
     state.metrics.inference.labels("batch").observe(time.perf_counter() - start)
     return out
