@@ -151,6 +151,43 @@ def test_a_serve_only_environment_serves_original_artefacts(original_files, tmp_
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow
+def test_a_fresh_serve_only_venv_from_setup_sh_serves_original_artefacts(original_files, tmp_path):
+    """What a user of the original design does: `bash scripts/setup.sh serve` (no TensorFlow, Keras or torch
+    installed), MODEL_PATH & co. set, `python app.py` from scripts/evaluation: a caption over HTTP."""
+    import httpx
+
+    venv = tmp_path / "venv"
+    setup = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh"), "serve"], env={**os.environ, "CAPTIONER_VENV": str(venv)},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    python = venv / "bin" / "python"
+    for module in ("tensorflow", "keras", "torch"):
+        probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=60)
+        assert probe.returncode != 0, f"{module} is installed in the serve-only environment"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "PYTHON"))}
+    env.update({k: str(v) for k, v in original_files.items()})
+    env.update(PORT=str(port), HOST="127.0.0.1", CAPTIONER_THREADS="1")
+    proc = subprocess.Popen(
+        [python, "app.py"], cwd=REPO / "scripts" / "evaluation", env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert _wait_healthy(url, proc, timeout_s=120)["model"]["format"] == "original"
+        r = httpx.post(
+            url + "/generate-caption/", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["caption"] and set(r.json()["caption"].split()) <= WORDS
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def test_the_import_blocker_really_blocks():
     """Control for the test above: under the blocker, importing keras fails."""
     code = BLOCK_TRAINING_LIBRARIES + "import keras\n"
