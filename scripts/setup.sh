@@ -17,3 +17,10 @@ if [[ ",${extras}," == *",gpu,"* ]]; then
     "${venv}/bin/python" -m pip install -q --force-reinstall --no-deps "${gpu_pin}"
     "${venv}/bin/python" -c "import onnxruntime as ort; print('onnxruntime providers:', ort.get_available_providers())"
 fi
+# gpu together with train: TensorFlow's CPU build never sees a GPU; swap it for the CUDA build (gigabytes of NVIDIA
+# wheels, so only when asked for). captioner train then logs "TensorFlow trains on /physical_device:GPU:0".
+if [[ ",${extras}," == *",gpu,"* && ",${extras}," == *",train,"* ]]; then
+    tf_pin="$(grep -o 'tensorflow-cpu==[0-9.]*' pyproject.toml | sed 's/-cpu//')"
+    "${venv}/bin/python" -m pip uninstall -q -y tensorflow-cpu
+    "${venv}/bin/python" -m pip install -q "${tf_pin/==/[and-cuda]==}"
+fi
