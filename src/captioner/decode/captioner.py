@@ -36,8 +36,11 @@ class StepDecoder(Protocol):
 
 
 class Vocab(Protocol):
-    start_id: int
-    end_id: int
+    @property
+    def start_id(self) -> int: ...
+
+    @property
+    def end_id(self) -> int: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
