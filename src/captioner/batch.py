@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -155,7 +155,7 @@ def caption_batch(
         loaded = list(pool.map(load, items))
     good = [i for i, x in enumerate(loaded) if not isinstance(x, ImageError)]
     results = iter(captioner.caption_images([loaded[i] for i in good], options))
-    records = []
+    records: list[dict[str, Any]] = []
     for (key, _), image in zip(items, loaded, strict=True):
         if isinstance(image, ImageError):
             # Pillow's messages may name an object's address ("<_io.BytesIO object at 0x7f..>"): drop it so
@@ -275,6 +275,7 @@ def caption_dir(
                             "execution_provider": execution_provider}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
+            assert captioner is not None  # loaded above whenever Ray is not used
             with _blas_threads(threads):
                 for s in range(0, len(todo), batch_size):
                     chunk = todo[s : s + batch_size]
