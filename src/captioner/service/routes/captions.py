@@ -93,8 +93,8 @@ def _caption_many(
             out[i] = exc
     if decoded:
         for i, result in zip(decoded, captioner.caption_images(list(decoded.values()), options), strict=True):
-            out[i] = _entry(result)
-            state.cache.set(keys[i], out[i])
+            out[i] = entry = _entry(result)
+            state.cache.set(keys[i], entry)
     state.metrics.inference.labels("batch").observe(time.perf_counter() - start)
     return out
 
