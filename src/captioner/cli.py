@@ -10,11 +10,17 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
-from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
+from captioner.decode.options import (
+    MAX_BEAM_SIZE,
+    MAX_LENGTH_LIMIT,
+    MAX_LENGTH_PENALTY,
+    DecodeOptions,
+    Strategy,
+)
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
 from captioner.model.backends import DecoderBackend
@@ -64,7 +70,7 @@ DecoderBackendOpt = Annotated[
 
 def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
     return DecodeOptions(
-        strategy=strategy,  # type: ignore[arg-type]
+        strategy=cast(Strategy, strategy),  # checked by DecodeOptions (a clear OptionsError)
         beam_size=beam_size,
         max_length=max_length,
         length_penalty=length_penalty,

@@ -216,7 +216,7 @@ class MicroBatcher:
         ok = [i for i, row in enumerate(rows) if row is not None]
         if not ok:
             return np.zeros((len(live), 0), np.float32), []
-        width = rows[ok[0]].shape[0]  # type: ignore[union-attr]
+        width = next(row for row in rows if row is not None).shape[0]
         features = np.zeros((len(live), width), np.float32)
         for i in ok:
             features[i] = rows[i]

@@ -278,11 +278,17 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(
             size=int(d["size"]),
-            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            mean=_per_channel(d["mean"]),
+            std=_per_channel(d["std"]),
             layout=d.get("layout", "NCHW"),
             resize=d.get("resize", "squash"),
         )
+
+
+def _per_channel(values: Sequence[float]) -> tuple[float, float, float]:
+    """(R, G, B) floats from a list of three numbers (ValueError for any other length)."""
+    r, g, b = (float(x) for x in values)
+    return r, g, b
 
 
 def resize(image: Image.Image, spec: Preprocessing) -> Image.Image:

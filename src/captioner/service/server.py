@@ -61,6 +61,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered 408/431 and closing: ignore anything else on this connection
 
+    # asyncio.Protocol's parameter is a BaseTransport; uvicorn's own override narrows it (and ignores) the same way.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()  # a connection that never sends a full head is dropped at the deadline

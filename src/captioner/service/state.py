@@ -64,7 +64,7 @@ class ServiceState:
     ready: bool = False
     load_error: str | None = None
     started: float = field(default_factory=time.time)
-    cache: ResultCache = None  # type: ignore[assignment]
+    cache: ResultCache = field(init=False)  # made in __post_init__ (from the settings)
     flights: SingleFlight = field(default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
