@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything the tests need and run them all (fast, slow, real-bundle and real-data tests).
+# Set up everything the tests need, check lint, format and types (ruff, mypy), then run all the tests (fast,
+# slow, real-bundle and real-data).
 # Usage: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 bash scripts/setup.sh train,serve,test,distributed
+# Lint, format and types first: any finding stops the run before the (minutes-long) tests.
+lint_paths=(src tests bench scripts)
+step() { echo "== $*"; "$@" || { echo "FAILED: $* (fix the findings above; ruff: 'ruff check --fix' / 'ruff format')" >&2; exit 1; }; }
+step .venv/bin/ruff check "${lint_paths[@]}"
+step .venv/bin/ruff format --check "${lint_paths[@]}"
+step .venv/bin/mypy  # [tool.mypy] in pyproject.toml: files, plugins, strictness
 exec .venv/bin/python -m pytest "$@"

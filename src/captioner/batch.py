@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -150,7 +150,7 @@ def caption_batch(
         outcomes = captioner.caption_each(
             items, options, load=lambda item: captioner.load(fetch(item[1], policy)), map=pool.map
         )
-    records = []
+    records: list[dict[str, Any]] = []
     for (key, _), outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, ImageError):
             detail = without_addresses(str(outcome))  # reruns and Ray replicas must write identical lines
@@ -265,6 +265,7 @@ def caption_dir(
                             "execution_provider": execution_provider, "answer": answer}  # fmt: skip
             _run_on_ray(todo, actor_kwargs, batch_size, workers, ray_address, write)
         else:
+            assert captioner is not None  # loaded above whenever Ray is not used
             with _blas_threads(threads):
                 for s in range(0, len(todo), batch_size):
                     chunk = todo[s : s + batch_size]

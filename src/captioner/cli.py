@@ -10,12 +10,18 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
 
 from captioner.decode.answer import AnswerOptions, present
-from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
+from captioner.decode.options import (
+    MAX_BEAM_SIZE,
+    MAX_LENGTH_LIMIT,
+    MAX_LENGTH_PENALTY,
+    DecodeOptions,
+    Strategy,
+)
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
 from captioner.model.backends import DecoderBackend
@@ -71,7 +77,7 @@ _ANSWER = AnswerOptions()
 
 def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
     return DecodeOptions(
-        strategy=strategy,  # type: ignore[arg-type]
+        strategy=cast(Strategy, strategy),  # checked by DecodeOptions (a clear OptionsError)
         beam_size=beam_size,
         max_length=max_length,
         length_penalty=length_penalty,
@@ -207,10 +213,12 @@ def evaluate(
     if record:
         from captioner.model.bundle import record_metrics
 
+        info = captioner.info
+        assert info is not None  # load() always describes the bundle it loaded
         record_metrics(
-            captioner.info.path, report["metrics"], split=split, images=report["num_images"],
+            info.path, report["metrics"], split=split, images=report["num_images"],
             options=options.to_dict(), scorer="pycocoevalcap, 5 references, captions normalised by normalize_caption",
-            decoder_backend=captioner.info.decoder_backend if captioner.info else None,
+            decoder_backend=info.decoder_backend,
         )  # fmt: skip
     typer.echo(f"report: {out_dir / 'report.json'}  gallery: {out_dir / 'gallery.html'}")
 
@@ -403,7 +411,7 @@ def serve(
         "bundle_sha256": bundle_sha256,
         "execution_provider": execution_provider,
     }
-    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError: name the setting and what is expected
@@ -445,9 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Usage errors arrive here in non-standalone mode: click's ClickException, or that of the copy of click
         # that newer typer versions carry (not click's class): both have show() and exit_code.
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            return exc.exit_code
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            return exit_code
         raise
     return 0
 

@@ -105,6 +105,7 @@ def load_bundle_captioner(
             bundle.model_path, bundle.tokenizer_path, bundle.weights_path, bundle.encoder_path,
             decoder_backend, threads, max_pixels, execution_provider,
         )  # fmt: skip
+        assert captioner.info is not None  # load_original_captioner always describes its model
         captioner.info = dataclasses.replace(
             captioner.info, format="bundle", version=bundle.version, path=str(bundle.path),
             metrics=m.get("metrics", {}), sha256=bundle.sha256,

@@ -41,8 +41,11 @@ class StepDecoder(Protocol):
 
 
 class Vocab(Protocol):
-    start_id: int
-    end_id: int
+    @property
+    def start_id(self) -> int: ...
+
+    @property
+    def end_id(self) -> int: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -200,17 +203,17 @@ class Captioner:
         """Decode each source on its own (``load``, default ``self.load``; an ImageError fails only its own
         item), then caption the good ones as one encoder batch and one decoding batch. One outcome per source, in
         order: its CaptionResult or its ImageError. Used by the batch endpoint and caption-dir alike."""
-        load = load or self.load
+        read: Callable[[Any], Image.Image] = load or self.load
 
         def decode(source: T) -> Image.Image | ImageError:
             try:
-                return load(source)
+                return read(source)
             except ImageError as exc:
                 return exc
 
         decoded = list(map(decode, sources))
         good = [x for x in decoded if not isinstance(x, ImageError)]
-        results = iter(self.caption_images(good, options))  # type: ignore[arg-type]
+        results = iter(self.caption_images(good, options))
         return [x if isinstance(x, ImageError) else next(results) for x in decoded]
 
     def caption_files(

@@ -71,7 +71,8 @@ class Calibration:
                 blocks[-1][0] += s2
                 blocks[-1][1] += n2
                 blocks[-1][3] = hi
-        knots_x, knots_y = [], []
+        knots_x: list[float] = []
+        knots_y: list[float] = []
         for total, count, lo, hi in blocks:  # each block is flat from its first to its last raw value
             for xk in (lo, hi) if hi > lo else (lo,):
                 if not knots_x or xk > knots_x[-1]:

@@ -89,6 +89,7 @@ def extract_features(
         batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         pending = pool.submit(lambda b: np.stack([load(i) for i in b]), batches[0]) if batches else None
         for k, rows in enumerate(batches):
+            assert pending is not None  # submitted before the loop, then one round ahead
             arrays = pending.result()
             if k + 1 < len(batches):
                 pending = pool.submit(lambda b: np.stack([load(i) for i in b]), batches[k + 1])

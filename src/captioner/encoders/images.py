@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -218,10 +218,12 @@ def _rescale_top(image: Image.Image) -> float | None:
     mode = image.mode
     if mode.startswith("I;16"):
         return 65535.0
-    if mode == "I":
-        return 65535.0 if image.getextrema()[1] > 255 else 255.0
-    if mode == "F":
-        return max(float(image.getextrema()[1]), 1.0)
+    if mode in ("I", "F"):
+        # one band: Pillow gives (min, max) numbers (tuples per band only for multi-band modes)
+        hi = cast(tuple[float, float], image.getextrema())[1]
+        if mode == "I":
+            return 65535.0 if hi > 255 else 255.0
+        return max(float(hi), 1.0)
     return None
 
 
@@ -231,6 +233,9 @@ def _to_rgb(image: Image.Image, top: float | None = None) -> Image.Image:
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # convert("RGB") would clip 16-bit values at 255 (a white image); rescale to the format's range instead.
+        # top: the whole image's when converting it in strips (every strip must share one scale).
+        top = _rescale_top(image) if top is None else top
+        assert top is not None  # _rescale_top is a number for each of these modes
         arr = np.asarray(image, dtype=np.float32)
         arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
@@ -273,11 +278,17 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(
             size=int(d["size"]),
-            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            mean=_per_channel(d["mean"]),
+            std=_per_channel(d["std"]),
             layout=d.get("layout", "NCHW"),
             resize=d.get("resize", "squash"),
         )
+
+
+def _per_channel(values: Sequence[float]) -> tuple[float, float, float]:
+    """(R, G, B) floats from a list of three numbers (ValueError for any other length)."""
+    r, g, b = (float(x) for x in values)
+    return r, g, b
 
 
 def resize(image: Image.Image, spec: Preprocessing) -> Image.Image:
@@ -286,13 +297,15 @@ def resize(image: Image.Image, spec: Preprocessing) -> Image.Image:
     if spec.resize == "center_crop":
         w, h = image.size
         scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        image = image.resize(
+            (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR
+        )
         w, h = image.size
         left, top = (w - size) // 2, (h - size) // 2
         return image.crop((left, top, left + size, top + size))
     if image.size == (size, size):
         return image
-    return image.resize((size, size), Image.BILINEAR)
+    return image.resize((size, size), Image.Resampling.BILINEAR)
 
 
 def preprocess(image: Image.Image, spec: Preprocessing) -> np.ndarray:

@@ -128,7 +128,7 @@ def evaluate(
 
 def _model_info(captioner: Any) -> dict | None:
     """The captioner's ModelInfo as a dict (a fake captioner in tests may give a plain dict, or nothing)."""
-    info = getattr(captioner, "model_info", None)
+    info: Any = getattr(captioner, "model_info", None)
     return info.to_dict() if hasattr(info, "to_dict") else (dict(info) if info else None)
 
 

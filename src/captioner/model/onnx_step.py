@@ -88,7 +88,7 @@ def build_step_graph(arrays: dict[str, np.ndarray], in_memory_weights: bool = Fa
         _external_tensor(n, a) if in_memory_weights else numpy_helper.from_array(np.ascontiguousarray(a), n)
         for n, a in arrays.items()
     ]
-    consts = {"gate_sizes": np.array([H] * 4, np.int64)}
+    consts: dict[str, np.ndarray | np.generic] = {"gate_sizes": np.array([H] * 4, np.int64)}
     if int8:
         consts |= {"c127": np.float32(127.0), "tiny": np.float32(1e-30), "zp_f": np.float32(ACTIVATION_ZERO_POINT),
                    "zp_u8": np.uint8(ACTIVATION_ZERO_POINT)}  # fmt: skip

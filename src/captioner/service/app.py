@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
     app.include_router(admin.router)
     app.include_router(web.router)
     app.mount("/web", StaticFiles(directory=web.WEB_DIR), name="web")
-    app.openapi = lambda: _as_configured(FastAPI.openapi(app), settings)  # type: ignore[method-assign]
+    app.openapi = lambda: _as_configured(FastAPI.openapi(app), settings)  # type: ignore[method-assign]  # FastAPI's documented override
 
     app.add_middleware(
         BodyLimitMiddleware,

@@ -129,7 +129,7 @@ class SingleFlight:
         self._inflight: dict[str, Future] = {}
         self._lock = threading.Lock()
 
-    def join_or_start(self, key: str, start: Callable[[], Future]) -> tuple[Future, bool]:
+    def join_or_start(self, key: str, start: Callable[[], Future[T]]) -> tuple[Future[T], bool]:
         """Return (future, started_here). ``start`` is called under the lock only when no computation for
         ``key`` is running; if it raises (queue full), nothing is registered."""
         with self._lock:

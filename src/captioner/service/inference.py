@@ -21,14 +21,18 @@ T = TypeVar("T")
 
 class InferencePool:
     def __init__(
-        self, max_queue: int, workers: int, timeout_s: float, on_inflight: Callable[[int], None] = None
+        self,
+        max_queue: int,
+        workers: int,
+        timeout_s: float,
+        on_inflight: Callable[[int], None] | None = None,
     ):
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self._slots = threading.BoundedSemaphore(max_queue)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="captioner-infer")
         self._inflight = 0
         self._lock = threading.Lock()
-        self._on_inflight = on_inflight or (lambda n: None)
+        self._on_inflight: Callable[[int], None] = on_inflight or (lambda n: None)
 
     @property
     def inflight(self) -> int:
@@ -39,7 +43,7 @@ class InferencePool:
             self._inflight += delta
             self._on_inflight(self._inflight)
 
-    def submit(self, fn: Callable[[], T]) -> Future:
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Queue ``fn``; raises ServiceError 503 at once when ``max_queue`` jobs are already in flight."""
         if not self._slots.acquire(blocking=False):
             raise ServiceError(
@@ -63,7 +67,7 @@ class InferencePool:
         future.add_done_callback(_done)
         return future
 
-    def wait(self, future: Future, started: float) -> object:
+    def wait(self, future: Future[T], started: float) -> T:
         """The job's result, or ServiceError 504 once ``timeout_s`` has passed since ``started`` (perf_counter)."""
         remaining = self.timeout_s - (time.perf_counter() - started)
         try:

@@ -8,6 +8,7 @@ parses one format and never sees a stack trace.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -33,11 +34,16 @@ class ServiceError(Exception):
     """An error with its HTTP status, a stable slug for ``type``, a human detail and optional headers."""
 
     def __init__(
-        self, status: int, slug: str, detail: str, headers: dict[str, str] | None = None, title=None
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+        title: str | None = None,
     ):
         super().__init__(detail)
         self.status, self.slug, self.detail = status, slug, detail
-        self.headers = headers or {}
+        self.headers: dict[str, str] = dict(headers or {})
         self.title = title or HTTPStatus(status).phrase
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -94,7 +94,7 @@ class Health(BaseModel):
     load_error: str | None = None
 
 
-PROBLEM_RESPONSES = {
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in {
         401: "missing or wrong X-API-Key",

@@ -61,7 +61,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered 408/431 and closing: ignore anything else on this connection
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    # asyncio.Protocol's parameter is a BaseTransport; uvicorn's own override narrows it (and ignores) the same way.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()  # a connection that never sends a full head is dropped at the deadline
 
@@ -183,7 +184,7 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         http=protocol_class(settings),
-        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  (uvicorn takes float too)
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  # annotated int; used as call_later's float
         limit_concurrency=settings.max_connections,
         # X-Forwarded-For/-Proto rewrite the client address only when the TCP peer is a configured proxy; with
         # none configured the middleware is off (uvicorn's own default would trust 127.0.0.1).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -469,7 +469,7 @@ class Settings(BaseSettings):
 
     def default_options(self, **overrides: object) -> DecodeOptions:
         """DecodeOptions from the defaults, with the non-None ``overrides`` applied. Raises OptionsError."""
-        values: dict[str, object] = {
+        values: dict[str, Any] = {  # checked by DecodeOptions (OptionsError)
             "strategy": self.default_strategy,
             "beam_size": self.default_beam_size,
             "max_length": self.default_max_length,
@@ -479,7 +479,7 @@ class Settings(BaseSettings):
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["strategy"] == "greedy" and overrides.get("n_best") is None:
             values["n_best"] = 1
-        return DecodeOptions(**values)  # type: ignore[arg-type]
+        return DecodeOptions(**values)
 
     def answer_options(self, **overrides: object) -> AnswerOptions:
         """AnswerOptions from the defaults, with the non-None ``overrides`` applied. Raises OptionsError."""

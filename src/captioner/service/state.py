@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -38,21 +39,21 @@ PUBLIC_MODEL_FIELDS = (
 
 def load_captioner(settings: Settings) -> Captioner:
     """The model the settings name: the original format if MODEL_PATH is set, else a bundle (default: shipped)."""
-    common = {
-        "threads": settings.threads,
-        "max_pixels": settings.max_image_pixels,
-        "decoder_backend": settings.decoder_backend,
-        "execution_provider": settings.execution_provider,
-    }
+    load_with = functools.partial(
+        load,
+        threads=settings.threads,
+        max_pixels=settings.max_image_pixels,
+        decoder_backend=settings.decoder_backend,
+        execution_provider=settings.execution_provider,
+    )
     if settings.original:
-        return load(
+        return load_with(
             model=settings.model_path,
             tokenizer=settings.tokenizer_path,
             weights=settings.weights_path,
             encoder=settings.encoder_path,
-            **common,
         )
-    return load(settings.bundle_path, bundle_sha256=settings.bundle_sha256, **common)
+    return load_with(settings.bundle_path, bundle_sha256=settings.bundle_sha256)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ServiceState:
     ready: bool = False
     load_error: str | None = None
     started: float = field(default_factory=time.time)
-    cache: ResultCache = None  # type: ignore[assignment]
+    cache: ResultCache = field(init=False)  # made in __post_init__ (from the settings)
     flights: SingleFlight = field(default_factory=SingleFlight)
 
     def __post_init__(self) -> None:

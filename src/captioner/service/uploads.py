@@ -13,7 +13,7 @@ uploads cannot pile up memory (each is also cut off by the body deadline, CAPTIO
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -91,7 +91,7 @@ async def uploaded_files(
         state.uploads.release(reserve)
 
 
-async def _bounded_stream(request: Request, limit: int, state: ServiceState) -> AsyncIterator[bytes]:
+async def _bounded_stream(request: Request, limit: int, state: ServiceState) -> AsyncGenerator[bytes, None]:
     """The request body, refused with 413 past ``limit`` bytes (the middleware does the same; belt and braces)."""
     seen = 0
     async for chunk in request.stream():

@@ -20,7 +20,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -112,6 +112,7 @@ def read_merge_model(model_path: str | Path, weights_path: str | Path | None = N
             raise BundleError(f"weights file not found: {weights_path}")
         source: Any = weights_path
     else:
+        assert own_weights is not None  # read above whenever no weights_path is given
         source = io.BytesIO(own_weights)
     weights = graph.read_weights(source, weights_path or model_path)
     return MergeModel(weights, graph.feature_size, graph.max_length, weights["out/kernel"].shape[1])
@@ -249,7 +250,7 @@ class _MergeGraph:
         }
         try:
             with h5py.File(source, "r") as f:
-                w = {}
+                w: dict[str, np.ndarray | None] = {}
                 for role, names in keys.items():
                     group = f[f"layers/{self.roles[role].key}/vars"]
                     for i, name in enumerate(names):
@@ -262,32 +263,41 @@ class _MergeGraph:
                 f"{path} holds no weights of this merge model ({type(e).__name__}: {e}); "
                 "use the weights saved from this very model (model.save_weights)"
             ) from None
-        self._check_shapes(w, path)
-        return w
+        return self._check_shapes(w, path)
 
-    def _check_shapes(self, w: dict[str, np.ndarray], path: Path) -> None:
+    def _check_shapes(self, w: dict[str, np.ndarray | None], path: Path) -> dict[str, np.ndarray]:
+        """``w`` with zero biases for Dense layers without one, once every shape fits the graph."""
         # The sizes the graph declares: weights of another model (even a self-consistent set) do not fit them.
         r = {role: layer.config for role, layer in self.roles.items()}
         F, V, U = self.feature_size, r["out"].get("units"), r["lstm"].get("units")
         E, D = r["embedding"].get("output_dim"), r["hidden"].get("units")
-        if r["embedding"].get("input_dim") != V or r["fe"].get("units") != U:
+        if (
+            V is None
+            or U is None
+            or E is None
+            or D is None
+            or r["embedding"].get("input_dim") != V
+            or r["fe"].get("units") != U
+        ):
             raise BundleError(
                 f"{self.path}: the Embedding, LSTM and Dense sizes do not agree; supported: {SUPPORTED_GRAPH}"
             )
         for name in ("fe", "hidden", "out"):  # a Dense with use_bias=False
             if w[f"{name}/bias"] is None:
-                w[f"{name}/bias"] = np.zeros(w[f"{name}/kernel"].shape[-1], np.float32)
+                w[f"{name}/bias"] = np.zeros(cast(np.ndarray, w[f"{name}/kernel"]).shape[-1], np.float32)
+        full = cast(dict[str, np.ndarray], w)  # the Dense biases were the only arrays that could be missing
         expected = {
             "fe/kernel": (F, U), "fe/bias": (U,), "embedding": (V, E), "lstm/kernel": (E, 4 * U),
             "lstm/recurrent_kernel": (U, 4 * U), "lstm/bias": (4 * U,), "hidden/kernel": (U, D),
             "hidden/bias": (D,), "out/kernel": (D, V), "out/bias": (V,),
         }  # fmt: skip
         for name, shape in expected.items():
-            if w[name].shape != shape:
+            if full[name].shape != shape:
                 raise BundleError(
-                    f"the weights in {path} do not fit the model: {name} has shape {w[name].shape}, "
+                    f"the weights in {path} do not fit the model: {name} has shape {full[name].shape}, "
                     f"the graph needs {shape}; use the weights saved from this very model"
                 )
+        return full
 
 
 def _array(group: Any, i: int, present: bool) -> np.ndarray | None:

@@ -16,6 +16,7 @@ which is how ``graph_weights`` lets ``captioner.model.onnx_step.OnnxDecoder`` ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,12 @@ class MergeStepDecoder:
         return log_softmax(logits).astype(np.float32, copy=False), (h, c, g)
 
 
+# (tokens [N], state, k) -> (values [N, k], ids [N, k], new state), as decode.search's TopkStepFn.
+TopkFn = Callable[
+    [np.ndarray, tuple[np.ndarray, ...], int], tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]
+]
+
+
 class OriginalStep:
     """The step the engine runs for an original model: a core step over (h, c, g) (the NumPy reference or its
     onnxruntime graph) plus the window of the last ``max_length`` tokens, for pad_sequences' truncation.
@@ -104,8 +111,10 @@ class OriginalStep:
         self.core, self.reference, self.max_length = core, reference, max_length
         self.vocab_size = reference.vocab_size
         self.feature_size = reference.feature_size
-        if getattr(core, "step_topk", None) is None:
-            self.step_topk = None  # the searches then rank the full log-probs themselves
+        # Without a core that ranks in its graph, None: the searches then rank the full log-probs themselves.
+        self.step_topk: TopkFn | None = (
+            self._step_topk if getattr(core, "step_topk", None) is not None else None
+        )
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         h, c, g = self.core.initial_state(features)
@@ -131,7 +140,7 @@ class OriginalStep:
         log_probs, (h, c, g) = self.core.step(tokens, core_state)
         return log_probs, (h, c, g, window, length)
 
-    def step_topk(  # type: ignore[no-redef]
+    def _step_topk(
         self, tokens: np.ndarray, state: tuple[np.ndarray, ...], k: int
     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
         """-> (values [N, k] best first, ids [N, k], new state), ranked in the core's graph."""

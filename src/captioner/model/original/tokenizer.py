@@ -123,9 +123,11 @@ def _new_reconstructor() -> Any:
             )
         if base is object:
             return object.__new__(cls)
-        obj = base.__new__(cls, state)
-        if base.__init__ is not object.__init__:
-            base.__init__(obj, state)
+        # Any: mypy cannot type a call of an arbitrary class's unbound __init__ (it is checked to be a class above).
+        klass: Any = base
+        obj = klass.__new__(cls, state)
+        if klass.__init__ is not object.__init__:
+            klass.__init__(obj, state)
         return obj
 
     return _reconstructor
@@ -292,7 +294,8 @@ class OriginalVocabulary:
         """
         if self.lower:
             text = text.lower()
-        text = text.translate(str.maketrans(dict.fromkeys(self.filters, self.split)))
+        table: dict[str, str | int | None] = dict.fromkeys(self.filters, self.split)
+        text = text.translate(str.maketrans(table))
         unk = self.unk_id
         ids = []
         for word in (w for w in text.split(self.split) if w):

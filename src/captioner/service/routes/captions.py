@@ -93,8 +93,8 @@ def _caption_many(
         if isinstance(outcome, ImageError):
             out[i] = outcome
         else:
-            out[i] = _entry(outcome)
-            state.cache.set(keys[i], out[i])
+            out[i] = entry = _entry(outcome)
+            state.cache.set(keys[i], entry)
     state.metrics.inference.labels("batch").observe(time.perf_counter() - start)
     return out
 

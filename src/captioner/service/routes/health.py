@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter, Response
 
@@ -39,7 +40,9 @@ def readyz(state: StateDep) -> dict:
 def health(state: StateDep) -> Health:
     """Public: it shows no filesystem path and no secret (the server's log has the details)."""
     s = state.settings
-    status = "ok" if state.ready else ("error" if state.load_error else "loading")
+    status: Literal["ok", "loading", "error"] = (
+        "ok" if state.ready else ("error" if state.load_error else "loading")
+    )
     return Health(
         status=status,
         liveness=True,
