@@ -98,7 +98,13 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
-def temp_listing() -> Callable[[], set[str]]:
-    """Names in the temp folder, to check that no request leaves (or writes) a temp file."""
-    folder = tempfile.gettempdir()
+def temp_listing(tmp_path, monkeypatch) -> Callable[[], set[str]]:
+    """Names in this test's own temp folder, to check that no request leaves (or writes) a temp file.
+
+    The folder is private (tempfile's and TMPDIR), so other processes writing the system temp folder at the
+    same time (CI jobs, pip) cannot make the check fail; the app under test runs in this process."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
     return lambda: set(os.listdir(folder))
