@@ -130,7 +130,7 @@ def micro_batched(
     captioner, photos: list[Path], options, concurrency: int, n_images: int, max_batch: int = 8
 ) -> dict:
     """MicroBatcher fed by ``concurrency`` closed-loop callers (each decodes its JPEG, submits, waits)."""
-    from captioner.decode.batcher import MicroBatcher
+    from captioner.decode.microbatch import MicroBatcher
 
     paths = [photos[i % len(photos)] for i in range(n_images)]
     latencies: list[float] = []

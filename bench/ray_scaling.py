@@ -35,7 +35,7 @@ def photos(n: int, work: Path) -> list[Path]:
 
 
 def job(listing: Path, out: Path, bundle: Path, batch_size: int, **kwargs) -> dict:
-    from captioner.batch import caption_dir
+    from captioner.caption_dir import caption_dir
 
     out.unlink(missing_ok=True)
     return caption_dir(listing, out, bundle=bundle, batch_size=batch_size, progress=False, **kwargs)

@@ -165,7 +165,7 @@ def caption_dir_cmd(
     gender_neutral: GenderNeutralOpt = False,
 ) -> None:
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
-    from captioner.batch import caption_dir
+    from captioner.caption_dir import caption_dir
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best)
     summary = caption_dir(

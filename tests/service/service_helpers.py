@@ -19,3 +19,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PROBLEM_KEYS = {"type", "title", "status", "detail"}
+
+
+def assert_problem(response, status: int, slug: str | None = None) -> dict:
+    """An RFC 7807 problem answer with this status (and type slug), no traceback; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body.keys() >= PROBLEM_KEYS and body["status"] == status and body["detail"]
+    assert "Traceback" not in response.text
+    if slug:
+        assert body["type"] == f"urn:captioner:problem:{slug}", body
+    return body

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.decode.microbatch import MicroBatcher, QueueFull
 from captioner.service.problems import ServiceError
 
 log = logging.getLogger("captioner.service")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from captioner.decode.batcher import MicroBatcher
 from captioner.decode.captioner import Captioner
+from captioner.decode.microbatch import MicroBatcher
 from captioner.encoders.providers import CPU, ProviderError, resolve_providers
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
 from captioner.loading import load

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from service_helpers import assert_problem
 from service_inputs import jpeg
-from test_service_api import assert_problem
 
 URL = "/generate-caption/"
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 from pydantic import ValidationError
+from service_helpers import assert_problem
 from service_inputs import jpeg
-from test_service_api import assert_problem
 
 from captioner.service.settings import Settings
 
@@ -144,7 +144,7 @@ def test_no_cors_by_default(client):
 
 def test_full_queue_is_503_at_once(make_client, service_captioner):
     gate = threading.Event()
-    # microbatch_max_size=1: this test gates the pool itself (batching is tested in test_service_batching.py).
+    # microbatch_max_size=1: this test gates the pool itself (batching is tested in test_batching.py).
     client = make_client(captioner=SlowCaptioner(service_captioner), max_queue=1, microbatch_max_size=1)
     client.app.state.service.captioner = SlowCaptioner(service_captioner, gate=gate)  # after the warm-up
     first: list = []

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from captioner import loading
-from captioner.batch import caption_dir, discover_images, fetch
+from captioner.caption_dir import caption_dir, discover_images, fetch
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError
 from captioner.fetch import DownloadPolicy

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from captioner import loading
-from captioner.decode.batcher import MicroBatcher, QueueFull
 from captioner.decode.captioner import Captioner
+from captioner.decode.microbatch import MicroBatcher, QueueFull
 from captioner.decode.options import DecodeOptions
 
 GREEDY = DecodeOptions(strategy="greedy", max_length=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import service_inputs as si
-from test_service_api import assert_problem
+from service_helpers import assert_problem
 
 URL = "/generate-caption/"
 

@@ -5,20 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from service_helpers import assert_problem
 from service_inputs import jpeg, png
-
-PROBLEM_KEYS = {"type", "title", "status", "detail"}
-
-
-def assert_problem(response, status: int, slug: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body.keys() >= PROBLEM_KEYS and body["status"] == status and body["detail"]
-    assert "Traceback" not in response.text
-    if slug:
-        assert body["type"] == f"urn:captioner:problem:{slug}", body
-    return body
 
 
 def test_caption_one_image(client):
