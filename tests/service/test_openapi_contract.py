@@ -23,6 +23,7 @@ from captioner.service.app import create_app
 from captioner.service.security import hash_key
 
 HERE = Path(__file__).resolve().parent
+ADMIN_KEY = "contract-admin"
 CAPTION_ROUTES = ("/generate-caption/", "/generate-captions/")
 
 
@@ -86,7 +87,9 @@ def live_url(tiny_bundle, service_captioner):
     import uvicorn
 
     port = free_port()
-    app = create_app(service_settings(tiny_bundle), captioner=service_captioner)  # rate limit off
+    # Rate limit off; an admin key, so that the model-switch endpoints are exercised too (they reload the bundle).
+    settings = service_settings(tiny_bundle, admin_keys_sha256=[hash_key(ADMIN_KEY)])
+    app = create_app(settings, captioner=service_captioner)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -107,7 +110,7 @@ def test_schemathesis_finds_no_contract_failure(live_url, tmp_path):
     cmd = [
         str(cli), "--config-file", str(HERE / "schemathesis.toml"), "run", f"{live_url}/openapi.json",
         "--checks", "all", "--max-examples", "25", "--seed", "1", "--generation-database", "none",
-        "--workers", "1", "--no-color",
+        "--workers", "1", "--no-color", "-H", f"X-Admin-Key: {ADMIN_KEY}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -34,7 +34,20 @@ def require_admin_key(
     authenticate(request, state, state.admin_keys, key, "X-Admin-Key")
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], responses=PROBLEM_RESPONSES)
+_ADMIN_PROBLEMS = {
+    401: "missing or wrong X-Admin-Key",
+    403: "the admin endpoints are off (no CAPTIONER_ADMIN_KEYS_SHA256)",
+    409: "a switch is already running, or there is no previous model",
+    422: "the new model was refused (broken or tampered); the old one keeps serving",
+    429: "this address spent its budget of failed keys (see Retry-After)",
+}
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    responses={
+        code: {**PROBLEM_RESPONSES[422], "description": text} for code, text in _ADMIN_PROBLEMS.items()
+    },
+)
 
 
 def switch_model(state: ServiceState) -> ModelVersions:
