@@ -97,6 +97,38 @@ def test_batches_form_under_concurrent_submission(captioner, images):
     assert stats.mean_batch_size > 1 and stats.largest_batch <= n
 
 
+def test_a_lone_request_on_an_idle_batcher_runs_at_once(captioner, images, reference):
+    # One client at a time: nobody will join, so no request waits max_wait_ms (a minute here) for company.
+    with MicroBatcher(captioner, max_batch_size=8, max_wait_ms=60_000) as batcher:
+        for i in range(3):
+            _same(
+                batcher.submit(images[i % len(images)], GREEDY).result(timeout=30),
+                reference[(i % len(images), GREEDY)],
+            )
+        assert batcher.stats.batches == 3
+
+
+def test_after_a_shared_batch_a_lone_request_waits_for_company(captioner, images):
+    # Closed-loop clients answered together rejoin one by one: the first waits for the others.
+    gated = GatedEncoder(captioner.encoder)
+    gated.gate.clear()
+    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    with MicroBatcher(blocked, max_batch_size=2, max_wait_ms=60_000) as batcher:
+        alone = batcher.submit(images[0], GREEDY)
+        assert gated.entered.wait(10)  # the worker runs it alone and is held in encode()
+        pair = [batcher.submit(images[i % len(images)], GREEDY) for i in (1, 2)]
+        gated.gate.set()
+        for f in [alone, *pair]:
+            f.result(timeout=30)
+        assert batcher.stats.largest_batch == 2
+        lone = batcher.submit(images[0], GREEDY)
+        threading.Event().wait(0.2)
+        assert not lone.done()
+        other = batcher.submit(images[1 % len(images)], GREEDY)  # fills the batch of 2: both run
+        lone.result(timeout=30), other.result(timeout=30)
+        assert batcher.stats.batches == 3
+
+
 def test_queue_full_when_the_worker_is_blocked(captioner, images):
     gated = GatedEncoder(captioner.encoder)
     gated.gate.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -38,6 +39,12 @@ def test_int8_copy_keeps_the_features_direction(tiny_encoder_onnx, photo_files, 
     assert out.stat().st_size < 0.5 * tiny_encoder_onnx.stat().st_size
     assert _cosine(int8.encode(images), original.encode(images)).min() > 0.9
     assert int8.encode([]).shape == (0, original.feature_size)
+    # The outputs come out of float nodes (float_tail), never straight out of a DequantizeLinear: a quantised
+    # output would be rounded to 256 levels.
+    graph = onnx.load(str(out)).graph
+    makers = {o: n.op_type for n in graph.node for o in n.output}
+    assert all(makers[o.name] not in ("DequantizeLinear", "QuantizeLinear") for o in graph.output)
+    assert "DequantizeLinear" in makers.values()  # the rest is quantised
 
 
 def test_refuses_what_it_cannot_do(tiny_encoder_onnx, tmp_path):

@@ -10,6 +10,10 @@ waiting, or ``max_wait_ms`` after the later of the oldest request's arrival and 
 whichever comes first. Measuring the wait from the end of the previous batch too lets the callers just answered
 rejoin (closed-loop clients resubmit within a millisecond or two): without it, 8 clients on a batcher of 8
 settle into alternating half-full batches. The wait adds at most ``max_wait_ms`` to a request's latency.
+A lone request when the previous batch was a lone request too (no two requests have overlapped: one client at
+a time, or the first request after start) runs at once: nobody is about to join it, and waiting would only add
+``max_wait_ms`` to every answer of an unloaded service. Under load the rule does not fire, and a lone batch that
+happens anyway is followed by a full one (the others queued while it ran).
 
 The images of a batch go through the encoder together (options do not matter there); requests with identical
 ``DecodeOptions`` share one search, others get a search per distinct options. An error fails only the requests
@@ -87,6 +91,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._free_since = 0.0  # perf_counter() when the worker finished its last batch
+        self._last_size = 0  # requests in the worker's last batch (0 before the first)
         self._batches = self._images = self._groups = self._rejected = self._largest = 0
         self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
         self._worker.start()
@@ -150,7 +155,7 @@ class MicroBatcher:
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(exc)
-            self._free_since = time.perf_counter()
+            self._free_since, self._last_size = time.perf_counter(), len(batch)
 
     def _next_batch(self) -> list[_Request] | None:
         """Block until a batch is due; None once closed and drained."""
@@ -159,6 +164,8 @@ class MicroBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
+            if len(self._pending) == 1 and self._last_size <= 1:
+                return [self._pending.popleft()]  # nothing overlaps it: waiting would only add latency
             deadline = max(self._pending[0].enqueued, self._free_since) + self.max_wait_s
             while len(self._pending) < self.max_batch_size and not self._closed:
                 remaining = deadline - time.perf_counter()
