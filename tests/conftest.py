@@ -8,10 +8,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest_helpers import HostileServer, make_photo
+from conftest_helpers import HostileServer, build_tiny_bundle, make_photo
 
 
 @pytest.fixture(scope="session")
@@ -46,23 +45,9 @@ def tiny_vocabulary():
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_encoder_onnx, tiny_vocabulary) -> Path:
     """A complete bundle folder: random tiny decoder + random-weight Lite0 encoder."""
-    import keras
-
-    from captioner.model.bundle import save_bundle
-    from captioner.model.config import DecoderConfig
-    from captioner.model.decoder import build_decoder
-
-    keras.utils.set_random_seed(0)
-    config = DecoderConfig(
-        vocab_size=len(tiny_vocabulary), feature_size=1280, embed_dim=16, hidden_dim=24, max_length=12
+    return build_tiny_bundle(
+        tmp_path_factory.mktemp("bundle") / "tiny", tiny_encoder_onnx, tiny_vocabulary, seed=0
     )
-    model = build_decoder(config)
-    # Random weights large enough that different images get different captions.
-    rng = np.random.default_rng(0)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.4, w.shape).astype("float32"))
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    return save_bundle(out, model, tiny_vocabulary, config, tiny_encoder_onnx, metrics={"BLEU-4": 0.0})
 
 
 @pytest.fixture

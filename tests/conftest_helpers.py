@@ -135,3 +135,23 @@ class _Handler(socketserver.BaseRequestHandler):
             host = next((x.split(":", 1)[1].strip() for x in lines if x.lower().startswith("host:")), "")
             self.server.requests.append((path, host))
             _respond(self.request, path, self.server)
+
+
+def build_tiny_bundle(out: Path, encoder_onnx: Path, vocabulary, seed: int = 0) -> Path:
+    """A complete bundle folder: a random tiny decoder (weights ~N(0, 0.4) from ``seed``, large enough that
+    different images get different captions) + the given encoder. Another seed: another model version."""
+    import keras
+
+    from captioner.model.bundle import save_bundle
+    from captioner.model.config import DecoderConfig
+    from captioner.model.decoder import build_decoder
+
+    keras.utils.set_random_seed(seed)
+    config = DecoderConfig(
+        vocab_size=len(vocabulary), feature_size=1280, embed_dim=16, hidden_dim=24, max_length=12
+    )
+    model = build_decoder(config)
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.4, w.shape).astype("float32"))
+    return save_bundle(out, model, vocabulary, config, encoder_onnx, metrics={"BLEU-4": 0.0})

@@ -14,10 +14,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from service_helpers import free_port
 from service_inputs import jpeg
+
+from conftest_helpers import build_tiny_bundle
 
 URL = "/generate-caption/"
 ADMIN_KEY = "admin-secret"
@@ -28,20 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def other_bundle(tmp_path_factory, tiny_encoder_onnx, tiny_vocabulary) -> Path:
     """A second tiny bundle: same shapes as tests/conftest.py's, other random weights (another version)."""
-
-    from captioner.model.bundle import save_bundle
-    from captioner.model.config import DecoderConfig
-    from captioner.model.decoder import build_decoder
-
-    config = DecoderConfig(
-        vocab_size=len(tiny_vocabulary), feature_size=1280, embed_dim=16, hidden_dim=24, max_length=12
+    return build_tiny_bundle(
+        tmp_path_factory.mktemp("other") / "tiny2", tiny_encoder_onnx, tiny_vocabulary, seed=1
     )
-    model = build_decoder(config)
-    rng = np.random.default_rng(1)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.4, w.shape).astype("float32"))
-    out = tmp_path_factory.mktemp("other") / "tiny2"
-    return save_bundle(out, model, tiny_vocabulary, config, tiny_encoder_onnx, metrics={"BLEU-4": 0.0})
 
 
 def replace_folder(live: Path, source: Path) -> None:

@@ -40,6 +40,7 @@ from captioner.hashing import sha256_file, sha256_hex
 from captioner.model.config import DecoderConfig
 
 if TYPE_CHECKING:
+    from captioner.encoders.runtime import OnnxEncoder
     from captioner.model.original.tokenizer import OriginalVocabulary
 
 log = logging.getLogger("captioner.model.bundle")
@@ -106,6 +107,22 @@ class Bundle:
         return self.manifest["files"][WEIGHTS_FILE][:12]
 
 
+def _manifest_head(encoder: OnnxEncoder) -> dict:
+    """The manifest's format, creation time and encoder section (every bundle writer starts with these)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "encoder": {
+            "name": encoder.name,
+            "input_size": encoder.preprocessing.size,
+            "preprocessing": encoder.preprocessing.to_dict(),
+            "feature_size": encoder.feature_size,
+            "weights": encoder.info.get("weights"),
+        },
+    }
+
+
 def save_bundle(
     out_dir: str | Path,
     model,
@@ -144,16 +161,7 @@ def save_bundle(
     encoder = OnnxEncoder(tmp / ENCODER_FILE, threads=1)
     files = [MODEL_FILE, *REQUIRED_FILES]
     manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "encoder": {
-            "name": encoder.name,
-            "input_size": encoder.preprocessing.size,
-            "preprocessing": encoder.preprocessing.to_dict(),
-            "feature_size": encoder.feature_size,
-            "weights": encoder.info.get("weights"),
-        },
+        **_manifest_head(encoder),
         "decoder": config.to_dict(),
         "max_length": config.max_length,
         "special_tokens": {
@@ -226,16 +234,7 @@ def save_original_bundle(
     shutil.copyfile(encoder_onnx, tmp / ENCODER_FILE)
     files = [MODEL_FILE, *REQUIRED_FILES]
     manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "encoder": {
-            "name": encoder.name,
-            "input_size": encoder.preprocessing.size,
-            "preprocessing": encoder.preprocessing.to_dict(),
-            "feature_size": encoder.feature_size,
-            "weights": encoder.info.get("weights"),
-        },
+        **_manifest_head(encoder),
         "decoder": {
             "architecture": ARCHITECTURE_ORIGINAL,
             "feature_size": original.model.feature_size,
