@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +12,9 @@ from PIL import Image
 
 from captioner.decode.options import DecodeOptions
 from captioner.model.bundle import DEFAULT_BUNDLE
+
+# Words a caption must not end with: articles, prepositions, conjunctions.
+DANGLING = {"a", "an", "the", "of", "in", "on", "at", "to", "with", "and", "or", "from", "by", "for", "into"}
 
 pytestmark = [
     pytest.mark.bundle,
@@ -129,8 +133,15 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
         progress=False,
         meteor=False,
     )
-    assert default["metrics"]["BLEU-4"] == pytest.approx(recorded["scores"]["BLEU-4"], abs=0.005)
+    # The int8 step served by default loses no quality against the recorded float32 scores (it may gain).
+    assert default["metrics"]["BLEU-4"] >= recorded["scores"]["BLEU-4"] - 0.005
     assert default["metrics"]["CIDEr"] >= recorded["scores"]["CIDEr"] - 0.01
+    # No caption stops mid-phrase (they came from a chosen <unk> that the text drops), as served and as recorded.
+    for run in ("fp32", "default"):
+        lines = (tmp_path / run / "captions.jsonl").read_text().splitlines()
+        captions = [json.loads(line)["caption"] for line in lines]
+        assert len(captions) == recorded["images"]
+        assert [c for c in captions if c.split()[-1] in DANGLING] == [], run
 
 
 CAT_TAGS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}

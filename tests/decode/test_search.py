@@ -421,3 +421,34 @@ def test_topk_step_output_is_checked():
 
     with pytest.raises(ValueError, match="step_topk returned"):
         beam_search(_ok, (np.zeros(3),), opts("beam", beam_size=2), START, END, step_topk=bad)
+
+
+def test_banned_tokens_are_never_chosen_and_the_rest_is_the_brute_force_optimum():
+    """A banned token (e.g. <unk>) is never in a caption; the best captions without it are still found."""
+    vocab, max_length, banned = 5, 3, (2,)
+    for seed in range(3):
+        fake = HistoryStep(vocab, max_length, seed)
+        options = opts("beam", beam_size=10, max_length=max_length, length_penalty=0.7, n_best=5)
+        (got,) = beam_search(fake, fake.initial_state([0]), options, START, END, banned=banned)
+        allowed = [h for h in brute_force(fake, 0, vocab, options) if not set(h.tokens) & set(banned)]
+        assert [h.tokens for h in got] == [h.tokens for h in allowed[:5]]
+        fresh = HistoryStep(vocab, max_length, seed)  # a fake serves one search (it counts its calls)
+        (greedy,) = greedy_search(fresh, fresh.initial_state([0]), opts("greedy", max_length=3), START, END,
+                                  banned=banned)  # fmt: skip
+        assert 2 not in greedy[0].tokens
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_banned_tokens_give_the_same_hypotheses_with_the_topk_step(strategy):
+    for seed in range(10):
+        tables = markov_tables(seed, 3, 9)
+        step = MarkovStep(tables)
+        options = opts(strategy, beam_size=1 if strategy == "greedy" else 3, max_length=6, length_penalty=0.7)
+        banned = (3, 5)
+        full = search(step, step.initial_state([0, 1, 2]), options, START, END, banned=banned)
+        topk = search(step, step.initial_state([0, 1, 2]), options, START, END, step_topk=topk_of(step),
+                      banned=banned)  # fmt: skip
+        assert topk == full
+        assert all(not set(h.tokens) & set(banned) for hyps in full for h in hyps)
+        unbanned = search(step, step.initial_state([0, 1, 2]), options, START, END)
+        assert any(set(h.tokens) & set(banned) for hyps in unbanned for h in hyps) or seed  # banning mattered

@@ -73,6 +73,11 @@ class Vocabulary:
         return 2
 
     @property
+    def never_generated(self) -> tuple[int, ...]:
+        """Ids a caption never contains: <pad>, <start> and <unk> (decode() would drop them from the text)."""
+        return (self.pad_id, self.start_id, self.unk_id)
+
+    @property
     def unk_id(self) -> int:
         return 3
 

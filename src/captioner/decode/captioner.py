@@ -158,6 +158,9 @@ class Captioner:
             self.vocabulary.start_id,
             self.vocabulary.end_id,
             step_topk=getattr(self.decoder, "step_topk", None),  # the ONNX step ranks tokens in its graph
+            # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
+            # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
+            banned=tuple(getattr(self.vocabulary, "never_generated", ())),
         )
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
         results = []

@@ -61,11 +61,15 @@ def search(
     start_id: int,
     end_id: int,
     step_topk: TopkStepFn | None = None,
+    banned: tuple[int, ...] = (),
 ) -> list[list[Hypothesis]]:
-    """Run the strategy named by ``options.strategy``; see greedy_search and beam_search."""
+    """Run the strategy named by ``options.strategy``; see greedy_search and beam_search.
+
+    banned: token ids never chosen (e.g. <unk>, <pad>, <start>: words a caption cannot show; a search that
+    picked <unk> and had it dropped from the text would leave "holding a" where "holding a <unk>" was meant)."""
     if options.strategy == "greedy":
-        return greedy_search(step, state, options, start_id, end_id, step_topk)
-    return beam_search(step, state, options, start_id, end_id, step_topk)
+        return greedy_search(step, state, options, start_id, end_id, step_topk, banned)
+    return beam_search(step, state, options, start_id, end_id, step_topk, banned)
 
 
 def greedy_search(
@@ -75,8 +79,9 @@ def greedy_search(
     start_id: int,
     end_id: int,
     step_topk: TopkStepFn | None = None,
+    banned: tuple[int, ...] = (),
 ) -> list[list[Hypothesis]]:
-    """Pick the most likely token at each step (ties: the lowest id).
+    """Pick the most likely token at each step (ties: the lowest id), never a ``banned`` one.
 
     step: (tokens int64 [N], state) -> (log_probs float [N, V], new state); every state array has the
         row as axis 0.
@@ -95,7 +100,7 @@ def greedy_search(
     for t in range(max_length):
         if active.size == 0:
             break
-        _, best, lp, state = _expand(step, step_topk, tokens, state, active.size, 1, end_id)
+        _, best, lp, state = _expand(step, step_topk, tokens, state, active.size, 1, end_id, banned)
         log_prob[active] += lp.astype(np.float64)
         ended = best == end_id
         finished[active[ended]] = True
@@ -116,8 +121,9 @@ def beam_search(
     start_id: int,
     end_id: int,
     step_topk: TopkStepFn | None = None,
+    banned: tuple[int, ...] = (),
 ) -> list[list[Hypothesis]]:
-    """Beam search with ``options.beam_size`` live hypotheses per image.
+    """Beam search with ``options.beam_size`` live hypotheses per image; ``banned`` tokens are never chosen.
 
     The first step runs one row per image (beam_size copies of the start token would only yield
     duplicates); later steps run beam_size rows per still-active image, image-major.
@@ -145,7 +151,7 @@ def beam_search(
         n_images, rows = log_prob.shape
         # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
         k = 2 * beam
-        row, tok, lp, state = _expand(step, step_topk, tokens, state, n_images * rows, k, end_id)
+        row, tok, lp, state = _expand(step, step_topk, tokens, state, n_images * rows, k, end_id, banned)
         cand_src, cand_tok, cand_lp = _best_candidates(log_prob, row, tok, lp, k)  # [I, k] each, best first
         # Walk each image's candidates best first (vectorised): an end token finishes a hypothesis, any other
         # token extends one, until beam live ones are found. live_before: live candidates ranked above this one.
@@ -239,16 +245,27 @@ def _expand(
     n_rows: int,
     k: int,
     end_id: int,
+    banned: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, State]:
     """One decoder step -> (row, token, log_prob, new state): each row's k best tokens as flat arrays.
 
     With ``step_topk`` exactly min(k, V) per row, as the decoder ranked them; with ``step`` every token at least
     as likely as the row's k-th best (ties included: the caller's sort breaks them), found by a partition, not
     a sort of the vocabulary. Either way, the k best continuations of any group of rows are among them.
+    ``banned`` tokens get -inf first (with ``step_topk``: k + len(banned) are asked for and the banned dropped).
     """
     if step_topk is not None:
-        values, ids, new_state = step_topk(tokens, state, k)
+        values, ids, new_state = step_topk(tokens, state, k + len(banned))
         values, ids = np.asarray(values), np.asarray(ids)
+        if banned and values.ndim == 2 and values.shape == ids.shape:
+            # Drop each row's banned ids, keeping the others in the decoder's order, then cut to k.
+            keep = np.argsort(np.isin(ids, banned), axis=1, kind="stable")[:, : min(k, ids.shape[1])]
+            values = np.where(
+                np.isin(np.take_along_axis(ids, keep, axis=1), banned),
+                -np.inf,
+                np.take_along_axis(values, keep, axis=1),
+            )
+            ids = np.take_along_axis(ids, keep, axis=1)
         if values.ndim != 2 or values.shape != ids.shape or values.shape[0] != n_rows:
             raise ValueError(
                 f"step_topk returned values {values.shape} and ids {ids.shape} for {n_rows} tokens; "
@@ -265,6 +282,9 @@ def _expand(
             new_state,
         )
     log_probs, new_state = _checked_step(step, tokens, state, n_rows, end_id)
+    if banned:
+        log_probs = log_probs.copy()
+        log_probs[:, list(banned)] = -np.inf
     vocab = log_probs.shape[1]
     if k == 1:  # exactly one per row: the lowest id among ties (argmax's rule, as TopK's)
         row, tok = np.arange(n_rows), log_probs.argmax(axis=1)
