@@ -136,12 +136,14 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
     # The int8 step served by default loses no quality against the recorded float32 scores (it may gain).
     assert default["metrics"]["BLEU-4"] >= recorded["scores"]["BLEU-4"] - 0.005
     assert default["metrics"]["CIDEr"] >= recorded["scores"]["CIDEr"] - 0.01
-    # No caption stops mid-phrase (they came from a chosen <unk> that the text drops), as served and as recorded.
+    # No caption stops mid-phrase (a chosen <unk> the text drops) or repeats three words, as served and recorded.
     for run in ("fp32", "default"):
         lines = (tmp_path / run / "captions.jsonl").read_text().splitlines()
         captions = [json.loads(line)["caption"] for line in lines]
         assert len(captions) == recorded["images"]
         assert [c for c in captions if c.split()[-1] in DANGLING] == [], run
+        trigrams = [[tuple(w[i : i + 3]) for i in range(len(w) - 2)] for w in (c.split() for c in captions)]
+        assert [c for c, g in zip(captions, trigrams, strict=True) if len(g) != len(set(g))] == [], run
 
 
 CAT_TAGS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}

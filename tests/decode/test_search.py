@@ -10,6 +10,7 @@ import pytest
 
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, beam_search, greedy_search, search
+from captioner.errors import OptionsError
 
 START, END = 0, 1
 
@@ -452,3 +453,46 @@ def test_banned_tokens_give_the_same_hypotheses_with_the_topk_step(strategy):
         assert all(not set(h.tokens) & set(banned) for hyps in full for h in hyps)
         unbanned = search(step, step.initial_state([0, 1, 2]), options, START, END)
         assert any(set(h.tokens) & set(banned) for hyps in unbanned for h in hyps) or seed  # banning mattered
+
+
+def _repeats(tokens: tuple[int, ...], n: int) -> bool:
+    grams = [tokens[i : i + n] for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_no_repeated_ngram_and_otherwise_the_brute_force_optimum(n):
+    vocab, max_length = 4, 5
+    for seed in range(3):
+        fake = HistoryStep(vocab, max_length, seed)
+        options = opts(
+            "beam", beam_size=10, max_length=max_length, length_penalty=0.7, n_best=3, no_repeat_ngram=n
+        )
+        (got,) = beam_search(fake, fake.initial_state([0]), options, START, END, no_repeat_ngram=n)
+        allowed = [h for h in brute_force(fake, 0, vocab, options) if not _repeats(h.tokens, n)]
+        assert [h.tokens for h in got] == [h.tokens for h in allowed[:3]]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_no_repeated_ngram_gives_the_same_hypotheses_with_the_topk_step(strategy):
+    blocked_something = False
+    for seed in range(10):
+        step = MarkovStep(markov_tables(seed, 3, 6))  # few words and long captions: repeats are likely
+        options = opts(
+            strategy, beam_size=1 if strategy == "greedy" else 3, max_length=12, length_penalty=0.7
+        )
+        full = search(step, step.initial_state([0, 1, 2]), options, START, END, no_repeat_ngram=2)
+        topk = search(step, step.initial_state([0, 1, 2]), options, START, END, step_topk=topk_of(step),
+                      no_repeat_ngram=2)  # fmt: skip
+        assert topk == full
+        assert not any(_repeats(h.tokens, 2) for hyps in full for h in hyps)
+        free = search(step, step.initial_state([0, 1, 2]), options, START, END)
+        blocked_something |= any(_repeats(h.tokens, 2) for hyps in free for h in hyps)
+    assert blocked_something  # the rule had something to do
+
+
+def test_no_repeat_ngram_is_validated():
+    assert DecodeOptions().no_repeat_ngram == 3 and DecodeOptions(no_repeat_ngram=0).no_repeat_ngram == 0
+    for bad in (1, -1, 9, 2.5):
+        with pytest.raises(OptionsError, match="no_repeat_ngram"):
+            DecodeOptions(no_repeat_ngram=bad)

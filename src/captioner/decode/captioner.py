@@ -161,6 +161,7 @@ class Captioner:
             # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
             # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
             banned=tuple(getattr(self.vocabulary, "never_generated", ())),
+            no_repeat_ngram=options.no_repeat_ngram,
         )
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
         results = []

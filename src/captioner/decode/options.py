@@ -13,6 +13,7 @@ Strategy = Literal["greedy", "beam"]
 MAX_BEAM_SIZE = 10
 MAX_LENGTH_LIMIT = 64
 MAX_LENGTH_PENALTY = 5.0
+MAX_NO_REPEAT_NGRAM = 8
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class DecodeOptions:
     max_length: most words in a caption, excluding the start/end tokens (1..MAX_LENGTH_LIMIT).
     length_penalty: alpha in score = log_prob / length**alpha; 0 ranks by raw log-probability.
     n_best: how many finished hypotheses to return per image (1..beam_size; 1 for greedy).
+    no_repeat_ngram: n (2..MAX_NO_REPEAT_NGRAM): no caption repeats n words in a row ("a red shirt and a red
+    shirt"); 0: no such rule. 3 removed every repeated trigram on dev at no cost in the scores.
     """
 
     # Defaults chosen on the Flickr8k dev split with the shipped model (beam 3 with alpha 0.7 gave the best BLEU-4;
@@ -33,6 +36,7 @@ class DecodeOptions:
     max_length: int = 30
     length_penalty: float = 0.7
     n_best: int = 1
+    no_repeat_ngram: int = 3
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam"):
@@ -53,6 +57,14 @@ class DecodeOptions:
         if not isinstance(self.n_best, int) or not 1 <= self.n_best <= width:
             raise OptionsError(
                 f"n_best must be an integer from 1 to {width} (the beam size; 1 for greedy), got {self.n_best!r}"
+            )
+
+        if not isinstance(self.no_repeat_ngram, int) or not (
+            self.no_repeat_ngram == 0 or 2 <= self.no_repeat_ngram <= MAX_NO_REPEAT_NGRAM
+        ):
+            raise OptionsError(
+                f"no_repeat_ngram must be 0 (off) or an integer from 2 to {MAX_NO_REPEAT_NGRAM}, "
+                f"got {self.no_repeat_ngram!r}"
             )
 
     def to_dict(self) -> dict:

@@ -62,14 +62,17 @@ def search(
     end_id: int,
     step_topk: TopkStepFn | None = None,
     banned: tuple[int, ...] = (),
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """Run the strategy named by ``options.strategy``; see greedy_search and beam_search.
 
     banned: token ids never chosen (e.g. <unk>, <pad>, <start>: words a caption cannot show; a search that
-    picked <unk> and had it dropped from the text would leave "holding a" where "holding a <unk>" was meant)."""
+    picked <unk> and had it dropped from the text would leave "holding a" where "holding a <unk>" was meant).
+    no_repeat_ngram: n > 1 -> no hypothesis contains the same n words twice ("a red shirt and a red shirt");
+    0: no such rule."""
     if options.strategy == "greedy":
-        return greedy_search(step, state, options, start_id, end_id, step_topk, banned)
-    return beam_search(step, state, options, start_id, end_id, step_topk, banned)
+        return greedy_search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+    return beam_search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
 
 
 def greedy_search(
@@ -80,8 +83,10 @@ def greedy_search(
     end_id: int,
     step_topk: TopkStepFn | None = None,
     banned: tuple[int, ...] = (),
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
-    """Pick the most likely token at each step (ties: the lowest id), never a ``banned`` one.
+    """Pick the most likely token at each step (ties: the lowest id), never a ``banned`` one nor one that would
+    repeat an n-gram of the caption (``no_repeat_ngram``).
 
     step: (tokens int64 [N], state) -> (log_probs float [N, V], new state); every state array has the
         row as axis 0.
@@ -100,7 +105,8 @@ def greedy_search(
     for t in range(max_length):
         if active.size == 0:
             break
-        _, best, lp, state = _expand(step, step_topk, tokens, state, active.size, 1, end_id, banned)
+        blocked = _repeat_blocked(words[active, :t], no_repeat_ngram)
+        _, best, lp, state = _expand(step, step_topk, tokens, state, active.size, 1, end_id, banned, blocked)
         log_prob[active] += lp.astype(np.float64)
         ended = best == end_id
         finished[active[ended]] = True
@@ -122,8 +128,10 @@ def beam_search(
     end_id: int,
     step_topk: TopkStepFn | None = None,
     banned: tuple[int, ...] = (),
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
-    """Beam search with ``options.beam_size`` live hypotheses per image; ``banned`` tokens are never chosen.
+    """Beam search with ``options.beam_size`` live hypotheses per image; ``banned`` tokens are never chosen, nor
+    tokens that would repeat an n-gram of their hypothesis (``no_repeat_ngram``).
 
     The first step runs one row per image (beam_size copies of the start token would only yield
     duplicates); later steps run beam_size rows per still-active image, image-major.
@@ -151,7 +159,10 @@ def beam_search(
         n_images, rows = log_prob.shape
         # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
         k = 2 * beam
-        row, tok, lp, state = _expand(step, step_topk, tokens, state, n_images * rows, k, end_id, banned)
+        blocked = _repeat_blocked(words.reshape(n_images * rows, t), no_repeat_ngram)
+        row, tok, lp, state = _expand(
+            step, step_topk, tokens, state, n_images * rows, k, end_id, banned, blocked
+        )
         cand_src, cand_tok, cand_lp = _best_candidates(log_prob, row, tok, lp, k)  # [I, k] each, best first
         # Walk each image's candidates best first (vectorised): an end token finishes a hypothesis, any other
         # token extends one, until beam live ones are found. live_before: live candidates ranked above this one.
@@ -246,24 +257,28 @@ def _expand(
     k: int,
     end_id: int,
     banned: tuple[int, ...] = (),
+    blocked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, State]:
     """One decoder step -> (row, token, log_prob, new state): each row's k best tokens as flat arrays.
 
     With ``step_topk`` exactly min(k, V) per row, as the decoder ranked them; with ``step`` every token at least
     as likely as the row's k-th best (ties included: the caller's sort breaks them), found by a partition, not
     a sort of the vocabulary. Either way, the k best continuations of any group of rows are among them.
-    ``banned`` tokens get -inf first (with ``step_topk``: k + len(banned) are asked for and the banned dropped).
+    ``banned`` tokens get -inf first, and so does ``blocked[row]`` (int [n_rows, m], -1 padded) in its row
+    (with ``step_topk``: k + len(banned) + m are asked for and the excluded ones dropped).
     """
+    n_blocked = 0 if blocked is None else blocked.shape[1]
     if step_topk is not None:
-        values, ids, new_state = step_topk(tokens, state, k + len(banned))
+        values, ids, new_state = step_topk(tokens, state, k + len(banned) + n_blocked)
         values, ids = np.asarray(values), np.asarray(ids)
-        if banned and values.ndim == 2 and values.shape == ids.shape:
-            # Drop each row's banned ids, keeping the others in the decoder's order, then cut to k.
-            keep = np.argsort(np.isin(ids, banned), axis=1, kind="stable")[:, : min(k, ids.shape[1])]
+        if (banned or n_blocked) and values.ndim == 2 and values.shape == ids.shape and len(ids) == n_rows:
+            excluded = np.isin(ids, banned)
+            if blocked is not None:
+                excluded |= (ids[:, :, None] == blocked[:, None, :]).any(axis=2)
+            # Drop each row's excluded ids, keeping the others in the decoder's order, then cut to k.
+            keep = np.argsort(excluded, axis=1, kind="stable")[:, : min(k, ids.shape[1])]
             values = np.where(
-                np.isin(np.take_along_axis(ids, keep, axis=1), banned),
-                -np.inf,
-                np.take_along_axis(values, keep, axis=1),
+                np.take_along_axis(excluded, keep, axis=1), -np.inf, np.take_along_axis(values, keep, axis=1)
             )
             ids = np.take_along_axis(ids, keep, axis=1)
         if values.ndim != 2 or values.shape != ids.shape or values.shape[0] != n_rows:
@@ -282,9 +297,12 @@ def _expand(
             new_state,
         )
     log_probs, new_state = _checked_step(step, tokens, state, n_rows, end_id)
-    if banned:
+    if banned or n_blocked:
         log_probs = log_probs.copy()
         log_probs[:, list(banned)] = -np.inf
+        if blocked is not None:
+            rows, cols = np.nonzero(blocked >= 0)
+            log_probs[rows, blocked[rows, cols]] = -np.inf
     vocab = log_probs.shape[1]
     if k == 1:  # exactly one per row: the lowest id among ties (argmax's rule, as TopK's)
         row, tok = np.arange(n_rows), log_probs.argmax(axis=1)
@@ -294,6 +312,25 @@ def _expand(
     else:
         row, tok = np.divmod(np.arange(log_probs.size), vocab)
     return row, tok, log_probs[row, tok], new_state
+
+
+def _repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
+    """For each row of ``history`` (int [R, t], the words so far), the tokens that would complete an n-gram the
+    row already holds, i.e. follow an earlier occurrence of its last n-1 words: int [R, m], -1 padded, or None
+    when there are none (n < 2, or fewer than n words so far)."""
+    rows, t = history.shape
+    if n < 2 or t < n or rows == 0:
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(history, n, axis=1)  # [R, t-n+1, n]
+    match = (windows[:, :, :-1] == history[:, None, t - n + 1 :]).all(axis=2)  # earlier (n-1)-gram = the last
+    if not match.any():
+        return None
+    width = int(match.sum(axis=1).max())
+    out = np.full((rows, width), -1, dtype=np.int64)
+    r, j = np.nonzero(match)
+    slot = np.arange(r.size) - np.searchsorted(r, r)  # position among its row's matches
+    out[r, slot] = windows[r, j, -1]
+    return out
 
 
 def _batch_size(state: State) -> int:

@@ -91,7 +91,8 @@ def test_teacher_forced_distributions_equal_the_keras_model_past_max_length(orig
 def test_the_tutorial_greedy_loop_gives_the_same_words(original, artefacts):
     photos = np.random.default_rng(2).normal(0, 1, (3, FEATURES)).astype(np.float32)
     steps = MAX_LENGTH + 3
-    options = DecodeOptions(strategy="greedy", max_length=steps, length_penalty=0.0)
+    # The tutorial's loop has no repeated-n-gram rule: compare under the same rules.
+    options = DecodeOptions(strategy="greedy", max_length=steps, length_penalty=0.0, no_repeat_ngram=0)
     ours = _engine(original, _ours(original)).decode_features(photos, options)
     for b, photo in enumerate(photos):
         ids, _ = tutorial_generate(artefacts["model"], artefacts["tokenizer"], photo[None], MAX_LENGTH, steps)
@@ -110,8 +111,10 @@ def test_captions_equal_the_keras_loop_oracle_on_120_images(tmp_path, backend):
     oracle = _engine(original, KerasLoopStep(a["model"]))
     ours = _engine(original, _ours(original, backend))
     for options in (
-        DecodeOptions(strategy="greedy", max_length=MAX_LENGTH + 4, length_penalty=0.0),
-        DecodeOptions(strategy="beam", beam_size=3, max_length=MAX_LENGTH + 4, length_penalty=0.0),
+        DecodeOptions(strategy="greedy", max_length=MAX_LENGTH + 4, length_penalty=0.0, no_repeat_ngram=0),
+        DecodeOptions(
+            strategy="beam", beam_size=3, max_length=MAX_LENGTH + 4, length_penalty=0.0, no_repeat_ngram=0
+        ),
     ):
         expected = [r.caption for r in oracle.decode_features(features, options)]
         assert [r.caption for r in ours.decode_features(features, options)] == expected
