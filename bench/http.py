@@ -57,8 +57,8 @@ class Server:
         import httpx
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
-        for legacy in ("MODEL_PATH", "WEIGHTS_PATH", "TOKENIZER_PATH", "HOST", "PORT"):
-            env.pop(legacy, None)
+        for original in ("MODEL_PATH", "WEIGHTS_PATH", "TOKENIZER_PATH", "HOST", "PORT"):
+            env.pop(original, None)
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(

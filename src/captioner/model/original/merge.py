@@ -92,7 +92,7 @@ def read_merge_model(model_path: str | Path, weights_path: str | Path | None = N
     model_path = Path(model_path)
     if model_path.suffix != ".keras":
         raise BundleError(
-            f"{model_path}: expected a Keras v3 '.keras' model file (legacy .h5 models can embed code and "
+            f"{model_path}: expected a Keras v3 '.keras' model file (old-style .h5 models can embed code and "
             "are not loaded; re-save the model with model.save('caption_model.keras'))"
         )
     if not model_path.is_file():
