@@ -134,7 +134,14 @@ def test_three_instances_behind_nginx_with_shared_redis(tmp_path, tiny_bundle):
 
         # -- three instances, each its own process, as in production: python -m captioner.service.app --
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
-        for original in ("MODEL_PATH", "WEIGHTS_PATH", "TOKENIZER_PATH", "HOST", "PORT", "FORWARDED_ALLOW_IPS"):
+        for original in (
+            "MODEL_PATH",
+            "WEIGHTS_PATH",
+            "TOKENIZER_PATH",
+            "HOST",
+            "PORT",
+            "FORWARDED_ALLOW_IPS",
+        ):
             env.pop(original, None)
         instances = {}
         for i in range(3):
