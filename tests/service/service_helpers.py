@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from captioner.service.settings import Settings
@@ -34,3 +38,22 @@ def assert_problem(response, status: int, slug: str | None = None) -> dict:
     if slug:
         assert body["type"] == f"urn:captioner:problem:{slug}", body
     return body
+
+
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """The app on a real uvicorn server in a thread, on a free loopback port: its base URL while open."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from service_helpers import free_port, service_settings
+from service_helpers import serve_in_thread, service_settings
 from service_inputs import jpeg
 
 pytestmark = pytest.mark.slow
@@ -58,22 +58,10 @@ class Cdp:
 
 @pytest.fixture
 def live_server(tiny_bundle, service_captioner):
-    import uvicorn
-
     from captioner.service.app import create_app
 
-    port = free_port()
-    app = create_app(service_settings(tiny_bundle), captioner=service_captioner)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(service_settings(tiny_bundle), captioner=service_captioner)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
-from service_helpers import free_port, service_settings
+from service_helpers import serve_in_thread, service_settings
 
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY
 from captioner.encoders.imagenet import MAX_TAGS_TOP_K
@@ -84,22 +82,10 @@ def test_api_key_scheme_only_when_the_server_has_keys(make_client):
 
 @pytest.fixture
 def live_url(tiny_bundle, service_captioner):
-    import uvicorn
-
-    port = free_port()
     # Rate limit off; an admin key, so that the model-switch endpoints are exercised too (they reload the bundle).
     settings = service_settings(tiny_bundle, admin_keys_sha256=[hash_key(ADMIN_KEY)])
-    app = create_app(settings, captioner=service_captioner)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(settings, captioner=service_captioner)) as url:
+        yield url
 
 
 @pytest.mark.slow
