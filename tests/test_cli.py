@@ -170,10 +170,12 @@ def test_train_and_evaluate_end_to_end(capsys, tmp_path):
         capsys, "train", "--data-root", root, "--run-dir", tmp_path / "run", "--cache-dir", tmp_path / "cache",
         "--encoder", "efficientnet_lite0", "--no-flip-augment", "--encoder-weights", "random", "--epochs", "2",
         "--batch-size", "8", "--hidden-dim", "16",
-        "--embed-dim", "8", "--min-count", "1", "--max-length", "10",
+        "--embed-dim", "8", "--min-count", "1", "--max-length", "10", "--scst-epochs", "2",
     )  # fmt: skip
     assert code == 0, err
     bundle = tmp_path / "run" / "bundle"
+    scst_stage = json.loads((bundle / "manifest.json").read_text())["training"]["scst"]
+    assert scst_stage["epochs_run"] >= 1 and "dev_CIDEr" in scst_stage["dev_selection_scores"]
     assert (bundle / "manifest.json").is_file() and (bundle / "caption_model.keras").is_file()
     assert (bundle / "weights" / "caption_model.weights.h5").is_file()
     code, out, err = run(

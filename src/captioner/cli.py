@@ -276,6 +276,20 @@ def train(
         str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
     ] = _TRAIN.encoder_weights_dtype,
     limit_images: Annotated[int | None, typer.Option(help="Use only N training images (smoke runs).")] = None,
+    scst_epochs: Annotated[
+        int,
+        typer.Option(help="Self-critical (CIDEr-D reward) fine-tuning epochs after cross-entropy; 0: none."),
+    ] = _TRAIN.scst_epochs,
+    scst_learning_rate: Annotated[
+        float, typer.Option(help="SCST's Adam learning rate.")
+    ] = _TRAIN.scst_learning_rate,
+    scst_samples: Annotated[int, typer.Option(help="SCST captions drawn per image.")] = _TRAIN.scst_samples,
+    scst_baseline: Annotated[
+        str,
+        typer.Option(
+            help="SCST reward baseline: greedy (the model's greedy caption) or mean (other samples)."
+        ),
+    ] = _TRAIN.scst_baseline,
     execution_provider: Annotated[
         str,
         typer.Option(
@@ -294,6 +308,8 @@ def train(
             dropout=dropout, feature_dropout=feature_dropout, learning_rate=learning_rate, min_count=min_count,
             max_length=max_length, patience=patience, seed=seed, flip_augment=flip_augment,
             label_smoothing=label_smoothing, encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
+            scst_epochs=scst_epochs, scst_learning_rate=scst_learning_rate, scst_samples=scst_samples,
+            scst_baseline=scst_baseline,
         )  # fmt: skip
     except ValueError as exc:
         raise CaptionerError(f"{exc} (see captioner train --help)") from None

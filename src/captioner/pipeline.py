@@ -84,9 +84,50 @@ def make_score_fn(dataset, vocabulary_path: Path, options: DecodeOptions = SELEC
         hyps = search(decoder.step, decoder.initial_state(features), options, vocab.start_id, vocab.end_id)
         captions = {n: vocab.decode(h[0].tokens) for n, h in zip(names, hyps, strict=True)}
         metrics = compute_metrics({n: dataset.captions[n] for n in names}, captions, meteor=False)
-        return {"BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"]}
+        distinct = float(len(set(captions.values())))
+        return {"BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"], "distinct": distinct}
 
     return score
+
+
+def self_critical_stage(
+    dataset, features, model, result, run_dir: Path, config: TrainConfig, score_fn, progress
+):
+    """Fine-tune the cross-entropy ``model`` in place by SCST with a CIDEr-D reward (document frequencies of the
+    training references); resumes under run_dir/scst. Returns the manifest's summary of the stage."""
+    from captioner.data.text import normalize_caption
+    from captioner.evaluation.cider import CiderD, WordIds
+    from captioner.model.scst import scst
+
+    vocab = result.vocabulary
+    feature_size = result.decoder_config.feature_size
+    train_names = [n for n in dataset.available(config.train_split) if n in features]
+    if config.limit_images:
+        train_names = train_names[: config.limit_images]
+    dev_names = [n for n in dataset.available(config.dev_split) if n in features]
+    words = WordIds()
+    refs = [[words(normalize_caption(c)) for c in dataset.captions[n]] for n in train_names]
+    cider = CiderD(refs)
+
+    def reward(captions, image_index):
+        return cider([words(vocab.decode(c)) for c in captions], [refs[i] for i in image_index])
+
+    def views(names):
+        return np.stack([np.reshape(features[n], (-1, feature_size)) for n in names]).astype(np.float32)
+
+    special = {"pad": vocab.pad_id, "start": vocab.start_id, "end": vocab.end_id, "unk": vocab.unk_id}
+    state = scst(
+        model, result.decoder_config, views(train_names), reward, special, run_dir / "scst",
+        config.scst_config(), score_fn, views(dev_names)[:, 0], dev_names, progress,
+    )  # fmt: skip
+    seconds = sum(r.get("seconds", 0.0) for r in state["history"])
+    return {
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "dev_selection_scores": next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {}),
+        "seconds": round(seconds, 1),
+        "reward": "CIDEr-D, document frequencies of the training references",
+    }
 
 
 def train_pipeline(
@@ -119,6 +160,10 @@ def train_pipeline(
     )  # fmt: skip
     score_fn = make_score_fn(dataset, run_dir / "vocabulary.json")
     model, result = train(dataset, features, run_dir, config, score_fn=score_fn, progress=progress)
+    if config.scst_epochs:
+        training_scst = self_critical_stage(
+            dataset, features, model, result, run_dir, config, score_fn, progress
+        )
     training = {
         "config": replace(config).to_dict(),
         "best_epoch": result.best_epoch,
@@ -127,6 +172,8 @@ def train_pipeline(
         "train_images": len(dataset.available(config.train_split)),
         "data": "Flickr8k (Hodosh, Young & Hockenmaier 2013, JAIR 47:853-899)",
     }
+    if config.scst_epochs:
+        training["scst"] = training_scst
     return save_bundle(
         out or run_dir / "bundle",
         model,

@@ -64,6 +64,11 @@ class TrainConfig:
     dev_split: str = "dev"
     flip_augment: bool = True  # also train on features of mirrored images (a random view per caption)
     limit_images: int | None = None  # use only the first N training images (smoke runs)
+    # Self-critical sequence training after cross-entropy (model/scst.py); scst_epochs 0 skips it.
+    scst_epochs: int = 15
+    scst_learning_rate: float = 5e-5
+    scst_samples: int = 5  # captions drawn per image per update
+    scst_baseline: str = "mean"  # "greedy" (Rennie et al.) or "mean" (the other samples' mean reward)
 
     def __post_init__(self) -> None:
         counts = ("min_count", "max_length", "embed_dim", "hidden_dim", "batch_size", "epochs", "patience")
@@ -80,9 +85,20 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.encoder_weights_dtype must be 'float32' or 'float16', got {self.encoder_weights_dtype!r}"
             )
+        if not isinstance(self.scst_epochs, int) or self.scst_epochs < 0:
+            raise ValueError(f"TrainConfig.scst_epochs must be an integer >= 0, got {self.scst_epochs!r}")
+        if self.scst_epochs:
+            self.scst_config()  # validates the SCST fields
         limit = self.limit_images
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise ValueError(f"TrainConfig.limit_images must be None or an integer >= 1, got {limit!r}")
+
+    def scst_config(self) -> ScstConfig:
+        """The ScstConfig of this run's SCST stage (ValueError if its fields are invalid)."""
+        return ScstConfig(
+            epochs=max(self.scst_epochs, 1), learning_rate=self.scst_learning_rate, samples=self.scst_samples,
+            baseline=self.scst_baseline, seed=self.seed,
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,3 +106,35 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True)
+class ScstConfig:
+    """epochs: passes over the training images. batch_images: images per update; samples: captions drawn per
+    image. learning_rate: Adam's (fine-tuning: ~100x below cross-entropy's). max_length: most words sampled.
+    baseline: "greedy" (the paper's) or "mean" (the other samples' mean reward). patience: epochs without a
+    better dev score before stopping."""
+
+    epochs: int = 15
+    batch_images: int = 32
+    samples: int = 5
+    learning_rate: float = 5e-5
+    max_length: int = 20
+    baseline: str = "greedy"
+    patience: int = 3
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_images", "samples", "max_length", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ScstConfig.{name} must be an integer >= 1, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"ScstConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.baseline not in ("greedy", "mean"):
+            raise ValueError(f"ScstConfig.baseline must be 'greedy' or 'mean', got {self.baseline!r}")
+        if self.baseline == "mean" and self.samples < 2:
+            raise ValueError("ScstConfig.baseline='mean' needs samples >= 2")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -114,9 +114,18 @@ def train(
         max_length=config.max_length,
         feature_dropout=config.feature_dropout,
     )
-    (run_dir / "run_config.json").write_text(
-        json.dumps({"train": config.to_dict(), "decoder": dconf.to_dict()}, indent=2)
-    )
+    run_config = {"train": config.to_dict(), "decoder": dconf.to_dict()}
+    result_path = run_dir / "result.json"
+    if result_path.is_file() and _same_cross_entropy_run(run_dir / "run_config.json", run_config):
+        # This run's cross-entropy stage already finished: reuse it (a rerun of the command resumes after it).
+        done = json.loads(result_path.read_text())
+        model = build_decoder(dconf)
+        model.load_weights(str(run_dir / "checkpoints" / "best.weights.h5"))
+        log.info("cross-entropy stage already done (best epoch %d): reusing %s", done["best_epoch"], run_dir)
+        return model, TrainResult(
+            run_dir, dconf, vocab, done["best_epoch"], done["best_scores"], float(done["seconds"])
+        )
+    (run_dir / "run_config.json").write_text(json.dumps(run_config, indent=2))
 
     def batches(names: list[str], shuffle: bool, seed: int) -> LengthBuckets:
         seqs = build_sequences(names, dataset.captions, vocab, config.max_length)
@@ -178,6 +187,21 @@ def train(
         json.dumps({"best_epoch": best + 1, "best_scores": best_scores, "seconds": seconds}, indent=2)
     )
     return model, result
+
+
+def _same_cross_entropy_run(path: Path, run_config: dict) -> bool:
+    """Whether run_config.json at path describes the same cross-entropy stage (SCST settings may differ)."""
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text())
+
+    def ce(c: dict) -> dict:
+        return {
+            "train": {k: v for k, v in c.get("train", {}).items() if not k.startswith("scst_")},
+            "decoder": c.get("decoder"),
+        }
+
+    return ce(saved) == ce(run_config)
 
 
 @keras.saving.register_keras_serializable(package="captioner")
