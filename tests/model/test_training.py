@@ -154,3 +154,16 @@ def test_trains_with_mirrored_views(dataset, features, tmp_path):
     views = {n: np.stack([f, f[::-1]]) for n, f in features.items()}
     _, result = train(dataset, views, tmp_path, TrainConfig(**FAST, flip_augment=True), progress=False)
     assert result.decoder_config.feature_size == len(NAMES) and "val_loss" in result.best_scores
+
+
+def test_a_finished_run_is_reused_and_a_changed_one_is_not(dataset, features, tmp_path):
+    """Rerunning the train command after its cross-entropy stage finished goes straight on (e.g. to SCST)."""
+    first, done = train(dataset, features, tmp_path, TrainConfig(**FAST), progress=False)
+    rows = len(read_history(tmp_path))
+    again, reused = train(dataset, features, tmp_path, TrainConfig(**FAST, scst_epochs=3), progress=False)
+    assert len(read_history(tmp_path)) == rows  # no epoch was trained again
+    assert reused.best_epoch == done.best_epoch and reused.best_scores == done.best_scores
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    train(dataset, features, tmp_path, TrainConfig(**dict(FAST, epochs=3)), progress=False)
+    assert len(read_history(tmp_path)) > rows  # a different cross-entropy recipe trains

@@ -66,7 +66,7 @@ class TrainConfig:
     limit_images: int | None = None  # use only the first N training images (smoke runs)
     # Self-critical sequence training after cross-entropy (model/scst.py); scst_epochs 0 skips it.
     scst_epochs: int = 15
-    scst_learning_rate: float = 5e-5
+    scst_learning_rate: float = 2e-5
     scst_samples: int = 5  # captions drawn per image per update
     scst_baseline: str = "mean"  # "greedy" (Rennie et al.) or "mean" (the other samples' mean reward)
 
@@ -118,7 +118,7 @@ class ScstConfig:
     epochs: int = 15
     batch_images: int = 32
     samples: int = 5
-    learning_rate: float = 5e-5
+    learning_rate: float = 2e-5
     max_length: int = 20
     baseline: str = "greedy"
     patience: int = 3
