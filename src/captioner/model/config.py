@@ -112,8 +112,8 @@ class TrainConfig:
 class ScstConfig:
     """epochs: passes over the training images. batch_images: images per update; samples: captions drawn per
     image. learning_rate: Adam's (fine-tuning: ~100x below cross-entropy's). max_length: most words sampled.
-    baseline: "greedy" (the paper's) or "mean" (the other samples' mean reward). patience: epochs without a
-    better dev score before stopping."""
+    baseline: "greedy" (the paper's) or "mean" (the other samples' mean reward). dropout: whether the update's
+    forward pass uses the decoder's training dropout. patience: epochs without a better dev score before stopping."""
 
     epochs: int = 15
     batch_images: int = 32
@@ -121,6 +121,7 @@ class ScstConfig:
     learning_rate: float = 2e-5
     max_length: int = 20
     baseline: str = "greedy"
+    dropout: bool = True  # the update runs the decoder with its training dropout (regularises; see scst.py)
     patience: int = 3
     seed: int = 1234
 

@@ -8,9 +8,11 @@ and each is pushed up or down by how much its reward beats a baseline,
 
 with b_i the reward of the model's own greedy caption of the same image (the "self-critical" baseline of the
 paper; ``baseline="mean"`` uses the mean reward of the image's other samples instead, Luo 2020). Sampling and the
-greedy captions run through the NumPy step decoder on the current weights (no dropout), so the log-probabilities
-that get the gradient, computed by teacher forcing through the Keras model (also without dropout), are exactly
-those the captions were drawn from.
+greedy captions run through the NumPy step decoder on the current weights (no dropout); the log-probabilities
+that get the gradient are computed by teacher forcing through the Keras model, by default with its training
+dropout on, as reference implementations sample in training mode: measured on Flickr8k dev (greedy CIDEr over
+one epoch), without dropout the policy fits the training references and dev CIDEr falls (0.455 -> 0.439 after
+two epochs), with dropout it rises (0.453 -> 0.463 after one). ``dropout=False`` gives the exact estimator.
 
 Resumable: after every epoch the weights, the optimiser state and the history are written under ``run_dir``;
 a rerun continues after the last finished epoch. The best epoch by the dev score (``score_fn``) is kept.
@@ -162,7 +164,7 @@ def scst(
     @tf.function(reduce_retracing=True)
     def update(features, inputs, targets, adv):
         with tf.GradientTape() as tape:
-            logits = model([features, inputs], training=False)
+            logits = model([features, inputs], training=config.dropout)
             log_probs = tf.nn.log_softmax(logits, axis=-1)
             token_lp = tf.gather(log_probs, targets, axis=2, batch_dims=2)
             mask = tf.cast(tf.not_equal(targets, pad_id), tf.float32)
