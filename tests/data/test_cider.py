@@ -7,7 +7,7 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-from captioner.evaluation.cider import CiderD, WordIds, cider_d_corpus, ngram_counts
+from captioner.data.cider import CiderD, ReferencePool, WordIds, cider_d_corpus, ngram_counts
 
 WORDS = [
     "a",
@@ -99,3 +99,21 @@ def test_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="at least one reference"):
         cider([[1]], [[]])
     assert cider([], []).shape == (0,)
+
+
+def test_reference_pool_scores_equal_scoring_the_same_references_directly():
+    train = _corpus(5, 30)
+    words = WordIds()
+    sets = [[words(r) for r in rs] for rs in train.values()]
+    cider = CiderD(sets)
+    pool_captions = [c for rs in sets for c in rs]
+    pool = ReferencePool(cider, pool_captions)
+    rng = np.random.default_rng(6)
+    hyps = [words(_sentence(rng)) for _ in range(12)] + [[]]
+    picks = [rng.choice(len(pool_captions), size=rng.integers(1, 12), replace=False) for _ in hyps]
+    got = pool(hyps, picks)
+    expected = cider(hyps, [[pool_captions[j] for j in p] for p in picks])
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert got[-1] == 0.0
+    unseen = words("zebra giraffe")  # n-grams the pool never saw score 0, not an error
+    assert pool([unseen], [np.arange(5)])[0] == 0.0

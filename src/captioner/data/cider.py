@@ -43,6 +43,11 @@ class WordIds:
             out.append(i)
         return out
 
+    def lookup(self, text: str) -> list[int]:
+        """Ids of the words of text without adding any (unknown words get 0, which matches no n-gram of the
+        known ones): safe to call from several threads."""
+        return [self.ids.get(word, 0) for word in text.split()]
+
 
 def ngram_counts(seqs: Sequence[Sequence[int]], n_max: int = MAX_N) -> tuple[np.ndarray, ...]:
     """Every distinct n-gram (n = 1..n_max) of each sequence with its count.
@@ -120,40 +125,9 @@ class CiderD:
             raise ValueError("every caption needs at least one reference")
         hv = _tfidf(hyps, self.df)
         rv = _tfidf(flat_refs, self.df)
-        # One (caption, reference) pair per reference; ref_of_pair indexes flat_refs.
-        hyp_of_pair = np.repeat(np.arange(len(hyps)), n_refs)
-        ref_of_pair = np.arange(len(flat_refs))
-        # Reference weights looked up by (reference, n-gram): dense n-gram ids, then one sorted composite code.
-        all_keys, inverse = np.unique(np.concatenate([hv.key, rv.key]), return_inverse=True)
-        h_kid, r_kid = inverse[: len(hv.key)], inverse[len(hv.key) :]
-        K = len(all_keys)
-        ref_code = rv.row * K + r_kid  # sorted: rows are sorted and keys sorted within a row
-        ref_sort = np.argsort(ref_code, kind="stable")
-        ref_code_sorted = ref_code[ref_sort]
-        # Expand each caption n-gram to each of its caption's pairs.
-        pairs_start = np.concatenate([[0], np.cumsum(n_refs)[:-1]])
-        reps = n_refs[hv.row]
-        entry = np.repeat(np.arange(len(hv.row)), reps)
-        offset = np.arange(len(entry)) - np.repeat(np.cumsum(reps) - reps, reps)
-        pair = pairs_start[hv.row[entry]] + offset
-        code = ref_of_pair[pair] * K + h_kid[entry]
-        pos = np.clip(np.searchsorted(ref_code_sorted, code), 0, len(ref_code_sorted) - 1)
-        hit = ref_code_sorted[pos] == code
-        w_ref = np.where(hit, rv.weight[ref_sort][pos], 0.0)
-        w_hyp = hv.weight[entry]
-        n_idx = hv.n[entry] - 1
-        n_pairs = len(hyp_of_pair)
-        dots = np.bincount(
-            pair * MAX_N + n_idx, weights=np.minimum(w_hyp, w_ref) * w_ref, minlength=n_pairs * MAX_N
-        ).reshape(n_pairs, MAX_N)
-        norm_h = hv.norms[hyp_of_pair]
-        norm_r = rv.norms[ref_of_pair]
-        denom = norm_h * norm_r
-        sims = np.divide(dots, denom, out=dots.copy(), where=denom != 0)
-        delta = (hv.lengths[hyp_of_pair] - rv.lengths[ref_of_pair]).astype(np.float64)
-        sims *= np.exp(-(delta**2) / (2 * self.sigma**2))[:, None]
-        per_pair = sims.mean(axis=1)
-        return 10.0 * np.bincount(hyp_of_pair, weights=per_pair, minlength=len(hyps)) / n_refs
+        keys = np.unique(rv.key)
+        ref_code = rv.row * len(keys) + np.searchsorted(keys, rv.key)
+        return _score_pairs(hv, rv, keys, ref_code, n_refs, np.arange(len(flat_refs)), self.sigma)
 
 
 class _Vectors:
@@ -192,3 +166,64 @@ def cider_d_corpus(refs: dict[str, list[str]], hyps: dict[str, str]) -> tuple[fl
     ref_ids = [[words(r) for r in refs[n]] for n in names]
     scores = CiderD(ref_ids)([words(hyps[n]) for n in names], ref_ids)
     return float(scores.mean()) if len(scores) else 0.0, dict(zip(names, scores.tolist(), strict=True))
+
+
+class ReferencePool:
+    """A fixed set of reference captions, vectorised once, to score many captions against subsets of it.
+
+    ``CiderD.__call__`` vectorises its references on every call; a reranker that compares a few captions with
+    the captions of a few of thousands of training images would redo that work per request. Scores equal
+    ``CiderD.__call__`` on the same references (tested).
+    """
+
+    def __init__(self, cider: CiderD, captions: Sequence[Sequence[int]]):
+        self.cider = cider
+        self.vectors = rv = _tfidf(captions, cider.df)
+        self.keys = np.unique(rv.key)  # dense n-gram ids of the pool: positions in this array
+        kid = np.searchsorted(self.keys, rv.key)
+        self.code = rv.row * len(self.keys) + kid  # sorted: rows ascending, keys ascending within a row
+        self.size = len(captions)
+
+    def __call__(self, hyps: Sequence[Sequence[int]], refs: Sequence[np.ndarray]) -> np.ndarray:
+        """float64 [len(hyps)]: CIDEr-D of hyps[i] against the pool captions whose indices are refs[i]."""
+        if len(hyps) != len(refs):
+            raise ValueError(f"{len(hyps)} captions but {len(refs)} reference sets")
+        if not hyps:
+            return np.zeros(0)
+        n_refs = np.array([len(r) for r in refs], dtype=np.int64)
+        if (n_refs == 0).any():
+            raise ValueError("every caption needs at least one reference")
+        ref_of_pair = np.concatenate([np.asarray(r, dtype=np.int64) for r in refs])
+        hv = _tfidf(hyps, self.cider.df)
+        return _score_pairs(hv, self.vectors, self.keys, self.code, n_refs, ref_of_pair, self.cider.sigma)
+
+
+def _score_pairs(hv, rv, keys, ref_code, n_refs, ref_of_pair, sigma) -> np.ndarray:
+    """CIDEr-D of each caption of hv against its n_refs[i] references ref_of_pair[...] (rows of rv).
+
+    keys: sorted unique n-gram keys of rv; ref_code: rv.row * len(keys) + dense id, sorted ascending.
+    """
+    K = len(keys)
+    pos = np.clip(np.searchsorted(keys, hv.key), 0, max(K - 1, 0))
+    h_known = keys[pos] == hv.key if K else np.zeros(len(hv.key), bool)
+    n_hyps = len(n_refs)
+    hyp_of_pair = np.repeat(np.arange(n_hyps), n_refs)
+    pairs_start = np.concatenate([[0], np.cumsum(n_refs)[:-1]])
+    reps = n_refs[hv.row]
+    entry = np.repeat(np.arange(len(hv.row)), reps)
+    offset = np.arange(len(entry)) - np.repeat(np.cumsum(reps) - reps, reps)
+    pair = pairs_start[hv.row[entry]] + offset
+    code = ref_of_pair[pair] * K + pos[entry]
+    at = np.clip(np.searchsorted(ref_code, code), 0, max(len(ref_code) - 1, 0))
+    hit = h_known[entry] & (ref_code[at] == code) if len(ref_code) else np.zeros(len(code), bool)
+    w_ref = np.where(hit, rv.weight[at] if len(ref_code) else 0.0, 0.0)
+    w_hyp = hv.weight[entry]
+    n_pairs = len(hyp_of_pair)
+    dots = np.bincount(
+        pair * MAX_N + hv.n[entry] - 1, weights=np.minimum(w_hyp, w_ref) * w_ref, minlength=n_pairs * MAX_N
+    ).reshape(n_pairs, MAX_N)
+    denom = hv.norms[hyp_of_pair] * rv.norms[ref_of_pair]
+    sims = np.divide(dots, denom, out=np.zeros_like(dots), where=denom != 0)
+    delta = (hv.lengths[hyp_of_pair] - rv.lengths[ref_of_pair]).astype(np.float64)
+    sims *= np.exp(-(delta**2) / (2 * sigma**2))[:, None]
+    return 10.0 * np.bincount(hyp_of_pair, weights=sims.mean(axis=1), minlength=n_hyps) / n_refs
