@@ -27,6 +27,9 @@ class DecodeOptions:
     n_best: how many finished hypotheses to return per image (1..beam_size; 1 for greedy).
     no_repeat_ngram: n (2..MAX_NO_REPEAT_NGRAM): no caption repeats n words in a row ("a red shirt and a red
     shirt"); 0: no such rule. 3 removed every repeated trigram on dev at no cost in the scores.
+    label_constraint: when the encoder's top ImageNet class has probability >= label_constraint_min_prob (in
+    (0, 1]) and the model's label map names it, the caption must hold one of its words (decode/constraint.py:
+    "a cat ..." for a tabby); False, or a model without a label map (or without an ImageNet head): plain search.
     """
 
     # Defaults chosen on the Flickr8k dev split with the shipped model (beam 3 with alpha 0.7 gave the best BLEU-4;
@@ -37,6 +40,8 @@ class DecodeOptions:
     length_penalty: float = 0.7
     n_best: int = 1
     no_repeat_ngram: int = 3
+    label_constraint: bool = True
+    label_constraint_min_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam"):
@@ -65,6 +70,17 @@ class DecodeOptions:
             raise OptionsError(
                 f"no_repeat_ngram must be 0 (off) or an integer from 2 to {MAX_NO_REPEAT_NGRAM}, "
                 f"got {self.no_repeat_ngram!r}"
+            )
+
+        if not isinstance(self.label_constraint, bool):
+            raise OptionsError(f"label_constraint must be true or false, got {self.label_constraint!r}")
+        if isinstance(self.label_constraint_min_prob, bool) or not (
+            isinstance(self.label_constraint_min_prob, int | float)
+            and 0.0 < self.label_constraint_min_prob <= 1.0
+        ):
+            raise OptionsError(
+                "label_constraint_min_prob must be a probability above 0 and at most 1, "
+                f"got {self.label_constraint_min_prob!r}"
             )
 
     def to_dict(self) -> dict:
