@@ -86,9 +86,11 @@ OPTIONS = [
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("banned", [(), (4,)])
 def test_images_without_a_constraint_get_exactly_the_plain_search(options, banned):
+    # keep_named=False: every image, constrained or not, goes through the two-beam search in the same step calls.
     fake = HistoryStep(vocab=9, max_length=options.max_length, seed=3)
     constraints = [None, {5}, None, {6, 7}, None]
-    got = run(fake, list(range(5)), options, constraints, banned=banned, no_repeat_ngram=options.no_repeat_ngram)
+    got = run(fake, list(range(5)), options, constraints, banned=banned, no_repeat_ngram=options.no_repeat_ngram,
+              keep_named=False)  # fmt: skip
     plain = search(fake, fake.initial_state(list(range(5))), options, START, END, banned=banned,
                    no_repeat_ngram=options.no_repeat_ngram)  # fmt: skip
     for image in (0, 2, 4):
@@ -105,20 +107,32 @@ def test_no_constraint_at_all_is_the_plain_search(options):
     assert got == beam_search(fake, fake.initial_state([0, 1]), options, START, END)
 
 
+@pytest.mark.parametrize("keep_named", [True, False])
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("options", OPTIONS)
-def test_the_word_appears_in_every_caption_even_when_the_model_avoids_it(seed, options):
+def test_the_word_appears_in_every_caption_even_when_the_model_avoids_it(seed, options, keep_named):
     rare = (5, 6, 7)  # logit -8 where the others are N(0, 2): a plain search never says them
     fake = HistoryStep(vocab=10, max_length=options.max_length, seed=seed, rare=rare)
     constraints = [{5}, {6, 7}, {7, 8}, {3}]
-    results = run(fake, [0, 1, 2, 3], options, constraints, no_repeat_ngram=options.no_repeat_ngram)
-    plain = beam_search(fake, fake.initial_state([0, 1]), options, START, END)
-    assert not any(set(h.tokens) & {5, 6, 7} for hyps in plain for h in hyps)  # the fake does avoid them
+    results = run(
+        fake,
+        [0, 1, 2, 3],
+        options,
+        constraints,
+        no_repeat_ngram=options.no_repeat_ngram,
+        keep_named=keep_named,
+    )
+    images = fake.initial_state([0, 1, 2, 3])
+    plain = search(fake, images, options, START, END, no_repeat_ngram=options.no_repeat_ngram)
+    assert not any(set(h.tokens) & {5, 6, 7} for hyps in plain[:2] for h in hyps)  # the fake does avoid them
     for image, (hyps, words) in enumerate(zip(results, constraints, strict=True)):
         assert 1 <= len(hyps) <= options.n_best
         scores = [h.score for h in hyps]
         assert scores == sorted(scores, reverse=True)
-        for h in hyps:
+        if keep_named and set(plain[image][0].tokens) & words:
+            assert hyps == plain[image]  # already named: the plain search's captions, all of them
+        # Otherwise every caption holds a word of the set (only met hypotheses are kept).
+        for h in hyps if not keep_named or hyps != plain[image] else hyps[:1]:
             assert set(h.tokens) & words, (image, h)
             assert START not in h.tokens and END not in h.tokens
             assert h.log_prob == pytest.approx(fake.log_prob(image, h.tokens, h.finished), abs=1e-9)
@@ -147,7 +161,7 @@ def test_a_wide_beam_finds_the_best_caption_that_holds_the_word(seed, alpha, voc
     max_length = 3
     fake = HistoryStep(vocab, max_length, seed, end_at=2)
     options = opts(beam_size=10, max_length=max_length, length_penalty=alpha, n_best=5)
-    (got,) = run(fake, [0], options, [words])
+    (got,) = run(fake, [0], options, [words], keep_named=False)
     expected = brute_force_with_word(fake, 0, words, vocab, options)[:5]
     assert [h.tokens for h in got] == [h.tokens for h in expected]
     assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-9)
@@ -156,7 +170,7 @@ def test_a_wide_beam_finds_the_best_caption_that_holds_the_word(seed, alpha, voc
 def test_a_narrow_beam_still_holds_the_word_and_scores_no_better_than_the_optimum():
     fake = HistoryStep(7, 4, seed=9, end_at=3)
     options = opts(beam_size=2, max_length=4, length_penalty=0.7)
-    (got,) = run(fake, [0], options, [{6}])
+    (got,) = run(fake, [0], options, [{6}], keep_named=False)
     best = brute_force_with_word(fake, 0, {6}, 7, options)[0]
     assert 6 in got[0].tokens and got[0].score <= best.score + 1e-9
 
@@ -201,8 +215,10 @@ def test_the_plain_path_may_use_step_topk_but_a_constraint_needs_every_log_prob(
     options = opts(beam_size=3, max_length=5)
     plain = run(fake, [0, 1], options, [None, None], step_topk=step_topk)
     assert topk_calls and plain == beam_search(fake, fake.initial_state([0, 1]), options, START, END)
+    got = run(fake, [0, 1], options, [None, {6}], step_topk=step_topk)  # plain first (top-k), then full rows
+    assert got[0] == plain[0] and 6 in got[1][0].tokens
     topk_calls.clear()
-    got = run(fake, [0, 1], options, [None, {6}], step_topk=step_topk)
+    got = run(fake, [0, 1], options, [None, {6}], step_topk=step_topk, keep_named=False)
     assert got[0] == plain[0] and 6 in got[1][0].tokens
     assert not topk_calls  # the fallback would use it; nothing fell back here
 

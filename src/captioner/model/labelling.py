@@ -6,12 +6,13 @@ Each word of a class records the source that gave it:
     lemma-head     the head (last word) of a compound lemma: "tabby cat" -> cat, "goldfish" -> fish; with WordNet
                    only when a hypernym of the class carries that word too ("hot dog" is no dog)
     hypernym       the vocabulary's single-word lemmas of the nearest hypernym level that has any, at most
-                   ``max_hypernym_steps`` up ("golden retriever" -> retriever -> sporting dog -> hunting dog ->
-                   dog), needs WordNet
+                   ``max_hypernym_steps`` up and not too general ("Scotch terrier" -> terrier -> dog; "espresso"
+                   -> coffee), needs WordNet
     cooccurrence   words over-represented in the training captions of the photos whose top class this is:
                    lift = P(word | top class) / P(word) with a minimum support ("seashore" -> beach); with
                    WordNet only words that are first of all nouns for physical things (not "white", "running")
-    plural         vocabulary plurals of the words above ("cats"; WordNet's exceptions: "men")
+    plural         the other number of the words above in the vocabulary ("cats"; WordNet's exceptions: "men";
+                   "dogs" -> dog)
 
 Only the training split's captions are read: dev and test stay unseen.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,7 @@ class LabellingSettings:
     cooc_min_lift: ...and this many times more often than in all training captions.
     cooc_max_words: at most this many co-occurrence words per class (the most shared first)."""
 
-    max_hypernym_steps: int = 3
+    max_hypernym_steps: int = 4
     min_hypernym_depth: int = 7
     min_part_letters: int = 3
     cooc_min_prob: float = 0.3
@@ -86,11 +87,17 @@ def _closed_head(word: str, vocab: set[str], settings: LabellingSettings) -> str
 
 
 def hypernym_words(
-    wordnet: WordNet, offset: int, vocab: set[str], max_steps: int, min_depth: int = 0
+    wordnet: WordNet,
+    offset: int,
+    vocab: set[str],
+    max_steps: int,
+    min_depth: int = 0,
+    known: Collection[str] = (),
 ) -> list[str]:
     """The vocabulary's single-word lemmas at the nearest hypernym level of synset ``offset`` that has any; only
     words whose most frequent sense is that hypernym ("weapon, arm" gives no "arm": an arm is a limb first), and
-    at least ``min_depth`` levels below WordNet's root (not "device", "container", "animal")."""
+    at least ``min_depth`` levels below WordNet's root (not "device", "container", "animal"). Words in ``known``
+    do not count ("Scotch terrier" with "terrier" known -> dog, a level further up)."""
     for level in wordnet.ancestors(offset, max_steps):
         words = [
             lemma
@@ -98,6 +105,7 @@ def hypernym_words(
             for lemma in wordnet.lemmas(s)
             if " " not in lemma
             and lemma in vocab
+            and lemma not in known
             and wordnet.first_sense.get(lemma) == s
             and wordnet.depth(s) >= min_depth
         ]
@@ -147,10 +155,19 @@ def cooccurrence_words(
 
 
 def plural_forms(word: str, vocab: set[str], wordnet: WordNet | None = None) -> list[str]:
-    """The vocabulary's plurals of ``word``: WordNet's exceptions (man -> men) if it has any, else -s, -es and
-    -y -> -ies."""
+    """The vocabulary's other number of ``word``: its plural (WordNet's exceptions such as man -> men if it has
+    any, else -es after s/x/z/ch/sh, -ies after a consonant and y, -s), or its singular when it is a plural."""
     irregular = [p for p, s in wordnet.plurals.items() if s == word] if wordnet is not None else []
-    forms = irregular or [word + "s", word + "es"] + ([word[:-1] + "ies"] if word.endswith("y") else [])
+    if irregular:
+        forms = irregular
+    elif word.endswith(("s", "x", "z", "ch", "sh")):
+        forms = [word + "es"]
+    elif word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        forms = [word[:-1] + "ies"]
+    else:
+        forms = [word + "s"]
+    if wordnet is not None and wordnet.singular(word) != word:  # a plural itself ("dogs"): its singular
+        forms.append(wordnet.singular(word))
     return [f for f in dict.fromkeys(forms) if f in vocab and f != word]
 
 
@@ -178,9 +195,9 @@ def build_label_map(
                 w for a in wordnet.all_ancestors(offset) for lemma in wordnet.lemmas(a) for w in lemma.split()
             }
         found.update(lemma_words(lemmas, vocab, settings, ancestor_words))
-        if not found and wordnet is not None and offset is not None:
+        if wordnet is not None and offset is not None:  # also for "terrier": captions say "dog"
             steps, depth = settings.max_hypernym_steps, settings.min_hypernym_depth
-            for w in hypernym_words(wordnet, offset, vocab, steps, depth):
+            for w in hypernym_words(wordnet, offset, vocab, steps, depth, known=set(found)):
                 found.setdefault(w, "hypernym")
         for w in (cooccurrence or {}).get(c, []):
             found.setdefault(w, "cooccurrence")

@@ -94,19 +94,46 @@ class LabelMap:
 
 class LabelConstraints:
     """The label map as token ids, ready for the search: ``for_images(probs, min_prob)`` -> one constraint per
-    image (the top class's word ids when that class has probability >= min_prob, else None)."""
+    image.
 
-    def __init__(self, labels: LabelMap, token_to_id: dict[str, int]):
+    Classes that share a word pool their probability for it (a tabby 0.4, a tiger cat 0.3 and an Egyptian cat 0.2
+    make "cat" 0.9): an image's word mass is the summed probability of the classes whose words include it. The
+    constraint is the word set of the class whose best word has the most mass (equal mass: the more probable
+    class), when that mass is at least min_prob."""
+
+    def __init__(self, labels: LabelMap, token_to_id: dict[str, int], num_classes: int = 1000):
         """token_to_id: the vocabulary; words it lacks are dropped (a map is built for one vocabulary)."""
         self.labels = labels
         self.ids = {
             c: ids
             for c, words in labels.words.items()
-            if (ids := tuple(token_to_id[w] for w in words if w in token_to_id))
+            if 0 <= c < num_classes and (ids := tuple(token_to_id[w] for w in words if w in token_to_id))
         }
+        self.classes = np.array(sorted(self.ids), dtype=np.int64)  # mapped classes
+        words = sorted({i for ids in self.ids.values() for i in ids})
+        column = {w: j for j, w in enumerate(words)}
+        self.has_word = np.zeros((len(self.classes), len(words)), dtype=np.float32)  # [mapped classes, words]
+        width = max((len(ids) for ids in self.ids.values()), default=0)
+        self.word_cols = np.full(
+            (len(self.classes), width), len(words), dtype=np.int64
+        )  # padded: a -1 column
+        for r, c in enumerate(self.classes.tolist()):
+            cols = [column[i] for i in self.ids[c]]
+            self.has_word[r, cols] = 1.0
+            self.word_cols[r, : len(cols)] = cols
 
     def for_images(self, probs: np.ndarray, min_prob: float) -> list[tuple[int, ...] | None]:
-        """probs: float [B, classes]. Returns B entries: token ids, or None (no confident class, or no words)."""
-        top = probs.argmax(axis=1)
-        confident = probs[np.arange(len(probs)), top] >= min_prob
-        return [self.ids.get(int(c)) if ok else None for c, ok in zip(top, confident, strict=True)]
+        """probs: float [B, classes]. Returns B entries: the token ids a caption must hold one of, or None (no
+        word with min_prob of mass)."""
+        if len(self.classes) == 0:
+            return [None] * len(probs)
+        p = np.asarray(probs, dtype=np.float32)[:, self.classes]  # [B, mapped]
+        mass = p @ self.has_word  # [B, words]
+        # Each class's best word mass; the class with the most (ties: its own probability) gives the words.
+        padded = np.concatenate([mass, np.full((len(mass), 1), -1.0, np.float32)], axis=1)
+        best = padded[:, self.word_cols].max(axis=2)  # [B, mapped]
+        pick = np.lexsort((-p, -best), axis=-1)[:, 0] if p.shape[1] > 1 else np.zeros(len(p), np.int64)
+        out: list[tuple[int, ...] | None] = []
+        for b, r in enumerate(pick.tolist()):
+            out.append(self.ids[int(self.classes[r])] if best[b, r] >= min_prob else None)
+        return out
