@@ -42,10 +42,10 @@ def run(bundle: Path | None = None) -> dict:
         results = captioner.caption_images([photos[n] for n in names], options)
         captions[key] = {n: r.caption for n, r in zip(names, results, strict=True)}
     encoded = captioner.encoder.run([photos[n] for n in names])
-    constraints = captioner.label_constraints(encoded.imagenet_probs, default) or [None] * len(names)
+    picked = captioner.label_constraints(encoded.imagenet_probs, default) or [None] * len(names)
     results = captioner.caption_images([photos[n] for n in names], default)
     rows = []
-    for name, result, ids in zip(names, results, constraints, strict=True):
+    for name, result, pick in zip(names, results, picked, strict=True):
         probe = next(p for p in PROBE if p.name == name)
         top = result.tags[0] if result.tags else None
         rows.append({
@@ -54,7 +54,8 @@ def run(bundle: Path | None = None) -> dict:
             "counted": probe.counts(vocabulary),
             "top_class": top.label if top else None,
             "top_prob": round(top.probability, 4) if top else None,
-            "constraint_words": [captioner.vocabulary.decode([i]) for i in ids] if ids else None,
+            "constraint_words": [captioner.vocabulary.decode([i]) for i in pick[0]] if pick else None,
+            "constraint_word_mass": round(pick[1], 4) if pick else None,
             "caption_off": captions["off"][name],
             "caption_on": captions["on"][name],
             "named_off": probe.named(captions["off"][name]),

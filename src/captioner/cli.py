@@ -66,7 +66,16 @@ LabelConstraintOpt = Annotated[
     ),
 ]
 LabelConstraintMinProbOpt = Annotated[
-    float, typer.Option(help="Least top-class probability that triggers the label constraint (0-1].")
+    float, typer.Option(help="Least word mass (class probability) that triggers the label constraint (0-1].")
+]
+LabelConstraintMaxScoreDropOpt = Annotated[
+    float,
+    typer.Option(
+        help="Keep a caption made to name the object only if it scores at most this below the plain one."
+    ),
+]
+LabelConstraintAlwaysProbOpt = Annotated[
+    float, typer.Option(help="From this word mass keep the named caption whatever its score (0-1].")
 ]
 DecoderBackendOpt = Annotated[
     DecoderBackend | None,
@@ -93,6 +102,8 @@ def _options(
     n_best: int,
     label_constraint: bool = _DECODE.label_constraint,
     label_constraint_min_prob: float = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: float = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: float = _DECODE.label_constraint_always_prob,
 ):
     return DecodeOptions(
         strategy=cast(Strategy, strategy),  # checked by DecodeOptions (a clear OptionsError)
@@ -102,6 +113,8 @@ def _options(
         n_best=n_best,
         label_constraint=label_constraint,
         label_constraint_min_prob=label_constraint_min_prob,
+        label_constraint_max_score_drop=label_constraint_max_score_drop,
+        label_constraint_always_prob=label_constraint_always_prob,
     )
 
 
@@ -119,6 +132,8 @@ def caption(
     n_best: NBestOpt = _DECODE.n_best,
     label_constraint: LabelConstraintOpt = _DECODE.label_constraint,
     label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
     decoder_backend: DecoderBackendOpt = None,
     bundle_sha256: BundleSha256Opt = None,
@@ -128,7 +143,15 @@ def caption(
     from captioner.loading import load
 
     options = _options(
-        strategy, beam_size, max_length, length_penalty, n_best, label_constraint, label_constraint_min_prob
+        strategy,
+        beam_size,
+        max_length,
+        length_penalty,
+        n_best,
+        label_constraint,
+        label_constraint_min_prob,
+        label_constraint_max_score_drop,
+        label_constraint_always_prob,
     )
     answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = load(
@@ -165,6 +188,8 @@ def caption_dir_cmd(
     n_best: NBestOpt = _DECODE.n_best,
     label_constraint: LabelConstraintOpt = _DECODE.label_constraint,
     label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
     batch_size: Annotated[int, typer.Option(help="Images per engine batch (and per fsync).")] = 32,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (all; 1 per replica).")] = None,
     ray: Annotated[bool, typer.Option(help="Run on a new local Ray instance.")] = False,
@@ -194,7 +219,15 @@ def caption_dir_cmd(
     from captioner.caption_dir import caption_dir
 
     options = _options(
-        strategy, beam_size, max_length, length_penalty, n_best, label_constraint, label_constraint_min_prob
+        strategy,
+        beam_size,
+        max_length,
+        length_penalty,
+        n_best,
+        label_constraint,
+        label_constraint_min_prob,
+        label_constraint_max_score_drop,
+        label_constraint_always_prob,
     )
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
@@ -221,6 +254,8 @@ def evaluate(
     length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
     label_constraint: LabelConstraintOpt = _DECODE.label_constraint,
     label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
@@ -235,7 +270,15 @@ def evaluate(
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(
-        strategy, beam_size, max_length, length_penalty, 1, label_constraint, label_constraint_min_prob
+        strategy,
+        beam_size,
+        max_length,
+        length_penalty,
+        1,
+        label_constraint,
+        label_constraint_min_prob,
+        label_constraint_max_score_drop,
+        label_constraint_always_prob,
     )
     captioner = load(bundle, decoder_backend=decoder_backend, execution_provider=execution_provider)
     report = run_evaluation(

@@ -227,3 +227,41 @@ def test_one_constraint_per_image():
     fake = HistoryStep(vocab=6, max_length=4)
     with pytest.raises(ValueError, match="one per image"):
         run(fake, [0, 1], opts(), [{3}])
+
+
+def test_a_named_caption_replaces_the_plain_one_only_within_the_allowed_score_drop():
+    fake = HistoryStep(vocab=10, max_length=6, seed=5, rare=(5,))
+    options = opts(beam_size=3, max_length=6, length_penalty=0.7)
+    images = [0, 1, 2]
+    plain = search(fake, fake.initial_state(images), options, START, END)
+    named = run(fake, images, options, [{5}] * 3)
+    drops = [p[0].score - n[0].score for p, n in zip(plain, named, strict=True)]
+    assert all(d > 0 for d in drops)  # the rare word costs score
+    allowed = [drops[0] + 1e-9, drops[1] - 1e-9, float("inf")]
+    got = run(fake, images, options, [{5}] * 3, max_score_drop=allowed)
+    assert got == [named[0], plain[1], named[2]]
+    with pytest.raises(ValueError, match="max_score_drop"):
+        run(fake, images, options, [{5}] * 3, max_score_drop=[1.0])
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("label_constraint", "yes"),
+        ("label_constraint_min_prob", 0.0),
+        ("label_constraint_min_prob", 1.5),
+        ("label_constraint_min_prob", True),
+        ("label_constraint_always_prob", -0.1),
+        ("label_constraint_max_score_drop", -1.0),
+        ("label_constraint_max_score_drop", 11.0),
+    ],
+)
+def test_label_constraint_options_are_validated(name, bad):
+    from captioner.errors import OptionsError
+
+    with pytest.raises(OptionsError, match=name):
+        DecodeOptions(**{name: bad})
+    assert (
+        DecodeOptions(label_constraint=False, label_constraint_min_prob=1.0).to_dict()["label_constraint"]
+        is False
+    )

@@ -8,6 +8,7 @@ images and one step call per token for all beams of all images.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -174,9 +175,14 @@ class Captioner:
         # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
         # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
         banned = tuple(getattr(self.vocabulary, "never_generated", ()))
-        constraints = self.label_constraints(imagenet_probs, options)
-        if constraints is not None:
-            hyps = constrained_search(*args, constraints, step_topk, banned, options.no_repeat_ngram)
+        picked = self.label_constraints(imagenet_probs, options)
+        if picked is not None:
+            constraints = [None if p is None else p[0] for p in picked]
+            drops = [math.inf if p is None or p[1] >= options.label_constraint_always_prob
+                     else options.label_constraint_max_score_drop for p in picked]  # fmt: skip
+            hyps = constrained_search(
+                *args, constraints, step_topk, banned, options.no_repeat_ngram, max_score_drop=drops
+            )
         else:
             hyps = search(*args, step_topk, banned, options.no_repeat_ngram)
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
@@ -199,12 +205,16 @@ class Captioner:
 
     def label_constraints(
         self, imagenet_probs: np.ndarray | None, options: DecodeOptions
-    ) -> list[tuple[int, ...] | None] | None:
-        """Per image the token ids its caption must hold one of (None: no constraint), or None for none at all
-        (the option is off, or the model has no label map, or the encoder no ImageNet head)."""
+    ) -> list[tuple[tuple[int, ...], float] | None] | None:
+        """Per image (the token ids its caption must hold one of, their word mass), or None where the mass is below
+        options.label_constraint_min_prob; None for no constraint at all (the option is off, or the model has no
+        label map, or the encoder no ImageNet head)."""
         if not options.label_constraint or self.labels is None or imagenet_probs is None:
             return None
-        return self.labels.for_images(imagenet_probs, options.label_constraint_min_prob)
+        best = self.labels.best_words(imagenet_probs)
+        return [
+            (ids, mass) if ids and mass >= options.label_constraint_min_prob else None for ids, mass in best
+        ]
 
     def _confidence(self, h: Hypothesis) -> float:
         raw = caption_confidence(h.log_prob, len(h.tokens) + h.finished)

@@ -49,9 +49,6 @@ from captioner.decode.search import (
     search,
 )
 
-# What a source row may contribute to a beam (see _sources).
-_NONE, _ANY, _ANY_BUT_END, _NOT_SET, _ONLY_SET = 0, 1, 2, 3, 4
-
 
 def constrained_search(
     step: StepFn,
@@ -64,6 +61,7 @@ def constrained_search(
     banned: tuple[int, ...] = (),
     no_repeat_ngram: int = 0,
     keep_named: bool = True,
+    max_score_drop: Sequence[float] | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search in which image i's captions contain a word of ``constraints[i]`` (token ids; None or empty:
     no constraint).
@@ -73,6 +71,9 @@ def constrained_search(
     keep_named: run the plain search first and keep its result wherever its best caption already holds a word of
     the set (then its other n-best may not); only the other constrained images are searched again, with the
     constraint. False: every constrained image gets the constrained search.
+    max_score_drop: per image, how much lower than the plain search's best score the constrained best may score
+    and still replace it (inf: always); None: always. A caption the model finds far less likely than its own best
+    is often worse, not just more specific.
     Returns B lists of up to options.n_best hypotheses, best score first: ones holding a word of the set (finished,
     or cut at max_length as in beam_search), or the plain search's when no such hypothesis finished.
     """
@@ -83,13 +84,13 @@ def constrained_search(
         )
     excluded = {start_id, end_id, *banned}
     sets = [None if c is None else sorted({int(w) for w in c} - excluded) or None for c in constraints]
+    if max_score_drop is not None and len(max_score_drop) != batch:
+        raise ValueError(f"{len(max_score_drop)} max_score_drop values for {batch} images")
     plain: list[list[Hypothesis]] | None = None
-    if keep_named or all(s is None for s in sets):
+    if keep_named or max_score_drop is not None or all(s is None for s in sets):
         plain = search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
-        sets = [
-            None if s is None or (plain[i] and set(plain[i][0].tokens) & set(s)) else s
-            for i, s in enumerate(sets)
-        ]
+        if keep_named:
+            sets = [None if s is None or _names(plain[i], s) else s for i, s in enumerate(sets)]
     todo = [i for i, s in enumerate(sets) if s is not None]
     if not todo:
         assert plain is not None
@@ -105,7 +106,7 @@ def constrained_search(
     for j, i in enumerate(rows):
         if sets[i] is not None and not finished[j]:
             fallback.append(i)
-        else:
+        elif plain is None or max_score_drop is None or _within(plain[i], kept[j], max_score_drop[i]):
             out[i] = kept[j]
     if fallback and plain is None:
         sub = tuple(np.take(a, fallback, axis=0) for a in state)
@@ -113,6 +114,16 @@ def constrained_search(
         for i, hyps in zip(fallback, again, strict=True):
             out[i] = hyps
     return out
+
+
+def _names(hyps: list[Hypothesis], words: list[int]) -> bool:
+    """Whether the best of ``hyps`` holds a word of ``words``."""
+    return bool(hyps) and not set(hyps[0].tokens).isdisjoint(words)
+
+
+def _within(plain: list[Hypothesis], constrained: list[Hypothesis], drop: float) -> bool:
+    """Whether the constrained best scores at most ``drop`` below the plain best."""
+    return not plain or (bool(constrained) and plain[0].score - constrained[0].score <= drop)
 
 
 def _two_beam_search(
@@ -139,7 +150,11 @@ def _two_beam_search(
     # Groups: (image, met?) in image order, the unmet beam first.
     g_image = np.array([i for i, s in enumerate(sets) for _ in range(1 if s is None else 2)], dtype=np.int64)
     g_met = np.array([m for s in sets for m in ((True,) if s is None else (False, True))])
-    in_set = np.zeros((batch, 0), dtype=bool)  # [B, V] once V is known
+    constrained = np.array([s is not None for s in sets])
+    width = max(len(s) for s in sets if s is not None)
+    set_ids = np.full((batch, width), end_id, dtype=np.int64)  # [B, W]: each set, padded with the end token
+    for i, s in enumerate(sets):
+        set_ids[i, : len(s or ())] = s or ()
     lp = np.where(g_met & np.array([sets[i] is not None for i in g_image]), -np.inf, 0.0)[:, None]  # [G, R]
     words = np.zeros((len(g_image), 1, 0), dtype=np.int64)  # [G, R, t]
     tokens = np.full(len(g_image), start_id, dtype=np.int64)
@@ -149,19 +164,21 @@ def _two_beam_search(
         n_groups, rows = lp.shape
         log_probs, state = _checked_step(step, tokens, state, n_groups * rows, end_id)
         log_probs = log_probs.copy()  # its dtype kept: sums as in beam_search
-        if in_set.shape[1] != log_probs.shape[1]:
-            in_set = np.zeros((batch, log_probs.shape[1]), dtype=bool)
-            for i, s in enumerate(sets):
-                if s is not None:
-                    in_set[i, [w for w in s if w < log_probs.shape[1]]] = True
+        if set_ids.max() >= log_probs.shape[1]:
+            raise ValueError(
+                f"a constraint's token id is outside the step's vocabulary of {log_probs.shape[1]}"
+            )
         log_probs[:, list(banned)] = -np.inf
         blocked = _repeat_blocked(words.reshape(n_groups * rows, t), no_repeat_ngram)
         if blocked is not None:
             r, c = np.nonzero(blocked >= 0)
             log_probs[r, blocked[r, c]] = -np.inf
-        src_row, masked = _sources(log_probs, g_image, g_met, rows, in_set, end_id)
+        from_unmet = g_met & constrained[g_image]
+        # Every row of a constrained image's met beam may end (see below): its end log-probs, before _candidates.
+        met_rows = (np.flatnonzero(from_unmet)[:, None] * rows + np.arange(rows)[None, :]).reshape(-1)
+        end_lp = lp.reshape(-1)[met_rows] + log_probs[met_rows, end_id].astype(np.float64)
+        src_row, row, tok, step_lp = _candidates(log_probs, g_image, from_unmet, set_ids, end_id, k)
         running = np.where(src_row >= 0, lp.reshape(-1)[np.maximum(src_row, 0)], -np.inf)  # [G, S]
-        row, tok, step_lp = _top_k(masked, k)
         cand_src, cand_tok, cand_lp = _best_candidates(running, row, tok, step_lp, k)  # [G, k], best first
         cand_row = np.take_along_axis(
             np.maximum(src_row, 0), cand_src, axis=1
@@ -188,8 +205,6 @@ def _two_beam_search(
             (g_image[g], cand_row[g, j], cand_lp[g, j])
             for g, j in zip(*np.nonzero(is_end & (live_before < beam)), strict=True)
         ]
-        met_rows = src_row[g_met & in_set[g_image].any(axis=1), :rows].reshape(-1)
-        end_lp = lp.reshape(-1)[met_rows] + log_probs[met_rows, end_id].astype(np.float64)
         ends += [(g_image[r // rows], r, x) for r, x in zip(met_rows, end_lp, strict=True) if np.isfinite(x)]
         length = t + 1
         for image, r, lp_end in ends:
@@ -218,36 +233,50 @@ def _two_beam_search(
     return kept, finished
 
 
-def _sources(
-    log_probs: np.ndarray, g_image: np.ndarray, g_met: np.ndarray, rows: int, in_set: np.ndarray, end_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where each beam's candidates come from: (src_row int [G, 2R], masked log-probs float [G * 2R, V]).
+def _candidates(
+    log_probs: np.ndarray,
+    g_image: np.ndarray,
+    from_unmet: np.ndarray,
+    set_ids: np.ndarray,
+    end_id: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each beam's candidates: (src_row int [G, 2R], then flat (source, token, log_prob) as ``_best_candidates``
+    reads them, source = beam * 2R + its source index). Rules tokens out in ``log_probs`` (a copy) as it goes.
 
-    Sources 0..R-1 of a beam are its own rows (a met beam: any token, but a constrained image's met beam not the
-    end, which the caller offers apart; an unmet beam: neither the set's words nor the end); sources R..2R-1 of a constrained image's met beam are its unmet rows, limited to the set's words.
-    Other sources are -1 (no row), all -inf. Own rows come first, so an unconstrained image's candidates rank
-    exactly as in beam_search (equal sums: lower row, then lower token)."""
+    log_probs: [G * R, V], beam-major. from_unmet: [G], the met beams of constrained images (their unmet beam is
+    the group just before). set_ids: [B, W], each image's set padded with the end token.
+    Sources 0..R-1 of a beam are its own rows, each with its k best tokens: a met beam's any token (a constrained
+    image's met beam not the end: the caller offers every such end apart), an unmet beam's neither the set's words
+    nor the end. Sources R..2R-1 of a constrained image's met beam are its unmet rows with the set's words; those
+    of other beams are -1 (no row). Own rows come first, so an unconstrained image's candidates rank exactly as in
+    beam_search (equal sums: lower row, then lower token)."""
     n_groups = len(g_image)
+    rows = log_probs.shape[0] // max(n_groups, 1)
     own = np.arange(n_groups)[:, None] * rows + np.arange(rows)[None, :]  # [G, R]
-    has_set = in_set[g_image].any(axis=1)  # [G]
-    from_unmet = g_met & has_set  # the unmet beam is the group just before
     src_row = np.concatenate([own, np.where(from_unmet[:, None], own - rows, -1)], axis=1)
-    own_kind = np.where(g_met, np.where(has_set, _ANY_BUT_END, _ANY), _NOT_SET)
-    kind = np.concatenate(
-        [
-            np.repeat(own_kind[:, None], rows, axis=1),
-            np.repeat(np.where(from_unmet, _ONLY_SET, _NONE)[:, None], rows, axis=1),
-        ],
-        axis=1,
-    ).reshape(-1)
-    masked = log_probs[np.maximum(src_row, 0).reshape(-1)]
-    word_in_set = in_set[np.repeat(g_image, 2 * rows)]  # [G * 2R, V]
-    not_set = kind == _NOT_SET
-    masked[not_set | (kind == _ANY_BUT_END), end_id] = -np.inf
-    only_set = kind == _ONLY_SET
-    drop = (kind == _NONE)[:, None] | (word_in_set & not_set[:, None]) | (~word_in_set & only_set[:, None])
-    masked[drop] = -np.inf
-    return src_row, masked
+    met = np.flatnonzero(from_unmet)
+    unmet_rows = own[met - 1][:, :, None]  # [Gm, R, 1]
+    ids = set_ids[g_image[met]][:, None, :]  # [Gm, 1, W]
+    # The unmet rows' set words (read before they are ruled out there) are candidates of the met beam after them.
+    set_lp = log_probs[unmet_rows, ids]  # [Gm, R, W]
+    shape = set_lp.shape
+    set_source = np.broadcast_to(
+        (met * 2 * rows + rows)[:, None, None] + np.arange(rows)[None, :, None], shape
+    )
+    set_tok = np.broadcast_to(ids, shape)
+    keep = np.isfinite(set_lp) & (set_tok != end_id)
+    log_probs[unmet_rows, ids] = -np.inf
+    log_probs[unmet_rows.reshape(-1), end_id] = -np.inf
+    log_probs[own[met].reshape(-1), end_id] = -np.inf
+    row, tok, step_lp = _top_k(log_probs, k)
+    source = (row // rows) * 2 * rows + row % rows
+    return (
+        src_row,
+        np.concatenate([source, set_source[keep]]),
+        np.concatenate([tok, set_tok[keep]]),
+        np.concatenate([step_lp, set_lp[keep]]),
+    )
 
 
 def _top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

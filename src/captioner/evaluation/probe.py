@@ -95,7 +95,7 @@ def _skimage(photo: str) -> Image.Image:
 
 
 def _sklearn(photo: str) -> Image.Image:
-    from sklearn.datasets import load_sample_image
+    from sklearn.datasets import load_sample_image  # type: ignore[import-untyped]
 
     return _rgb(load_sample_image(f"{photo}.jpg"))
 
@@ -103,8 +103,9 @@ def _sklearn(photo: str) -> Image.Image:
 def _matplotlib(photo: str) -> Image.Image:
     import matplotlib.cbook
 
-    with matplotlib.cbook.get_sample_data(f"{photo}.jpg") as f:
-        return Image.open(f).convert("RGB")
+    path = matplotlib.cbook.get_sample_data(f"{photo}.jpg", asfileobj=False)
+    with Image.open(str(path)) as image:
+        return image.convert("RGB")
 
 
 def _rgb(array: np.ndarray) -> Image.Image:

@@ -125,15 +125,17 @@ class LabelConstraints:
     def for_images(self, probs: np.ndarray, min_prob: float) -> list[tuple[int, ...] | None]:
         """probs: float [B, classes]. Returns B entries: the token ids a caption must hold one of, or None (no
         word with min_prob of mass)."""
+        return [ids if ids and mass >= min_prob else None for ids, mass in self.best_words(probs)]
+
+    def best_words(self, probs: np.ndarray) -> list[tuple[tuple[int, ...], float]]:
+        """probs: float [B, classes] -> per image (the chosen class's word ids, their word mass); ((), 0.0) when
+        the map has no class."""
         if len(self.classes) == 0:
-            return [None] * len(probs)
+            return [((), 0.0)] * len(probs)
         p = np.asarray(probs, dtype=np.float32)[:, self.classes]  # [B, mapped]
         mass = p @ self.has_word  # [B, words]
         # Each class's best word mass; the class with the most (ties: its own probability) gives the words.
         padded = np.concatenate([mass, np.full((len(mass), 1), -1.0, np.float32)], axis=1)
         best = padded[:, self.word_cols].max(axis=2)  # [B, mapped]
         pick = np.lexsort((-p, -best), axis=-1)[:, 0] if p.shape[1] > 1 else np.zeros(len(p), np.int64)
-        out: list[tuple[int, ...] | None] = []
-        for b, r in enumerate(pick.tolist()):
-            out.append(self.ids[int(self.classes[r])] if best[b, r] >= min_prob else None)
-        return out
+        return [(self.ids[int(self.classes[r])], float(best[b, r])) for b, r in enumerate(pick.tolist())]
