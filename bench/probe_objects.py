@@ -4,9 +4,10 @@ and on (at the default threshold and a few others), captioned by the bundle as s
     python -m bench.probe_objects [--bundle models/default] [--out bench/results/probe_objects.json]
 
 Each photo goes through what an upload goes through (PNG bytes -> Captioner.load -> caption_images). Per photo:
-the caption off / on, the top ImageNet class and its probability, the constraint's words, whether the caption
+the caption off / on, the top ImageNet class and its probability, the constraint's words and their word mass,
+whether those words name the object at all ("recognised": the most the constraint can do), whether the caption
 names the photo's object and which of its subjects it names; the named rate (photos whose object word is in the
-vocabulary) per setting.
+vocabulary) per setting ("on@T": label_constraint_min_prob T, the other settings at their defaults).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def run(bundle: Path | None = None) -> dict:
             "top_prob": round(top.probability, 4) if top else None,
             "constraint_words": [captioner.vocabulary.decode([i]) for i in pick[0]] if pick else None,
             "constraint_word_mass": round(pick[1], 4) if pick else None,
+            # Whether the head's words name the object at all: the most the constraint can do.
+            "recognised": bool(pick) and bool({captioner.vocabulary.decode([i]) for i in pick[0]} & probe.object_words),
             "caption_off": captions["off"][name],
             "caption_on": captions["on"][name],
             "named_off": probe.named(captions["off"][name]),
@@ -64,8 +67,14 @@ def run(bundle: Path | None = None) -> dict:
             "subjects_named_off": probe.subjects_named(captions["off"][name]),
             "subjects_named_on": probe.subjects_named(captions["on"][name]),
         })  # fmt: skip
+    recognised = [r for r in rows if r["counted"] and r["recognised"]]
     return {
         "bundle": captioner.info.to_dict() if captioner.info else None,
+        "recognised_by_the_head": {
+            "photos": len(recognised),
+            "named_off": sum(r["named_off"] for r in recognised),
+            "named_on": sum(r["named_on"] for r in recognised),
+        },
         "options": default.to_dict(),
         "named_rate": {key: named_rate(c, vocabulary) for key, c in captions.items()},
         "photos": rows,

@@ -98,8 +98,13 @@ def constrained_search(
     # With keep_named only the images that still need the constraint are searched again, as one batch.
     rows = todo if plain is not None else list(range(batch))
     sub = tuple(np.take(a, rows, axis=0) for a in state)
+    # A constrained caption that cannot come within max_score_drop of the plain one will be dropped: its image
+    # stops as soon as no hypothesis can reach that floor.
+    floors = None
+    if plain is not None and max_score_drop is not None:
+        floors = np.array([plain[i][0].score - max_score_drop[i] if plain[i] else -np.inf for i in rows])
     kept, finished = _two_beam_search(
-        step, sub, options, start_id, end_id, [sets[i] for i in rows], banned, no_repeat_ngram
+        step, sub, options, start_id, end_id, [sets[i] for i in rows], banned, no_repeat_ngram, floors
     )
     out = plain if plain is not None else kept
     fallback = []
@@ -135,9 +140,11 @@ def _two_beam_search(
     sets: list[list[int] | None],
     banned: tuple[int, ...],
     no_repeat_ngram: int,
+    floors: np.ndarray | None = None,
 ) -> tuple[list[list[Hypothesis]], np.ndarray]:
     """The search proper: (B lists of hypotheses as beam_search's, bool [B]: whether a met hypothesis finished;
-    one cut at max_length may still outscore it, as in beam_search). Rows are grouped by beam: an unmet and a met beam per constrained image, a met beam per
+    one cut at max_length may still outscore it, as in beam_search). floors: per image, a score below which its
+    result is of no use (its search stops once nothing kept or to come can reach it); None: none. Rows are grouped by beam: an unmet and a met beam per constrained image, a met beam per
     other image, R rows each (1 at the first step, then beam_size), group-major. Rows that hold no hypothesis (the
     met beam before any word of the set, beams with fewer live candidates than rows) ride along with log_prob
     -inf and never win a candidate."""
@@ -219,6 +226,11 @@ def _two_beam_search(
         any_live = np.maximum.reduceat(n_live, first) > 0
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
         done = (worst > -np.inf) & (best_live / best_divisor <= worst)
+        if (
+            floors is not None
+        ):  # nothing kept or to come reaches the image's floor: its result would be dropped
+            best = np.array([kept[m][0].score if kept[m] else -np.inf for m in images.tolist()])
+            done |= (best < floors[images]) & (best_live / best_divisor < floors[images])
         going = np.isin(g_image, images[any_live & ~done])  # per group
         words = np.concatenate([flat_words[parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: live met hypotheses become unfinished candidates
