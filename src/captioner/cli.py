@@ -142,17 +142,8 @@ def caption(
     """Caption image files with a bundle (or a folder of original artefacts)."""
     from captioner.loading import load
 
-    options = _options(
-        strategy,
-        beam_size,
-        max_length,
-        length_penalty,
-        n_best,
-        label_constraint,
-        label_constraint_min_prob,
-        label_constraint_max_score_drop,
-        label_constraint_always_prob,
-    )
+    options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
     answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = load(
         bundle,
@@ -218,17 +209,8 @@ def caption_dir_cmd(
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.caption_dir import caption_dir
 
-    options = _options(
-        strategy,
-        beam_size,
-        max_length,
-        length_penalty,
-        n_best,
-        label_constraint,
-        label_constraint_min_prob,
-        label_constraint_max_score_drop,
-        label_constraint_always_prob,
-    )
+    options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
@@ -269,17 +251,8 @@ def evaluate(
     from captioner.loading import load
 
     dataset = load_flickr8k(data_root, image_dir)
-    options = _options(
-        strategy,
-        beam_size,
-        max_length,
-        length_penalty,
-        1,
-        label_constraint,
-        label_constraint_min_prob,
-        label_constraint_max_score_drop,
-        label_constraint_always_prob,
-    )
+    options = _options(strategy, beam_size, max_length, length_penalty, 1, label_constraint,
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
     captioner = load(bundle, decoder_backend=decoder_backend, execution_provider=execution_provider)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
