@@ -141,3 +141,20 @@ def test_tags_bench_compares_the_encoder_with_and_without_its_head(tiny_bundle, 
         row = report["results"][batch]
         assert row["features_max_abs_diff"] == 0.0  # the head is an extra branch: features untouched
         assert row["with_head_ms_median"] > 0 and row["without_head_ms_median"] > 0
+
+
+def test_probe_bench_captions_every_photo_off_and_on(tiny_bundle, tmp_path, capsys):
+    from bench import probe_objects
+
+    from captioner.evaluation.probe import ISSUE_PHOTOS, PROBE
+
+    out = tmp_path / "probe.json"
+    probe_objects.main(["--bundle", str(tiny_bundle), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert [r["photo"] for r in report["photos"]] == [p.name for p in PROBE]
+    assert set(report["issue_photos"]) == set(ISSUE_PHOTOS)
+    assert {"off", "on", "on@0.1"} <= set(report["named_rate"])
+    for row in report["photos"]:
+        assert row["caption_off"] and row["caption_on"] and row["constraint_words"] is None  # no labels.json
+        assert row["named_on"] == any(w in row["caption_on"].split() for w in row["object_words"])
+    assert "skimage.chelsea" in capsys.readouterr().out

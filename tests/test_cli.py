@@ -287,3 +287,30 @@ def test_import_original_scores_the_bundle_with_a_data_root(capsys, tmp_path):
     assert code == 0, err
     scores = load_bundle(tmp_path / "bundle").manifest["metrics"]["scores"]
     assert {"BLEU-1", "BLEU-4", "CIDEr"} <= set(scores)
+
+
+def test_build_labels_stores_a_checksummed_label_map_that_the_bundle_loads(capsys, tmp_path, tiny_bundle):
+    from captioner.model.bundle import LABELS_FILE, load_bundle
+    from conftest_helpers import write_tiny_flickr8k
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    data = write_tiny_flickr8k(tmp_path / "flickr8k")
+    # No WordNet here: lemmas (and their heads, unchecked) and the tiny training captions' co-occurrence.
+    code, out, err = run(capsys, "build-labels", "--data-root", data, "--bundle", bundle)
+    assert code == 0, err
+    summary = json.loads(out)
+    loaded = load_bundle(bundle)
+    assert loaded.labels is not None and summary["classes_mapped"] == len(loaded.labels.words) > 0
+    assert summary["file"] == str(bundle / LABELS_FILE) and LABELS_FILE in loaded.manifest["files"]
+    assert set(loaded.labels.words[281]) == {
+        "cat"
+    }  # tabby, tabby cat -> cat (the tiny vocabulary's only cat)
+    code, out, err = run(
+        capsys,
+        "caption",
+        "--bundle",
+        bundle,
+        "--no-label-constraint",
+        tmp_path / "flickr8k" / "Images" / "1000_abc.jpg",
+    )
+    assert code == 0, err

@@ -1,4 +1,4 @@
-"""The one command-line program: ``captioner train|evaluate|caption|caption-dir|import-original|export-encoder|info|serve|download``.
+"""The one command-line program: ``captioner train|evaluate|caption|caption-dir|import-original|build-labels|export-encoder|info|serve|download``.
 
 Flag names equal the keyword names of the functions they call. Every user error prints one line
 (``error: ...``) and exits with status 2; no tracebacks.
@@ -58,6 +58,25 @@ LengthPenaltyOpt = Annotated[
     float, typer.Option(help=f"alpha in score = log_prob / length**alpha (0-{MAX_LENGTH_PENALTY:g}).")
 ]
 NBestOpt = Annotated[int, typer.Option(help="Captions returned per image (<= beam size; 1 for greedy).")]
+LabelConstraintOpt = Annotated[
+    bool,
+    typer.Option(
+        help="When the encoder's top ImageNet class is confident, the caption must name it with a word of the "
+        "bundle's label map (labels.json)."
+    ),
+]
+LabelConstraintMinProbOpt = Annotated[
+    float, typer.Option(help="Least word mass (class probability) that triggers the label constraint (0-1].")
+]
+LabelConstraintMaxScoreDropOpt = Annotated[
+    float,
+    typer.Option(
+        help="Keep a caption made to name the object only if it scores at most this below the plain one."
+    ),
+]
+LabelConstraintAlwaysProbOpt = Annotated[
+    float, typer.Option(help="From this word mass keep the named caption whatever its score (0-1].")
+]
 DecoderBackendOpt = Annotated[
     DecoderBackend | None,
     typer.Option(
@@ -75,13 +94,27 @@ GenderNeutralOpt = Annotated[
 _ANSWER = AnswerOptions()
 
 
-def _options(strategy: str, beam_size: int, max_length: int, length_penalty: float, n_best: int):
+def _options(
+    strategy: str,
+    beam_size: int,
+    max_length: int,
+    length_penalty: float,
+    n_best: int,
+    label_constraint: bool = _DECODE.label_constraint,
+    label_constraint_min_prob: float = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: float = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: float = _DECODE.label_constraint_always_prob,
+):
     return DecodeOptions(
         strategy=cast(Strategy, strategy),  # checked by DecodeOptions (a clear OptionsError)
         beam_size=beam_size,
         max_length=max_length,
         length_penalty=length_penalty,
         n_best=n_best,
+        label_constraint=label_constraint,
+        label_constraint_min_prob=label_constraint_min_prob,
+        label_constraint_max_score_drop=label_constraint_max_score_drop,
+        label_constraint_always_prob=label_constraint_always_prob,
     )
 
 
@@ -97,6 +130,10 @@ def caption(
     max_length: MaxLengthOpt = _DECODE.max_length,
     length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
     n_best: NBestOpt = _DECODE.n_best,
+    label_constraint: LabelConstraintOpt = _DECODE.label_constraint,
+    label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
     decoder_backend: DecoderBackendOpt = None,
     bundle_sha256: BundleSha256Opt = None,
@@ -105,7 +142,8 @@ def caption(
     """Caption image files with a bundle (or a folder of original artefacts)."""
     from captioner.loading import load
 
-    options = _options(strategy, beam_size, max_length, length_penalty, n_best)
+    options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
     answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = load(
         bundle,
@@ -139,6 +177,10 @@ def caption_dir_cmd(
     max_length: MaxLengthOpt = _DECODE.max_length,
     length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
     n_best: NBestOpt = _DECODE.n_best,
+    label_constraint: LabelConstraintOpt = _DECODE.label_constraint,
+    label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
     batch_size: Annotated[int, typer.Option(help="Images per engine batch (and per fsync).")] = 32,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (all; 1 per replica).")] = None,
     ray: Annotated[bool, typer.Option(help="Run on a new local Ray instance.")] = False,
@@ -167,7 +209,8 @@ def caption_dir_cmd(
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.caption_dir import caption_dir
 
-    options = _options(strategy, beam_size, max_length, length_penalty, n_best)
+    options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
@@ -191,6 +234,10 @@ def evaluate(
     beam_size: BeamSizeOpt = _DECODE.beam_size,
     max_length: MaxLengthOpt = _DECODE.max_length,
     length_penalty: LengthPenaltyOpt = _DECODE.length_penalty,
+    label_constraint: LabelConstraintOpt = _DECODE.label_constraint,
+    label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
+    label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
+    label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
@@ -204,7 +251,8 @@ def evaluate(
     from captioner.loading import load
 
     dataset = load_flickr8k(data_root, image_dir)
-    options = _options(strategy, beam_size, max_length, length_penalty, 1)
+    options = _options(strategy, beam_size, max_length, length_penalty, 1, label_constraint,
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
     captioner = load(bundle, decoder_backend=decoder_backend, execution_provider=execution_provider)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
@@ -361,6 +409,47 @@ def import_original_cmd(
             meteor=meteor, batch_size=32, record=True, decoder_backend=decoder_backend,
             execution_provider=DEFAULT_EXECUTION_PROVIDER,
         )  # fmt: skip
+
+
+@app.command("build-labels")
+def build_labels_cmd(
+    data_root: Annotated[Path, typer.Option(help="Flickr8k folder: its training captions and photos.")],
+    bundle: BundleOpt = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Feature cache of the bundle's encoder over the sorted train+dev photos (the training pipeline's "
+            "CACHE_DIR/features/ENCODER; only read). Default: run the encoder on the training photos."
+        ),
+    ] = None,
+    wordnet_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="WordNet 3.0 database folder (Debian: apt-get install wordnet-base -> /usr/share/wordnet); "
+            "without it only the lemmas and co-occurrence are used."
+        ),
+    ] = None,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
+) -> None:
+    """Build the bundle's label map (ImageNet class -> vocabulary words) from WordNet and the Flickr8k training
+    captions, and store it in the bundle as labels.json (checksummed; the bundle's digest changes)."""
+    from captioner.model.bundle import record_labels
+    from captioner.model.labelling import build_bundle_labels
+
+    labels = build_bundle_labels(bundle, data_root, features, wordnet_dir, image_dir=image_dir)
+    path = record_labels(_bundle_path(bundle), labels)
+    examples = {
+        labels.names[c]: list(labels.words[c])
+        for c in sorted(labels.words)[:: max(len(labels.words) // 8, 1)]
+    }
+    typer.echo(json.dumps({"file": str(path), "classes_mapped": len(labels.words),
+                           "sources": labels.provenance["sources"], "examples": examples}, indent=2))  # fmt: skip
+
+
+def _bundle_path(bundle: Path | None) -> Path:
+    from captioner.model.bundle import DEFAULT_BUNDLE
+
+    return bundle if bundle is not None else DEFAULT_BUNDLE
 
 
 @app.command("export-encoder")

@@ -111,3 +111,18 @@ def test_inception_v3_export_has_the_head(tmp_path):
     out = encoder.run_arrays(np.stack([preprocess(make_photo((120, 90), seed=1), pre)]))
     assert out.features.shape == (1, 2048) and out.imagenet_probs.shape == (1, NUM_CLASSES)
     np.testing.assert_allclose(out.imagenet_probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_head_weights_reproduce_the_files_probabilities_from_its_features(
+    tiny_encoder_onnx, headless_onnx, batch
+):
+    from captioner.encoders.imagenet import class_probabilities, class_synsets, head_weights
+
+    out = OnnxEncoder(tiny_encoder_onnx, threads=1).run_arrays(batch)
+    weight, bias = head_weights(tiny_encoder_onnx)
+    assert weight.shape == (NUM_CLASSES, out.features.shape[1]) and bias.shape == (NUM_CLASSES,)
+    np.testing.assert_allclose(class_probabilities(out.features, weight, bias), out.imagenet_probs, atol=1e-6)
+    with pytest.raises(ValueError, match="no ImageNet head"):
+        head_weights(headless_onnx)
+    synsets = class_synsets()
+    assert len(synsets) == NUM_CLASSES and synsets[281] == ("n02123045", ("tabby", "tabby cat"))

@@ -70,6 +70,9 @@ def test_options_n_best_returns_that_many_candidates(client):
         ("length_penalty=nan", "validation-error"),
         ("strategy=sampling", "validation-error"),
         ("beam_size=three", "validation-error"),
+        ("label_constraint_min_prob=0", "validation-error"),
+        ("label_constraint_max_score_drop=11", "validation-error"),
+        ("label_constraint=maybe", "validation-error"),
         # n_best <= beam size spans two parameters, which a schema cannot state: DecodeOptions refuses it.
         ("n_best=5&beam_size=3", "invalid-options"),
         ("strategy=greedy&n_best=2", "invalid-options"),

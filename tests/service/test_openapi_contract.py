@@ -15,7 +15,7 @@ from unittest.mock import ANY
 import pytest
 from service_helpers import serve_in_thread, service_settings
 
-from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY
+from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, MAX_SCORE_DROP
 from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.service.app import create_app
 from captioner.service.security import hash_key
@@ -42,6 +42,10 @@ def test_decode_option_bounds_are_decode_options_own(make_client):
             "max_length": (1, MAX_LENGTH_LIMIT),
             "length_penalty": (0, MAX_LENGTH_PENALTY),
             "n_best": (1, MAX_BEAM_SIZE),
+            "label_constraint": (None, None),
+            "label_constraint_min_prob": (None, 1),  # above 0: exclusiveMinimum
+            "label_constraint_max_score_drop": (0, MAX_SCORE_DROP),
+            "label_constraint_always_prob": (None, 1),
             "tags_top_k": (0, MAX_TAGS_TOP_K),
             "tags_min_prob": (0, 1),
             "gender_neutral": (None, None),

@@ -8,6 +8,7 @@ images and one step call per token for all beams of all images.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from captioner.decode.confidence import Calibration, caption_confidence
+from captioner.decode.constraint import constrained_search
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, search
 from captioner.encoders.imagenet import Tag, top_tags
@@ -26,6 +28,7 @@ from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodePool
 from captioner.errors import ImageError
 from captioner.model.info import ModelInfo
+from captioner.model.labels import LabelConstraints, LabelMap
 
 T = TypeVar("T")
 
@@ -109,12 +112,22 @@ class Captioner:
         info: ModelInfo | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         calibration: Calibration | None = None,
+        labels: LabelMap | None = None,
     ):
-        """calibration: maps the raw caption confidence to a calibrated one (decode/confidence.py); None: raw."""
+        """calibration: maps the raw caption confidence to a calibrated one (decode/confidence.py); None: raw.
+        labels: the bundle's label map (model/labels.py), for DecodeOptions.label_constraint; None: no constraint.
+        """
         self.encoder, self.decoder, self.vocabulary = encoder, decoder, vocabulary
         self.info = info
         self.max_pixels = max_pixels
         self.calibration = calibration
+        token_to_id = getattr(vocabulary, "token_to_id", None)
+        tokens = getattr(vocabulary, "tokens", None)
+        self.labels = (
+            LabelConstraints(labels, {t: token_to_id(t) for t in tokens})
+            if labels is not None and token_to_id is not None and tokens is not None
+            else None
+        )
 
     @property
     def model_info(self) -> ModelInfo | None:
@@ -151,18 +164,27 @@ class Captioner:
         """Pooled features [B, F] (and the encoder's ImageNet probabilities [B, 1000], if any) -> one
         CaptionResult per row."""
         start = time.perf_counter()
-        hyps = search(
+        args = (
             self.decoder.step,
             self.decoder.initial_state(features),
             options,
             self.vocabulary.start_id,
             self.vocabulary.end_id,
-            step_topk=getattr(self.decoder, "step_topk", None),  # the ONNX step ranks tokens in its graph
-            # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
-            # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
-            banned=tuple(getattr(self.vocabulary, "never_generated", ())),
-            no_repeat_ngram=options.no_repeat_ngram,
         )
+        step_topk = getattr(self.decoder, "step_topk", None)  # the ONNX step ranks tokens in its graph
+        # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
+        # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
+        banned = tuple(getattr(self.vocabulary, "never_generated", ()))
+        picked = self.label_constraints(imagenet_probs, options)
+        if picked is not None:
+            constraints = [None if p is None else p[0] for p in picked]
+            drops = [math.inf if p is None or p[1] >= options.label_constraint_always_prob
+                     else options.label_constraint_max_score_drop for p in picked]  # fmt: skip
+            hyps = constrained_search(
+                *args, constraints, step_topk, banned, options.no_repeat_ngram, max_score_drop=drops
+            )
+        else:
+            hyps = search(*args, step_topk, banned, options.no_repeat_ngram)
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
         results = []
         for image_hyps in hyps:
@@ -180,6 +202,19 @@ class Captioner:
         if imagenet_probs is not None:
             results = [replace(r, tags=t) for r, t in zip(results, top_tags(imagenet_probs), strict=True)]
         return results
+
+    def label_constraints(
+        self, imagenet_probs: np.ndarray | None, options: DecodeOptions
+    ) -> list[tuple[tuple[int, ...], float] | None] | None:
+        """Per image (the token ids its caption must hold one of, their word mass), or None where the mass is below
+        options.label_constraint_min_prob; None for no constraint at all (the option is off, or the model has no
+        label map, or the encoder no ImageNet head)."""
+        if not options.label_constraint or self.labels is None or imagenet_probs is None:
+            return None
+        best = self.labels.best_words(imagenet_probs)
+        return [
+            (ids, mass) if ids and mass >= options.label_constraint_min_prob else None for ids, mass in best
+        ]
 
     def _confidence(self, h: Hypothesis) -> float:
         raw = caption_confidence(h.log_prob, len(h.tokens) + h.finished)

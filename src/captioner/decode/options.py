@@ -14,6 +14,7 @@ MAX_BEAM_SIZE = 10
 MAX_LENGTH_LIMIT = 64
 MAX_LENGTH_PENALTY = 5.0
 MAX_NO_REPEAT_NGRAM = 8
+MAX_SCORE_DROP = 10.0  # label_constraint_max_score_drop; scores are mean log-probabilities, about -0.3 to -3
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,12 @@ class DecodeOptions:
     n_best: how many finished hypotheses to return per image (1..beam_size; 1 for greedy).
     no_repeat_ngram: n (2..MAX_NO_REPEAT_NGRAM): no caption repeats n words in a row ("a red shirt and a red
     shirt"); 0: no such rule. 3 removed every repeated trigram on dev at no cost in the scores.
+    label_constraint: name what the encoder's ImageNet head sees (decode/constraint.py, model/labels.py): when the
+    word mass of the head's classes that the model's label map names (tabby 0.4 + tiger cat 0.3 -> "cat" 0.7)
+    reaches label_constraint_min_prob and the plain caption holds none of those words, the caption is searched
+    again, required to hold one ("a cat ..."). The constrained caption replaces the plain one when its score is at
+    most label_constraint_max_score_drop below the plain one's, or whatever its score when the mass reaches
+    label_constraint_always_prob. False, or a model without a label map or ImageNet head: plain search.
     """
 
     # Defaults chosen on the Flickr8k dev split with the shipped model (beam 3 with alpha 0.7 gave the best BLEU-4;
@@ -37,6 +44,10 @@ class DecodeOptions:
     length_penalty: float = 0.7
     n_best: int = 1
     no_repeat_ngram: int = 3
+    label_constraint: bool = True
+    label_constraint_min_prob: float = 0.1
+    label_constraint_max_score_drop: float = 0.3
+    label_constraint_always_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam"):
@@ -65,6 +76,18 @@ class DecodeOptions:
             raise OptionsError(
                 f"no_repeat_ngram must be 0 (off) or an integer from 2 to {MAX_NO_REPEAT_NGRAM}, "
                 f"got {self.no_repeat_ngram!r}"
+            )
+
+        if not isinstance(self.label_constraint, bool):
+            raise OptionsError(f"label_constraint must be true or false, got {self.label_constraint!r}")
+        for name in ("label_constraint_min_prob", "label_constraint_always_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int | float) and 0.0 < value <= 1.0):
+                raise OptionsError(f"{name} must be a probability above 0 and at most 1, got {value!r}")
+        drop = self.label_constraint_max_score_drop
+        if isinstance(drop, bool) or not (isinstance(drop, int | float) and 0.0 <= drop <= MAX_SCORE_DROP):
+            raise OptionsError(
+                f"label_constraint_max_score_drop must be between 0 and {MAX_SCORE_DROP:g}, got {drop!r}"
             )
 
     def to_dict(self) -> dict:

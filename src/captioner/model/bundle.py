@@ -4,6 +4,7 @@
     weights/caption_model.weights.h5  the same weights alone; what the NumPy step decoder reads (no TensorFlow)
     tokenizer.json                    the Vocabulary
     encoder.onnx                      the image encoder, with its preprocessing in the ONNX metadata
+    labels.json                       optional: ImageNet class -> vocabulary words (model/labels.py)
     manifest.json                     encoder, sizes, special tokens, metrics, versions, sha256 of every file
     README.md                         optional model card (not checksummed: it may be edited)
 
@@ -38,6 +39,7 @@ from captioner.data.vocabulary import Vocabulary
 from captioner.errors import BundleError
 from captioner.hashing import sha256_file, sha256_hex
 from captioner.model.config import DecoderConfig
+from captioner.model.labels import LabelMap
 
 if TYPE_CHECKING:
     from captioner.encoders.runtime import OnnxEncoder
@@ -52,6 +54,7 @@ WEIGHTS_FILE = "weights/caption_model.weights.h5"
 TOKENIZER_FILE = "tokenizer.json"
 ENCODER_FILE = "encoder.onnx"
 MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.json"  # optional; a bundle without it captions without the label constraint
 REQUIRED_FILES = (WEIGHTS_FILE, TOKENIZER_FILE, ENCODER_FILE)
 ARCHITECTURE_LSTM = "lstm"  # our decoder (model/decoder.py)
 ARCHITECTURE_ORIGINAL = "original-merge"  # the original design's merge model (model/original/)
@@ -79,6 +82,7 @@ class Bundle:
     config: DecoderConfig | None  # None for an original-merge bundle (its sizes are in its .keras file)
     vocabulary: Vocabulary | OriginalVocabulary
     sha256: str  # of manifest.json's bytes: the one digest that covers every file (see the module docstring)
+    labels: LabelMap | None = None  # labels.json, when the bundle has one
 
     @property
     def architecture(self) -> str:
@@ -327,7 +331,15 @@ def load_bundle(path: str | Path | None = None, expected_sha256: str | None = No
         raise BundleError(
             f"{path}: the tokenizer has {len(vocabulary)} tokens but the decoder was built for {config.vocab_size}"
         )
-    return Bundle(path=path, manifest=manifest, config=config, vocabulary=vocabulary, sha256=bundle_sha256)
+    labels = None
+    if LABELS_FILE in files:
+        labels = LabelMap.load(path / LABELS_FILE)
+        if labels.vocabulary_sha256 != files[TOKENIZER_FILE]:
+            raise BundleError(
+                f"{path / LABELS_FILE} was built for another vocabulary than {TOKENIZER_FILE}: rebuild it with "
+                "'captioner build-labels'"
+            )
+    return Bundle(path, manifest, config, vocabulary, bundle_sha256, labels)
 
 
 def check_sha256(value: str) -> str:
@@ -349,3 +361,23 @@ def record_metrics(path: str | Path, metrics: dict, **details) -> None:
     tmp = path / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path / MANIFEST_FILE)
+
+
+def record_labels(path: str | Path, labels: LabelMap) -> Path:
+    """Store a label map in a bundle as LABELS_FILE, checksummed in its manifest (with a short summary under
+    "labels"). This changes the bundle's digest (Bundle.sha256). Returns the file's path."""
+    path = Path(path)
+    bundle = load_bundle(path)  # refuse to extend a tampered bundle
+    if labels.vocabulary_sha256 != bundle.manifest["files"][TOKENIZER_FILE]:
+        raise BundleError(f"the label map was built for another vocabulary than {path / TOKENIZER_FILE}")
+    file = labels.save(path / LABELS_FILE)
+    files = dict(bundle.manifest["files"], **{LABELS_FILE: sha256_file(file)})
+    summary = {
+        "classes": len(labels.words),
+        **{k: labels.provenance[k] for k in ("sources",) if k in labels.provenance},
+    }
+    manifest = dict(bundle.manifest, files=files, labels=summary)
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST_FILE)
+    return file

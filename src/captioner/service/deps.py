@@ -9,7 +9,13 @@ from fastapi import Depends, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader
 
 from captioner.decode.answer import AnswerOptions
-from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, DecodeOptions
+from captioner.decode.options import (
+    MAX_BEAM_SIZE,
+    MAX_LENGTH_LIMIT,
+    MAX_LENGTH_PENALTY,
+    MAX_SCORE_DROP,
+    DecodeOptions,
+)
 from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError
@@ -156,6 +162,30 @@ def decode_options(
             "is refused with 422, a rule across two parameters that the schema cannot state",
         ),
     ] = None,
+    label_constraint: Annotated[
+        bool | None,
+        Query(
+            description="name the object the encoder sees (its ImageNet class) with a word of the model's label map"
+        ),
+    ] = None,
+    label_constraint_min_prob: Annotated[
+        float | None,
+        Query(
+            gt=0.0, le=1.0, description="least word mass (class probability) that triggers label_constraint"
+        ),
+    ] = None,
+    label_constraint_max_score_drop: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=MAX_SCORE_DROP,
+            description="a caption made to name the object is kept only if it scores at most this below the plain one",
+        ),
+    ] = None,
+    label_constraint_always_prob: Annotated[
+        float | None,
+        Query(gt=0.0, le=1.0, description="from this word mass the named caption is kept whatever its score"),
+    ] = None,
 ) -> DecodeOptions:
     """Query parameters over the server's defaults. The bounds are DecodeOptions' own (the schema states them,
     FastAPI answers 422 out of them); DecodeOptions checks n_best against the beam size (OptionsError, 422)."""
@@ -165,6 +195,10 @@ def decode_options(
         max_length=max_length,
         length_penalty=length_penalty,
         n_best=n_best,
+        label_constraint=label_constraint,
+        label_constraint_min_prob=label_constraint_min_prob,
+        label_constraint_max_score_drop=label_constraint_max_score_drop,
+        label_constraint_always_prob=label_constraint_always_prob,
     )
 
 

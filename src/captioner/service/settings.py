@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from captioner.decode.answer import AnswerOptions
-from captioner.decode.options import DecodeOptions
+from captioner.decode.options import MAX_SCORE_DROP, DecodeOptions
 from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.encoders.images import DEFAULT_MAX_PIXELS
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER, ExecutionProvider, is_gpu
@@ -310,6 +310,32 @@ class Settings(BaseSettings):
         DecodeOptions().length_penalty, description="Default length_penalty."
     )
     default_n_best: int = Field(DecodeOptions().n_best, description="Default n_best (1 whenever greedy).")
+    default_label_constraint: bool = Field(
+        DecodeOptions().label_constraint,
+        description="Default label_constraint: name what the encoder's ImageNet head sees with a word of the bundle's "
+        "labels.json (a tabby -> cat) when the plain caption does not (the three settings below); false, or a bundle "
+        "without labels.json: plain search.",
+    )
+    default_label_constraint_min_prob: float = Field(
+        DecodeOptions().label_constraint_min_prob,
+        gt=0.0,
+        le=1.0,
+        description="Default label_constraint_min_prob: the least word mass (the probability of the ImageNet classes "
+        "that the label map names with a word) at which the caption is searched again to hold that word.",
+    )
+    default_label_constraint_max_score_drop: float = Field(
+        DecodeOptions().label_constraint_max_score_drop,
+        ge=0.0,
+        le=MAX_SCORE_DROP,
+        description="Default label_constraint_max_score_drop: a caption made to name the object replaces the plain "
+        "one only if its score (log_prob / length**length_penalty) is at most this much lower...",
+    )
+    default_label_constraint_always_prob: float = Field(
+        DecodeOptions().label_constraint_always_prob,
+        gt=0.0,
+        le=1.0,
+        description="Default label_constraint_always_prob: ...or whatever its score when the word mass reaches this.",
+    )
     # -- default answer options (query parameters tags_top_k, tags_min_prob, gender_neutral override them) --
     default_tags_top_k: int = Field(
         AnswerOptions().tags_top_k,
@@ -475,6 +501,10 @@ class Settings(BaseSettings):
             "max_length": self.default_max_length,
             "length_penalty": self.default_length_penalty,
             "n_best": self.default_n_best,
+            "label_constraint": self.default_label_constraint,
+            "label_constraint_min_prob": self.default_label_constraint_min_prob,
+            "label_constraint_max_score_drop": self.default_label_constraint_max_score_drop,
+            "label_constraint_always_prob": self.default_label_constraint_always_prob,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["strategy"] == "greedy" and overrides.get("n_best") is None:

@@ -1,0 +1,303 @@
+"""Constrained beam search: captions that must contain one word of a given set, NumPy only.
+
+Anderson et al. 2017, "Guided Open Vocabulary Image Captioning with Constrained Beam Search" (EMNLP), in its
+simplest form: one disjunctive constraint per image ("one of {cat, cats, kitten}"), so the paper's finite-state
+machine has two states and each constrained image keeps two beams of ``beam_size`` hypotheses:
+
+    unmet  no word of the set yet; may not end (its end token is ruled out)
+    met    at least one word of the set; the only source of finished captions
+
+Each step, a met beam draws its candidates from the met rows (any token) and from the unmet rows (only the set's
+words, which move a hypothesis from unmet to met); the unmet beam from the unmet rows (any token but the set's and
+the end). Both beams of every constrained image and the single beam of every unconstrained one go through one
+``step`` call per time step.
+
+An image without a constraint has only the met beam from the start and is searched exactly as ``beam_search``
+does (same candidates, ties, early stop, cut at max_length; tested). A met beam differs in one rule: any of its
+rows may end (not only among the beam best candidates), since newcomers from the unmet beam would otherwise crowd
+its ends out. A constrained image that has no finished met hypothesis when max_length is reached (the set's words
+are banned, blocked or impossible) gets the plain search's result instead. Greedy options search one hypothesis per
+beam (beam search of width 1 is greedy search).
+
+By default (``keep_named``) the plain search runs first, and an image whose plain caption already holds a word of
+its set keeps it: two beams rank met hypotheses differently from one, and a caption that already names the
+object should not change for the constraint's sake (on Flickr8k dev it cost BLEU-4 and CIDEr). Only the other
+constrained images are searched again, with the constraint, as one batch.
+
+The constrained search needs the log-probability of every token (``step``): a row's best k (``step_topk``) need
+not hold the set's words. ``step_topk`` serves the plain search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import numpy as np
+
+from captioner.decode.options import DecodeOptions
+from captioner.decode.search import (
+    Hypothesis,
+    State,
+    StepFn,
+    TopkStepFn,
+    _batch_size,
+    _best_candidates,
+    _checked_step,
+    _hypothesis,
+    _keep,
+    _repeat_blocked,
+    search,
+)
+
+
+def constrained_search(
+    step: StepFn,
+    state: State,
+    options: DecodeOptions,
+    start_id: int,
+    end_id: int,
+    constraints: Sequence[Collection[int] | None],
+    step_topk: TopkStepFn | None = None,
+    banned: tuple[int, ...] = (),
+    no_repeat_ngram: int = 0,
+    keep_named: bool = True,
+    max_score_drop: Sequence[float] | None = None,
+) -> list[list[Hypothesis]]:
+    """Beam search in which image i's captions contain a word of ``constraints[i]`` (token ids; None or empty:
+    no constraint).
+
+    step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram: as for ``search.beam_search``.
+    The set's banned ids, the end and the start token are dropped from it first (they can never be shown).
+    keep_named: run the plain search first and keep its result wherever its best caption already holds a word of
+    the set (then its other n-best may not); only the other constrained images are searched again, with the
+    constraint. False: every constrained image gets the constrained search.
+    max_score_drop: per image, how much lower than the plain search's best score the constrained best may score
+    and still replace it (inf: always); None: always. A caption the model finds far less likely than its own best
+    is often worse, not just more specific.
+    Returns B lists of up to options.n_best hypotheses, best score first: ones holding a word of the set (finished,
+    or cut at max_length as in beam_search), or the plain search's when no such hypothesis finished.
+    """
+    batch = _batch_size(state)
+    if len(constraints) != batch:
+        raise ValueError(
+            f"{len(constraints)} constraints for {batch} images: give one per image (None: none)"
+        )
+    excluded = {start_id, end_id, *banned}
+    sets = [None if c is None else sorted({int(w) for w in c} - excluded) or None for c in constraints]
+    if max_score_drop is not None and len(max_score_drop) != batch:
+        raise ValueError(f"{len(max_score_drop)} max_score_drop values for {batch} images")
+    plain: list[list[Hypothesis]] | None = None
+    if keep_named or max_score_drop is not None or all(s is None for s in sets):
+        plain = search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+        if keep_named:
+            sets = [None if s is None or _names(plain[i], s) else s for i, s in enumerate(sets)]
+    todo = [i for i, s in enumerate(sets) if s is not None]
+    if not todo:
+        assert plain is not None
+        return plain
+    # With keep_named only the images that still need the constraint are searched again, as one batch.
+    rows = todo if plain is not None else list(range(batch))
+    sub = tuple(np.take(a, rows, axis=0) for a in state)
+    # A constrained caption that cannot come within max_score_drop of the plain one will be dropped: its image
+    # stops as soon as no hypothesis can reach that floor.
+    floors = None
+    if plain is not None and max_score_drop is not None:
+        floors = np.array([plain[i][0].score - max_score_drop[i] if plain[i] else -np.inf for i in rows])
+    kept, finished = _two_beam_search(
+        step, sub, options, start_id, end_id, [sets[i] for i in rows], banned, no_repeat_ngram, floors
+    )
+    out = plain if plain is not None else kept
+    fallback = []
+    for j, i in enumerate(rows):
+        if sets[i] is not None and not finished[j]:
+            fallback.append(i)
+        elif plain is None or max_score_drop is None or _within(plain[i], kept[j], max_score_drop[i]):
+            out[i] = kept[j]
+    if fallback and plain is None:
+        sub = tuple(np.take(a, fallback, axis=0) for a in state)
+        again = search(step, sub, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+        for i, hyps in zip(fallback, again, strict=True):
+            out[i] = hyps
+    return out
+
+
+def _names(hyps: list[Hypothesis], words: list[int]) -> bool:
+    """Whether the best of ``hyps`` holds a word of ``words``."""
+    return bool(hyps) and not set(hyps[0].tokens).isdisjoint(words)
+
+
+def _within(plain: list[Hypothesis], constrained: list[Hypothesis], drop: float) -> bool:
+    """Whether the constrained best scores at most ``drop`` below the plain best."""
+    return not plain or (bool(constrained) and plain[0].score - constrained[0].score <= drop)
+
+
+def _two_beam_search(
+    step: StepFn,
+    state: State,
+    options: DecodeOptions,
+    start_id: int,
+    end_id: int,
+    sets: list[list[int] | None],
+    banned: tuple[int, ...],
+    no_repeat_ngram: int,
+    floors: np.ndarray | None = None,
+) -> tuple[list[list[Hypothesis]], np.ndarray]:
+    """The search proper: (B lists of hypotheses as beam_search's, bool [B]: whether a met hypothesis finished;
+    one cut at max_length may still outscore it, as in beam_search). floors: per image, a score below which its
+    result is of no use (its search stops once nothing kept or to come can reach it); None: none. Rows are grouped by beam: an unmet and a met beam per constrained image, a met beam per
+    other image, R rows each (1 at the first step, then beam_size), group-major. Rows that hold no hypothesis (the
+    met beam before any word of the set, beams with fewer live candidates than rows) ride along with log_prob
+    -inf and never win a candidate."""
+    batch = _batch_size(state)
+    beam = 1 if options.strategy == "greedy" else options.beam_size
+    n_best, max_length, alpha = options.n_best, options.max_length, float(options.length_penalty)
+    best_divisor = float(max_length) ** alpha  # as in beam_search: bounds any future score
+    kept: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    finished = np.zeros(batch, dtype=bool)
+    # Groups: (image, met?) in image order, the unmet beam first.
+    g_image = np.array([i for i, s in enumerate(sets) for _ in range(1 if s is None else 2)], dtype=np.int64)
+    g_met = np.array([m for s in sets for m in ((True,) if s is None else (False, True))])
+    constrained = np.array([s is not None for s in sets])
+    width = max(len(s) for s in sets if s is not None)
+    set_ids = np.full((batch, width), end_id, dtype=np.int64)  # [B, W]: each set, padded with the end token
+    for i, s in enumerate(sets):
+        set_ids[i, : len(s or ())] = s or ()
+    lp = np.where(g_met & np.array([sets[i] is not None for i in g_image]), -np.inf, 0.0)[:, None]  # [G, R]
+    words = np.zeros((len(g_image), 1, 0), dtype=np.int64)  # [G, R, t]
+    tokens = np.full(len(g_image), start_id, dtype=np.int64)
+    state = tuple(np.take(a, g_image, axis=0) for a in state)
+    k = 2 * beam  # each met row adds at most one end candidate, so the top 2*beam hold beam live ones
+    for t in range(max_length):
+        n_groups, rows = lp.shape
+        log_probs, state = _checked_step(step, tokens, state, n_groups * rows, end_id)
+        log_probs = log_probs.copy()  # its dtype kept: sums as in beam_search
+        if set_ids.max() >= log_probs.shape[1]:
+            raise ValueError(
+                f"a constraint's token id is outside the step's vocabulary of {log_probs.shape[1]}"
+            )
+        log_probs[:, list(banned)] = -np.inf
+        blocked = _repeat_blocked(words.reshape(n_groups * rows, t), no_repeat_ngram)
+        if blocked is not None:
+            r, c = np.nonzero(blocked >= 0)
+            log_probs[r, blocked[r, c]] = -np.inf
+        from_unmet = g_met & constrained[g_image]
+        # Every row of a constrained image's met beam may end (see below): its end log-probs, before _candidates.
+        met_rows = (np.flatnonzero(from_unmet)[:, None] * rows + np.arange(rows)[None, :]).reshape(-1)
+        end_lp = lp.reshape(-1)[met_rows] + log_probs[met_rows, end_id].astype(np.float64)
+        src_row, row, tok, step_lp = _candidates(log_probs, g_image, from_unmet, set_ids, end_id, k)
+        running = np.where(src_row >= 0, lp.reshape(-1)[np.maximum(src_row, 0)], -np.inf)  # [G, S]
+        cand_src, cand_tok, cand_lp = _best_candidates(running, row, tok, step_lp, k)  # [G, k], best first
+        cand_row = np.take_along_axis(
+            np.maximum(src_row, 0), cand_src, axis=1
+        )  # global row of each candidate
+        # From here as in beam_search, per beam instead of per image.
+        valid = np.isfinite(cand_lp)
+        is_end = valid & (cand_tok == end_id)
+        live = valid & ~is_end
+        live_before = np.cumsum(live, axis=1) - live
+        taken = live & (live_before < beam)
+        n_live = taken.sum(axis=1)
+        slot = np.argsort(~taken, axis=1, kind="stable")[:, :beam]
+        parent = np.take_along_axis(cand_row, slot, axis=1)
+        token = np.take_along_axis(cand_tok, slot, axis=1)
+        new_lp = np.take_along_axis(cand_lp, slot, axis=1)
+        unused = np.arange(beam)[None, :] >= n_live[:, None]
+        parent = np.where(unused, parent[:, :1], parent)
+        token = np.where(unused, token[:, :1], token)
+        new_lp = np.where(unused, -np.inf, new_lp)
+        flat_words = words.reshape(n_groups * rows, t)
+        # Finished: as in beam_search, an end among an image's beam best candidates; but every row of a constrained
+        # image's met beam may end (newcomers from the unmet beam would crowd its ends out of the beam best).
+        ends = [
+            (g_image[g], cand_row[g, j], cand_lp[g, j])
+            for g, j in zip(*np.nonzero(is_end & (live_before < beam)), strict=True)
+        ]
+        ends += [(g_image[r // rows], r, x) for r, x in zip(met_rows, end_lp, strict=True) if np.isfinite(x)]
+        length = t + 1
+        for image, r, lp_end in ends:
+            finished[image] = True
+            image_kept, lp_end = kept[image], float(lp_end)
+            score = lp_end if alpha == 0.0 else lp_end / length**alpha
+            if len(image_kept) < n_best or score > image_kept[-1].score:
+                _keep(image_kept, _hypothesis(flat_words[r], lp_end, True, alpha), n_best)
+        # An image stops when no live hypothesis of either beam can beat its n_best-th (as in beam_search).
+        images, first = np.unique(g_image, return_index=True)
+        best_live = np.maximum.reduceat(new_lp[:, 0], first)
+        any_live = np.maximum.reduceat(n_live, first) > 0
+        worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
+        done = (worst > -np.inf) & (best_live / best_divisor <= worst)
+        if (
+            floors is not None
+        ):  # nothing kept or to come reaches the image's floor: its result would be dropped
+            best = np.array([kept[m][0].score if kept[m] else -np.inf for m in images.tolist()])
+            done |= (best < floors[images]) & (best_live / best_divisor < floors[images])
+        going = np.isin(g_image, images[any_live & ~done])  # per group
+        words = np.concatenate([flat_words[parent], token[:, :, None]], axis=2)
+        if t == max_length - 1:  # cut: live met hypotheses become unfinished candidates
+            for g, j in zip(*np.nonzero((going & g_met)[:, None] & np.isfinite(new_lp)), strict=True):
+                _keep(kept[g_image[g]], _hypothesis(words[g, j], new_lp[g, j], False, alpha), n_best)
+            break
+        if not going.any():
+            break
+        state = tuple(np.take(a, parent[going].reshape(-1), axis=0) for a in state)
+        g_image, g_met = g_image[going], g_met[going]
+        words, lp, tokens = words[going], new_lp[going], token[going].reshape(-1)
+    return kept, finished
+
+
+def _candidates(
+    log_probs: np.ndarray,
+    g_image: np.ndarray,
+    from_unmet: np.ndarray,
+    set_ids: np.ndarray,
+    end_id: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each beam's candidates: (src_row int [G, 2R], then flat (source, token, log_prob) as ``_best_candidates``
+    reads them, source = beam * 2R + its source index). Rules tokens out in ``log_probs`` (a copy) as it goes.
+
+    log_probs: [G * R, V], beam-major. from_unmet: [G], the met beams of constrained images (their unmet beam is
+    the group just before). set_ids: [B, W], each image's set padded with the end token.
+    Sources 0..R-1 of a beam are its own rows, each with its k best tokens: a met beam's any token (a constrained
+    image's met beam not the end: the caller offers every such end apart), an unmet beam's neither the set's words
+    nor the end. Sources R..2R-1 of a constrained image's met beam are its unmet rows with the set's words; those
+    of other beams are -1 (no row). Own rows come first, so an unconstrained image's candidates rank exactly as in
+    beam_search (equal sums: lower row, then lower token)."""
+    n_groups = len(g_image)
+    rows = log_probs.shape[0] // max(n_groups, 1)
+    own = np.arange(n_groups)[:, None] * rows + np.arange(rows)[None, :]  # [G, R]
+    src_row = np.concatenate([own, np.where(from_unmet[:, None], own - rows, -1)], axis=1)
+    met = np.flatnonzero(from_unmet)
+    unmet_rows = own[met - 1][:, :, None]  # [Gm, R, 1]
+    ids = set_ids[g_image[met]][:, None, :]  # [Gm, 1, W]
+    # The unmet rows' set words (read before they are ruled out there) are candidates of the met beam after them.
+    set_lp = log_probs[unmet_rows, ids]  # [Gm, R, W]
+    shape = set_lp.shape
+    set_source = np.broadcast_to(
+        (met * 2 * rows + rows)[:, None, None] + np.arange(rows)[None, :, None], shape
+    )
+    set_tok = np.broadcast_to(ids, shape)
+    keep = np.isfinite(set_lp) & (set_tok != end_id)
+    log_probs[unmet_rows, ids] = -np.inf
+    log_probs[unmet_rows.reshape(-1), end_id] = -np.inf
+    log_probs[own[met].reshape(-1), end_id] = -np.inf
+    row, tok, step_lp = _top_k(log_probs, k)
+    source = (row // rows) * 2 * rows + row % rows
+    return (
+        src_row,
+        np.concatenate([source, set_source[keep]]),
+        np.concatenate([tok, set_tok[keep]]),
+        np.concatenate([step_lp, set_lp[keep]]),
+    )
+
+
+def _top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's finite log-probs at least as high as its k-th best, as flat (row, token, log_prob), ties
+    included (``_best_candidates`` breaks them): the k best continuations of any group of rows are among them."""
+    vocab = log_probs.shape[1]
+    if k < vocab:
+        kth = np.partition(log_probs, vocab - k, axis=1)[:, vocab - k]
+        row, tok = np.nonzero((log_probs >= kth[:, None]) & np.isfinite(log_probs))
+    else:
+        row, tok = np.nonzero(np.isfinite(log_probs))
+    return row, tok, log_probs[row, tok]
