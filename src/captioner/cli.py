@@ -77,6 +77,16 @@ LabelConstraintMaxScoreDropOpt = Annotated[
 LabelConstraintAlwaysProbOpt = Annotated[
     float, typer.Option(help="From this word mass keep the named caption whatever its score (0-1].")
 ]
+ConsensusNeighboursOpt = Annotated[
+    int,
+    typer.Option(
+        help="Consensus reranking: choose among the beam's captions by agreement with the captions of this many "
+        "nearest training photos (the bundle's consensus.npz; 0: off)."
+    ),
+]
+ConsensusWeightOpt = Annotated[
+    float, typer.Option(help="Weight of the model's own score beside the consensus in that choice (0-10).")
+]
 DecoderBackendOpt = Annotated[
     DecoderBackend | None,
     typer.Option(
@@ -104,6 +114,8 @@ def _options(
     label_constraint_min_prob: float = _DECODE.label_constraint_min_prob,
     label_constraint_max_score_drop: float = _DECODE.label_constraint_max_score_drop,
     label_constraint_always_prob: float = _DECODE.label_constraint_always_prob,
+    consensus_neighbours: int = _DECODE.consensus_neighbours,
+    consensus_weight: float = _DECODE.consensus_weight,
 ):
     return DecodeOptions(
         strategy=cast(Strategy, strategy),  # checked by DecodeOptions (a clear OptionsError)
@@ -115,6 +127,8 @@ def _options(
         label_constraint_min_prob=label_constraint_min_prob,
         label_constraint_max_score_drop=label_constraint_max_score_drop,
         label_constraint_always_prob=label_constraint_always_prob,
+        consensus_neighbours=consensus_neighbours,
+        consensus_weight=consensus_weight,
     )
 
 
@@ -134,6 +148,8 @@ def caption(
     label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
     label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
     label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
+    consensus_neighbours: ConsensusNeighboursOpt = _DECODE.consensus_neighbours,
+    consensus_weight: ConsensusWeightOpt = _DECODE.consensus_weight,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
     decoder_backend: DecoderBackendOpt = None,
     bundle_sha256: BundleSha256Opt = None,
@@ -143,7 +159,8 @@ def caption(
     from captioner.loading import load
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
-                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob,
+                       consensus_neighbours, consensus_weight)  # fmt: skip
     answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = load(
         bundle,
@@ -181,6 +198,8 @@ def caption_dir_cmd(
     label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
     label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
     label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
+    consensus_neighbours: ConsensusNeighboursOpt = _DECODE.consensus_neighbours,
+    consensus_weight: ConsensusWeightOpt = _DECODE.consensus_weight,
     batch_size: Annotated[int, typer.Option(help="Images per engine batch (and per fsync).")] = 32,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (all; 1 per replica).")] = None,
     ray: Annotated[bool, typer.Option(help="Run on a new local Ray instance.")] = False,
@@ -210,7 +229,8 @@ def caption_dir_cmd(
     from captioner.caption_dir import caption_dir
 
     options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
-                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob,
+                       consensus_neighbours, consensus_weight)  # fmt: skip
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
@@ -238,6 +258,8 @@ def evaluate(
     label_constraint_min_prob: LabelConstraintMinProbOpt = _DECODE.label_constraint_min_prob,
     label_constraint_max_score_drop: LabelConstraintMaxScoreDropOpt = _DECODE.label_constraint_max_score_drop,
     label_constraint_always_prob: LabelConstraintAlwaysProbOpt = _DECODE.label_constraint_always_prob,
+    consensus_neighbours: ConsensusNeighboursOpt = _DECODE.consensus_neighbours,
+    consensus_weight: ConsensusWeightOpt = _DECODE.consensus_weight,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (Java).")] = True,
     batch_size: int = 32,
@@ -252,7 +274,8 @@ def evaluate(
 
     dataset = load_flickr8k(data_root, image_dir)
     options = _options(strategy, beam_size, max_length, length_penalty, 1, label_constraint,
-                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob)  # fmt: skip
+                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob,
+                       consensus_neighbours, consensus_weight)  # fmt: skip
     captioner = load(bundle, decoder_backend=decoder_backend, execution_provider=execution_provider)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
@@ -444,6 +467,31 @@ def build_labels_cmd(
     }
     typer.echo(json.dumps({"file": str(path), "classes_mapped": len(labels.words),
                            "sources": labels.provenance["sources"], "examples": examples}, indent=2))  # fmt: skip
+
+
+@app.command("build-consensus")
+def build_consensus_cmd(
+    data_root: Annotated[Path, typer.Option(help="Flickr8k folder: its training captions and photos.")],
+    bundle: BundleOpt = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Feature cache of the bundle's encoder over the sorted train+dev photos (the training pipeline's "
+            "CACHE_DIR/features/ENCODER; only read). Default: run the encoder on the training photos."
+        ),
+    ] = None,
+    dims: Annotated[int, typer.Option(help="Principal components of the features kept (0: all).")] = 256,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
+) -> None:
+    """Build the bundle's consensus memory (its training photos' features and captions, for consensus reranking)
+    and store it in the bundle as consensus.npz (checksummed; the bundle's digest changes)."""
+    from captioner.model.bundle import record_consensus
+    from captioner.model.consensus import build_bundle_consensus
+
+    memory = build_bundle_consensus(bundle, data_root, features, image_dir, dims or None)
+    path = record_consensus(_bundle_path(bundle), memory)
+    typer.echo(json.dumps({"file": str(path), "images": memory.size, "dims": int(memory.components.shape[1]),
+                           "bytes": path.stat().st_size}, indent=2))  # fmt: skip
 
 
 def _bundle_path(bundle: Path | None) -> Path:

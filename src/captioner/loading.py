@@ -131,7 +131,9 @@ def load_bundle_captioner(
     )
     calibration = m.get("confidence_calibration")
     calibration = Calibration.from_dict(calibration) if calibration else None
-    return Captioner(encoder, decoder, bundle.vocabulary, info, max_pixels, calibration, bundle.labels)
+    return Captioner(
+        encoder, decoder, bundle.vocabulary, info, max_pixels, calibration, bundle.labels, bundle.consensus
+    )
 
 
 def load_original_captioner(

@@ -95,8 +95,8 @@ def self_critical_stage(
 ):
     """Fine-tune the cross-entropy ``model`` in place by SCST with a CIDEr-D reward (document frequencies of the
     training references); resumes under run_dir/scst. Returns the manifest's summary of the stage."""
-    from captioner.data.text import normalize_caption
     from captioner.data.cider import CiderD, WordIds
+    from captioner.data.text import normalize_caption
     from captioner.model.scst import scst
 
     vocab = result.vocabulary

@@ -89,6 +89,17 @@ def ngram_counts(seqs: Sequence[Sequence[int]], n_max: int = MAX_N) -> tuple[np.
 class DocumentFrequency:
     """n-gram document frequencies over a corpus of reference sets (one set per image)."""
 
+    keys: np.ndarray
+    df: np.ndarray
+    log_size: float
+
+    @classmethod
+    def from_arrays(cls, keys: np.ndarray, df: np.ndarray, log_size: float) -> DocumentFrequency:
+        """Rebuild from the attributes ``keys``, ``df`` and ``log_size`` of one built before."""
+        self = cls.__new__(cls)
+        self.keys, self.df, self.log_size = keys.astype(np.int64), df.astype(np.int64), float(log_size)
+        return self
+
     def __init__(self, corpus: Iterable[Sequence[Sequence[int]]]):
         sets = list(corpus)
         flat = [ref for refs in sets for ref in refs]
@@ -107,10 +118,16 @@ class DocumentFrequency:
 
 
 class CiderD:
-    """CIDEr-D of captions against their references, with document frequencies fixed at construction."""
+    """CIDEr-D of captions against their references, with document frequencies fixed at construction
+    (``corpus``: one reference set per image; or ``df`` computed before)."""
 
-    def __init__(self, corpus: Iterable[Sequence[Sequence[int]]], sigma: float = 6.0):
-        self.df = DocumentFrequency(corpus)
+    def __init__(
+        self,
+        corpus: Iterable[Sequence[Sequence[int]]] = (),
+        sigma: float = 6.0,
+        df: DocumentFrequency | None = None,
+    ):
+        self.df = df if df is not None else DocumentFrequency(corpus)
         self.sigma = float(sigma)
 
     def __call__(self, hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
@@ -178,11 +195,34 @@ class ReferencePool:
 
     def __init__(self, cider: CiderD, captions: Sequence[Sequence[int]]):
         self.cider = cider
-        self.vectors = rv = _tfidf(captions, cider.df)
+        self._index(_tfidf(captions, cider.df))
+
+    def _index(self, rv: _Vectors) -> None:
+        self.vectors = rv
         self.keys = np.unique(rv.key)  # dense n-gram ids of the pool: positions in this array
         kid = np.searchsorted(self.keys, rv.key)
         self.code = rv.row * len(self.keys) + kid  # sorted: rows ascending, keys ascending within a row
-        self.size = len(captions)
+        self.size = len(rv.lengths)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The vectorised pool, for ``from_arrays`` (saving it skips the vectorising when loading)."""
+        v = self.vectors
+        return {
+            "row": v.row,
+            "key": v.key,
+            "n": v.n,
+            "weight": v.weight,
+            "norms": v.norms,
+            "lengths": v.lengths,
+        }
+
+    @classmethod
+    def from_arrays(cls, cider: CiderD, arrays: dict[str, np.ndarray]) -> ReferencePool:
+        self = cls.__new__(cls)
+        self.cider = cider
+        a = arrays
+        self._index(_Vectors(a["row"], a["key"], a["n"], a["weight"], a["norms"], a["lengths"]))
+        return self
 
     def __call__(self, hyps: Sequence[Sequence[int]], refs: Sequence[np.ndarray]) -> np.ndarray:
         """float64 [len(hyps)]: CIDEr-D of hyps[i] against the pool captions whose indices are refs[i]."""

@@ -27,6 +27,7 @@ from captioner.encoders.images import DEFAULT_MAX_PIXELS, load_image, read_sourc
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodePool
 from captioner.errors import ImageError
+from captioner.model.consensus import ConsensusMemory
 from captioner.model.info import ModelInfo
 from captioner.model.labels import LabelConstraints, LabelMap
 
@@ -113,14 +114,17 @@ class Captioner:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         calibration: Calibration | None = None,
         labels: LabelMap | None = None,
+        consensus: ConsensusMemory | None = None,
     ):
         """calibration: maps the raw caption confidence to a calibrated one (decode/confidence.py); None: raw.
         labels: the bundle's label map (model/labels.py), for DecodeOptions.label_constraint; None: no constraint.
+        consensus: the bundle's consensus memory (model/consensus.py), for DecodeOptions.consensus_neighbours.
         """
         self.encoder, self.decoder, self.vocabulary = encoder, decoder, vocabulary
         self.info = info
         self.max_pixels = max_pixels
         self.calibration = calibration
+        self.consensus = consensus
         token_to_id = getattr(vocabulary, "token_to_id", None)
         tokens = getattr(vocabulary, "tokens", None)
         self.labels = (
@@ -171,6 +175,11 @@ class Captioner:
             self.vocabulary.start_id,
             self.vocabulary.end_id,
         )
+        reranks = (
+            self.consensus is not None and options.consensus_neighbours > 0 and options.strategy == "beam"
+        )
+        if reranks:  # the whole beam is the pool the reranking chooses from
+            args = (*args[:2], replace(options, n_best=options.beam_size), *args[3:])
         step_topk = getattr(self.decoder, "step_topk", None)  # the ONNX step ranks tokens in its graph
         # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
         # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
@@ -185,6 +194,9 @@ class Captioner:
             )
         else:
             hyps = search(*args, step_topk, banned, options.no_repeat_ngram)
+        if reranks:
+            named = [None if p is None else p[0] for p in picked] if picked is not None else None
+            hyps = self._rerank(features, hyps, options, named)
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
         results = []
         for image_hyps in hyps:
@@ -202,6 +214,31 @@ class Captioner:
         if imagenet_probs is not None:
             results = [replace(r, tags=t) for r, t in zip(results, top_tags(imagenet_probs), strict=True)]
         return results
+
+    def _rerank(
+        self,
+        features: np.ndarray,
+        hyps: list[list[Hypothesis]],
+        options: DecodeOptions,
+        named: list[tuple[int, ...] | None] | None,
+    ) -> list[list[Hypothesis]]:
+        """Consensus reranking of each image's beam, cut to options.n_best. An image with a label constraint keeps
+        its captions that name the object ahead of those that do not (the reranking chooses among them)."""
+        assert self.consensus is not None
+        texts = [[self.vocabulary.decode(h.tokens) for h in hs] for hs in hyps]
+        scores = [[h.score for h in hs] for hs in hyps]
+        orders = self.consensus.rerank(
+            features, texts, scores, options.consensus_neighbours, options.consensus_weight
+        )
+        out = []
+        for i, (hs, order) in enumerate(zip(hyps, orders, strict=True)):
+            ranked = [hs[j] for j in order]
+            wanted = named[i] if named is not None else None
+            words = set(wanted) if wanted else None
+            if words:
+                ranked = sorted(ranked, key=lambda h: not words.intersection(h.tokens))  # stable
+            out.append(ranked[: options.n_best])
+        return out
 
     def label_constraints(
         self, imagenet_probs: np.ndarray | None, options: DecodeOptions

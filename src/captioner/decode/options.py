@@ -14,6 +14,8 @@ MAX_BEAM_SIZE = 10
 MAX_LENGTH_LIMIT = 64
 MAX_LENGTH_PENALTY = 5.0
 MAX_NO_REPEAT_NGRAM = 8
+MAX_CONSENSUS_NEIGHBOURS = 50
+MAX_CONSENSUS_WEIGHT = 10.0
 MAX_SCORE_DROP = 10.0  # label_constraint_max_score_drop; scores are mean log-probabilities, about -0.3 to -3
 
 
@@ -34,6 +36,9 @@ class DecodeOptions:
     again, required to hold one ("a cat ..."). The constrained caption replaces the plain one when its score is at
     most label_constraint_max_score_drop below the plain one's, or whatever its score when the mass reaches
     label_constraint_always_prob. False, or a model without a label map or ImageNet head: plain search.
+    consensus_neighbours: k of consensus reranking (model/consensus.py; beam search only): the beam's candidates
+    are reordered by CIDEr-D against the captions of the k training images nearest to the photo, plus
+    consensus_weight times the model's own score; 0, or a model without a consensus memory: the beam's order.
     """
 
     # Defaults chosen on the Flickr8k dev split with the shipped model (beam 3 with alpha 0.7 gave the best BLEU-4;
@@ -48,6 +53,8 @@ class DecodeOptions:
     label_constraint_min_prob: float = 0.1
     label_constraint_max_score_drop: float = 0.3
     label_constraint_always_prob: float = 0.5
+    consensus_neighbours: int = 10
+    consensus_weight: float = 0.2
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam"):
@@ -88,6 +95,16 @@ class DecodeOptions:
         if isinstance(drop, bool) or not (isinstance(drop, int | float) and 0.0 <= drop <= MAX_SCORE_DROP):
             raise OptionsError(
                 f"label_constraint_max_score_drop must be between 0 and {MAX_SCORE_DROP:g}, got {drop!r}"
+            )
+
+        k = self.consensus_neighbours
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_CONSENSUS_NEIGHBOURS:
+            raise OptionsError(
+                f"consensus_neighbours must be 0 (off) or an integer up to {MAX_CONSENSUS_NEIGHBOURS}, got {k!r}"
+            )
+        if not 0.0 <= float(self.consensus_weight) <= MAX_CONSENSUS_WEIGHT:
+            raise OptionsError(
+                f"consensus_weight must be between 0 and {MAX_CONSENSUS_WEIGHT:g}, got {self.consensus_weight!r}"
             )
 
     def to_dict(self) -> dict:

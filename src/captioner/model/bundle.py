@@ -5,6 +5,7 @@
     tokenizer.json                    the Vocabulary
     encoder.onnx                      the image encoder, with its preprocessing in the ONNX metadata
     labels.json                       optional: ImageNet class -> vocabulary words (model/labels.py)
+    consensus.npz                     optional: training images' features and captions (model/consensus.py)
     manifest.json                     encoder, sizes, special tokens, metrics, versions, sha256 of every file
     README.md                         optional model card (not checksummed: it may be edited)
 
@@ -39,6 +40,7 @@ from captioner.data.vocabulary import Vocabulary
 from captioner.errors import BundleError
 from captioner.hashing import sha256_file, sha256_hex
 from captioner.model.config import DecoderConfig
+from captioner.model.consensus import CONSENSUS_FILE, ConsensusMemory
 from captioner.model.labels import LabelMap
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ class Bundle:
     vocabulary: Vocabulary | OriginalVocabulary
     sha256: str  # of manifest.json's bytes: the one digest that covers every file (see the module docstring)
     labels: LabelMap | None = None  # labels.json, when the bundle has one
+    consensus: ConsensusMemory | None = None  # consensus.npz, when the bundle has one
 
     @property
     def architecture(self) -> str:
@@ -339,7 +342,19 @@ def load_bundle(path: str | Path | None = None, expected_sha256: str | None = No
                 f"{path / LABELS_FILE} was built for another vocabulary than {TOKENIZER_FILE}: rebuild it with "
                 "'captioner build-labels'"
             )
-    return Bundle(path, manifest, config, vocabulary, bundle_sha256, labels)
+    consensus = None
+    if CONSENSUS_FILE in files:
+        built_for = manifest.get("consensus", {}).get("encoder_sha256")
+        if built_for != files.get(ENCODER_FILE):
+            raise BundleError(
+                f"{path / CONSENSUS_FILE} holds features of another encoder than {ENCODER_FILE}: rebuild it with "
+                "'captioner build-consensus'"
+            )
+        try:
+            consensus = ConsensusMemory.load(path / CONSENSUS_FILE)
+        except (ValueError, KeyError, OSError) as exc:
+            raise BundleError(f"{path / CONSENSUS_FILE} is not a consensus memory: {exc}") from None
+    return Bundle(path, manifest, config, vocabulary, bundle_sha256, labels, consensus)
 
 
 def check_sha256(value: str) -> str:
@@ -377,6 +392,31 @@ def record_labels(path: str | Path, labels: LabelMap) -> Path:
         **{k: labels.provenance[k] for k in ("sources",) if k in labels.provenance},
     }
     manifest = dict(bundle.manifest, files=files, labels=summary)
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST_FILE)
+    return file
+
+
+def record_consensus(path: str | Path, memory: ConsensusMemory) -> Path:
+    """Store a consensus memory in a bundle as CONSENSUS_FILE, checksummed in its manifest (with a summary under
+    "consensus"). Its features must come from the bundle's encoder. Changes the bundle's digest. Returns the file."""
+    path = Path(path)
+    bundle = load_bundle(path)  # refuse to extend a tampered bundle
+    feature_size = bundle.manifest["encoder"]["feature_size"]
+    if memory.mean.shape != (feature_size,):
+        raise BundleError(
+            f"the consensus memory has {memory.mean.shape[0]}-d features, the bundle's encoder gives {feature_size}"
+        )
+    file = memory.save(path / CONSENSUS_FILE)
+    files = dict(bundle.manifest["files"], **{CONSENSUS_FILE: sha256_file(file)})
+    summary = {
+        "images": memory.size,
+        "captions": int(memory.caption_count.sum()),
+        "dims": int(memory.components.shape[1]),
+        "encoder_sha256": files[ENCODER_FILE],
+    }
+    manifest = dict(bundle.manifest, files=files, consensus=summary)
     tmp = path / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path / MANIFEST_FILE)

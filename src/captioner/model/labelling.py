@@ -250,7 +250,7 @@ def build_bundle_labels(
     train = sorted(dataset.available("train"))
     refs = dataset.references("train")
     weight, bias = head_weights(bundle.encoder_path)
-    pooled = _train_features(bundle, dataset, train, features, progress)
+    pooled = train_features(bundle, dataset, train, features, progress)
     probs = class_probabilities(pooled, weight, bias)
     wordnet = WordNet.load(wordnet_dir) if wordnet_dir is not None else None
     vocab = {w for w in tokens if not w.startswith("<")}
@@ -267,7 +267,7 @@ def build_bundle_labels(
     )
 
 
-def _train_features(bundle, dataset, names: list[str], features, progress: bool) -> np.ndarray:
+def train_features(bundle, dataset, names: list[str], features, progress: bool) -> np.ndarray:
     """Pooled features [len(names), F] of the training photos, from a cache folder or by running the encoder."""
     import json
 
