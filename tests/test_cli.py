@@ -176,6 +176,8 @@ def test_train_and_evaluate_end_to_end(capsys, tmp_path):
     bundle = tmp_path / "run" / "bundle"
     scst_stage = json.loads((bundle / "manifest.json").read_text())["training"]["scst"]
     assert scst_stage["epochs_run"] >= 1 and "dev_CIDEr" in scst_stage["dev_selection_scores"]
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    assert {"consensus.npz", "labels.json"} <= files.keys()  # what decoding uses comes with the model
     assert (bundle / "manifest.json").is_file() and (bundle / "caption_model.keras").is_file()
     assert (bundle / "weights" / "caption_model.weights.h5").is_file()
     code, out, err = run(

@@ -367,6 +367,12 @@ def train(
             "--execution-provider", help="Feature extraction's provider: auto, cpu, cuda, tensorrt."
         ),
     ] = DEFAULT_EXECUTION_PROVIDER,
+    wordnet_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="WordNet 3.0 folder for the label map (default /usr/share/wordnet: apt-get install wordnet-base)."
+        ),
+    ] = None,
 ) -> None:
     """Train the LSTM decoder on Flickr8k and export a bundle (the defaults train models/default again)."""
     from captioner.encoders.registry import get_encoder_spec
@@ -386,8 +392,9 @@ def train(
         raise CaptionerError(f"{exc} (see captioner train --help)") from None
     weights = None if encoder_weights == "random" else encoder_weights
     path = train_pipeline(
-        data_root, run_dir, config, cache_dir, out, weights, image_dir, execution_provider=execution_provider
-    )
+        data_root, run_dir, config, cache_dir, out, weights, image_dir, execution_provider=execution_provider,
+        wordnet_dir=wordnet_dir,
+    )  # fmt: skip
     typer.echo(f"bundle written to {path}")
 
 

@@ -23,6 +23,8 @@ from captioner.model.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+DEFAULT_WORDNET = Path("/usr/share/wordnet")  # Debian's wordnet-base
+
 # Model selection during training: greedy captions of the dev split scored by CIDEr (cheap: no Java).
 SELECTION_OPTIONS = DecodeOptions(strategy="greedy", max_length=25)
 
@@ -140,8 +142,10 @@ def train_pipeline(
     image_dir: str | Path | None = None,
     progress: bool = True,
     execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
+    wordnet_dir: str | Path | None = None,
 ) -> Path:
-    """Train a decoder on a Flickr8k folder and export a bundle (to ``out``, default run_dir/bundle).
+    """Train a decoder on a Flickr8k folder and export a bundle (to ``out``, default run_dir/bundle) with its
+    consensus memory and label map (wordnet_dir: see ``decoding_parts``).
 
     execution_provider: where feature extraction's encoder runs (encoders/providers.py: auto picks CUDA when
     onnxruntime offers it). The decoder trains wherever TensorFlow puts it (a visible GPU, else the CPU).
@@ -174,7 +178,7 @@ def train_pipeline(
     }
     if config.scst_epochs:
         training["scst"] = training_scst
-    return save_bundle(
+    path = save_bundle(
         out or run_dir / "bundle",
         model,
         result.vocabulary,
@@ -182,3 +186,34 @@ def train_pipeline(
         onnx_path,
         training=training,
     )
+    decoding_parts(
+        path, dataset, features, cache_dir / "features" / encoder.name, config, wordnet_dir, progress
+    )
+    return path
+
+
+def decoding_parts(
+    path: Path, dataset, features, features_dir: Path, config: TrainConfig, wordnet_dir, progress
+):
+    """Add what decoding uses beside the decoder to a new bundle: the consensus memory (training photos'
+    features and captions) and the label map (WordNet from wordnet_dir, default /usr/share/wordnet if present)."""
+    from captioner.data.text import normalize_caption
+    from captioner.model.bundle import record_consensus, record_labels
+    from captioner.model.consensus import ConsensusMemory
+    from captioner.model.labelling import build_bundle_labels
+
+    train = sorted(n for n in dataset.available(config.train_split) if n in features)
+    size = int(np.shape(features[train[0]])[-1])
+    pooled = np.stack([np.reshape(features[n], (-1, size))[0] for n in train])
+    captions = [[normalize_caption(c) for c in dataset.captions[n]] for n in train]
+    record_consensus(path, ConsensusMemory(pooled, captions, dims=min(256, len(train) - 1) or None))
+    wordnet: Path | None = Path(wordnet_dir) if wordnet_dir is not None else DEFAULT_WORDNET
+    if wordnet is not None and not wordnet.is_dir():
+        log.warning(
+            "no WordNet at %s: the label map uses the class names and the training captions only", wordnet
+        )
+        wordnet = None
+    labels = build_bundle_labels(
+        path, dataset.root, features_dir, wordnet, image_dir=dataset.image_dir, progress=progress
+    )
+    record_labels(path, labels)
