@@ -50,7 +50,9 @@ def test_a_saved_memory_loads_to_the_same_answers(tmp_path):
     query = features + np.random.default_rng(1).normal(0, 0.2, features.shape)
     candidates = [["a cat on a mat", "a dog"], ["a brown dog runs", "the water"], ["birds fly", "a cat"]]
     assert loaded.neighbours(query, 2).tolist() == memory.neighbours(query, 2).tolist()
-    for a, b in zip(loaded.consensus(query, candidates, 2), memory.consensus(query, candidates, 2), strict=True):
+    for a, b in zip(
+        loaded.consensus(query, candidates, 2), memory.consensus(query, candidates, 2), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     assert loaded.captions == memory.captions
 
