@@ -65,7 +65,7 @@ class TrainConfig:
     flip_augment: bool = True  # also train on features of mirrored images (a random view per caption)
     limit_images: int | None = None  # use only the first N training images (smoke runs)
     # Self-critical sequence training after cross-entropy (model/scst.py); scst_epochs 0 skips it.
-    scst_epochs: int = 15
+    scst_epochs: int = 0  # the shipped model has none: SCST did not beat it on dev (models/default/README.md)
     scst_learning_rate: float = 2e-5
     scst_samples: int = 5  # captions drawn per image per update
     scst_baseline: str = "mean"  # "greedy" (Rennie et al.) or "mean" (the other samples' mean reward)
