@@ -368,7 +368,7 @@ def topk_of(step):
 def test_best_candidates_match_a_stable_full_sort(use_topk):
     # Both candidate paths (partition of the full log-probs, or each row's top-k from the decoder) must pick
     # exactly what a stable argsort of all sums would, ties and -inf included (integer log-probs: many ties).
-    from captioner.decode.search import _best_candidates, _expand
+    from captioner.decode.search import _expand, best_candidates
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -382,7 +382,7 @@ def test_best_candidates_match_a_stable_full_sort(use_topk):
         row, tok, lp, _ = _expand(
             step, topk_of(step) if use_topk else None, tokens, state, images * rows, k, END
         )
-        src, tok, lp = _best_candidates(log_prob, row, tok, lp, k)
+        src, tok, lp = best_candidates(log_prob, row, tok, lp, k)
         assert src.shape == tok.shape == lp.shape == (images, k)
         got = [
             [

@@ -40,13 +40,13 @@ from captioner.decode.search import (
     State,
     StepFn,
     TopkStepFn,
-    _batch_size,
-    _best_candidates,
-    _checked_step,
-    _hypothesis,
-    _keep,
-    _repeat_blocked,
+    best_candidates,
+    checked_step,
+    keep_best,
+    make_hypothesis,
+    repeat_blocked,
     search,
+    state_rows,
 )
 
 
@@ -77,7 +77,7 @@ def constrained_search(
     Returns B lists of up to options.n_best hypotheses, best score first: ones holding a word of the set (finished,
     or cut at max_length as in beam_search), or the plain search's when no such hypothesis finished.
     """
-    batch = _batch_size(state)
+    batch = state_rows(state)
     if len(constraints) != batch:
         raise ValueError(
             f"{len(constraints)} constraints for {batch} images: give one per image (None: none)"
@@ -148,7 +148,7 @@ def _two_beam_search(
     other image, R rows each (1 at the first step, then beam_size), group-major. Rows that hold no hypothesis (the
     met beam before any word of the set, beams with fewer live candidates than rows) ride along with log_prob
     -inf and never win a candidate."""
-    batch = _batch_size(state)
+    batch = state_rows(state)
     beam = 1 if options.strategy == "greedy" else options.beam_size
     n_best, max_length, alpha = options.n_best, options.max_length, float(options.length_penalty)
     best_divisor = float(max_length) ** alpha  # as in beam_search: bounds any future score
@@ -169,14 +169,14 @@ def _two_beam_search(
     k = 2 * beam  # each met row adds at most one end candidate, so the top 2*beam hold beam live ones
     for t in range(max_length):
         n_groups, rows = lp.shape
-        log_probs, state = _checked_step(step, tokens, state, n_groups * rows, end_id)
+        log_probs, state = checked_step(step, tokens, state, n_groups * rows, end_id)
         log_probs = log_probs.copy()  # its dtype kept: sums as in beam_search
         if set_ids.max() >= log_probs.shape[1]:
             raise ValueError(
                 f"a constraint's token id is outside the step's vocabulary of {log_probs.shape[1]}"
             )
         log_probs[:, list(banned)] = -np.inf
-        blocked = _repeat_blocked(words.reshape(n_groups * rows, t), no_repeat_ngram)
+        blocked = repeat_blocked(words.reshape(n_groups * rows, t), no_repeat_ngram)
         if blocked is not None:
             r, c = np.nonzero(blocked >= 0)
             log_probs[r, blocked[r, c]] = -np.inf
@@ -186,7 +186,7 @@ def _two_beam_search(
         end_lp = lp.reshape(-1)[met_rows] + log_probs[met_rows, end_id].astype(np.float64)
         src_row, row, tok, step_lp = _candidates(log_probs, g_image, from_unmet, set_ids, end_id, k)
         running = np.where(src_row >= 0, lp.reshape(-1)[np.maximum(src_row, 0)], -np.inf)  # [G, S]
-        cand_src, cand_tok, cand_lp = _best_candidates(running, row, tok, step_lp, k)  # [G, k], best first
+        cand_src, cand_tok, cand_lp = best_candidates(running, row, tok, step_lp, k)  # [G, k], best first
         cand_row = np.take_along_axis(
             np.maximum(src_row, 0), cand_src, axis=1
         )  # global row of each candidate
@@ -219,7 +219,7 @@ def _two_beam_search(
             image_kept, lp_end = kept[image], float(lp_end)
             score = lp_end if alpha == 0.0 else lp_end / length**alpha
             if len(image_kept) < n_best or score > image_kept[-1].score:
-                _keep(image_kept, _hypothesis(flat_words[r], lp_end, True, alpha), n_best)
+                keep_best(image_kept, make_hypothesis(flat_words[r], lp_end, True, alpha), n_best)
         # An image stops when no live hypothesis of either beam can beat its n_best-th (as in beam_search).
         images, first = np.unique(g_image, return_index=True)
         best_live = np.maximum.reduceat(new_lp[:, 0], first)
@@ -235,7 +235,7 @@ def _two_beam_search(
         words = np.concatenate([flat_words[parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: live met hypotheses become unfinished candidates
             for g, j in zip(*np.nonzero((going & g_met)[:, None] & np.isfinite(new_lp)), strict=True):
-                _keep(kept[g_image[g]], _hypothesis(words[g, j], new_lp[g, j], False, alpha), n_best)
+                keep_best(kept[g_image[g]], make_hypothesis(words[g, j], new_lp[g, j], False, alpha), n_best)
             break
         if not going.any():
             break
@@ -253,7 +253,7 @@ def _candidates(
     end_id: int,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each beam's candidates: (src_row int [G, 2R], then flat (source, token, log_prob) as ``_best_candidates``
+    """Each beam's candidates: (src_row int [G, 2R], then flat (source, token, log_prob) as ``best_candidates``
     reads them, source = beam * 2R + its source index). Rules tokens out in ``log_probs`` (a copy) as it goes.
 
     log_probs: [G * R, V], beam-major. from_unmet: [G], the met beams of constrained images (their unmet beam is
@@ -293,7 +293,7 @@ def _candidates(
 
 def _top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's finite log-probs at least as high as its k-th best, as flat (row, token, log_prob), ties
-    included (``_best_candidates`` breaks them): the k best continuations of any group of rows are among them."""
+    included (``best_candidates`` breaks them): the k best continuations of any group of rows are among them."""
     vocab = log_probs.shape[1]
     if k < vocab:
         kth = np.partition(log_probs, vocab - k, axis=1)[:, vocab - k]

@@ -94,7 +94,7 @@ def greedy_search(
     step_topk: optional (tokens, state, k) -> (values [N, k], ids [N, k], new state), used instead of step.
     Returns B lists, each with exactly one Hypothesis.
     """
-    batch = _batch_size(state)
+    batch = state_rows(state)
     max_length, alpha = options.max_length, float(options.length_penalty)
     words = np.zeros((batch, max_length), dtype=np.int64)
     lengths = np.zeros(batch, dtype=np.int64)
@@ -105,7 +105,7 @@ def greedy_search(
     for t in range(max_length):
         if active.size == 0:
             break
-        blocked = _repeat_blocked(words[active, :t], no_repeat_ngram)
+        blocked = repeat_blocked(words[active, :t], no_repeat_ngram)
         _, best, lp, state = _expand(step, step_topk, tokens, state, active.size, 1, end_id, banned, blocked)
         log_prob[active] += lp.astype(np.float64)
         ended = best == end_id
@@ -116,7 +116,7 @@ def greedy_search(
         active, tokens = active[going], best[going]
         state = tuple(np.take(a, going, axis=0) for a in state)
     return [
-        [_hypothesis(words[i, : lengths[i]], log_prob[i], bool(finished[i]), alpha)] for i in range(batch)
+        [make_hypothesis(words[i, : lengths[i]], log_prob[i], bool(finished[i]), alpha)] for i in range(batch)
     ]
 
 
@@ -143,7 +143,7 @@ def beam_search(
     Returns B lists of up to options.n_best distinct hypotheses, best score first. Fewer only when the
     step gives -inf to so many tokens that fewer distinct finite-probability captions exist.
     """
-    batch = _batch_size(state)
+    batch = state_rows(state)
     if batch == 0:
         return []
     beam, n_best = options.beam_size, options.n_best
@@ -159,11 +159,11 @@ def beam_search(
         n_images, rows = log_prob.shape
         # Each row adds at most one end candidate, so the top 2*beam always hold beam live candidates.
         k = 2 * beam
-        blocked = _repeat_blocked(words.reshape(n_images * rows, t), no_repeat_ngram)
+        blocked = repeat_blocked(words.reshape(n_images * rows, t), no_repeat_ngram)
         row, tok, lp, state = _expand(
             step, step_topk, tokens, state, n_images * rows, k, end_id, banned, blocked
         )
-        cand_src, cand_tok, cand_lp = _best_candidates(log_prob, row, tok, lp, k)  # [I, k] each, best first
+        cand_src, cand_tok, cand_lp = best_candidates(log_prob, row, tok, lp, k)  # [I, k] each, best first
         # Walk each image's candidates best first (vectorised): an end token finishes a hypothesis, any other
         # token extends one, until beam live ones are found. live_before: live candidates ranked above this one.
         valid = np.isfinite(cand_lp)
@@ -185,8 +185,8 @@ def beam_search(
         for i, j in zip(*np.nonzero(is_end & (live_before < beam)), strict=True):
             image_kept, lp_ij = kept[images[i]], float(cand_lp[i, j])
             score = lp_ij if alpha == 0.0 else lp_ij / length**alpha
-            if len(image_kept) < n_best or score > image_kept[-1].score:  # else _keep would drop it
-                _keep(image_kept, _hypothesis(words[i, cand_src[i, j]], lp_ij, True, alpha), n_best)
+            if len(image_kept) < n_best or score > image_kept[-1].score:  # else keep_best would drop it
+                keep_best(image_kept, make_hypothesis(words[i, cand_src[i, j]], lp_ij, True, alpha), n_best)
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
         done = (worst > -np.inf) & (new_lp[:, 0] / best_divisor <= worst)
         going = (n_live > 0) & ~done
@@ -195,7 +195,7 @@ def beam_search(
         )
         if t == max_length - 1:  # cut: the live beams become unfinished candidates
             for i, j in zip(*np.nonzero(going[:, None] & np.isfinite(new_lp)), strict=True):
-                _keep(kept[images[i]], _hypothesis(words[i, j], new_lp[i, j], False, alpha), n_best)
+                keep_best(kept[images[i]], make_hypothesis(words[i, j], new_lp[i, j], False, alpha), n_best)
             break
         if not going.any():
             break
@@ -206,14 +206,14 @@ def beam_search(
     return kept
 
 
-def _hypothesis(words: np.ndarray, log_prob: float, finished: bool, alpha: float) -> Hypothesis:
+def make_hypothesis(words: np.ndarray, log_prob: float, finished: bool, alpha: float) -> Hypothesis:
     length = len(words) + int(finished)  # number of log-prob terms in log_prob, always >= 1
     log_prob = float(log_prob)
     score = log_prob if alpha == 0.0 else log_prob / length**alpha
     return Hypothesis(tuple(int(w) for w in words), log_prob, score, finished)
 
 
-def _keep(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
+def keep_best(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
     """Insert hyp into kept (sorted by score, best first; ties keep the earlier one) and trim to n_best."""
     pos = len(kept)
     while pos > 0 and kept[pos - 1].score < hyp.score:
@@ -223,7 +223,7 @@ def _keep(kept: list[Hypothesis], hyp: Hypothesis, n_best: int) -> None:
         del kept[n_best:]
 
 
-def _best_candidates(
+def best_candidates(
     log_prob: np.ndarray, row: np.ndarray, tok: np.ndarray, step_lp: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The k best continuations of each image, best first: (row in image, token, log_prob), each [I, k].
@@ -296,7 +296,7 @@ def _expand(
             values.reshape(-1),
             new_state,
         )
-    log_probs, new_state = _checked_step(step, tokens, state, n_rows, end_id)
+    log_probs, new_state = checked_step(step, tokens, state, n_rows, end_id)
     if banned or n_blocked:
         log_probs = log_probs.copy()
         log_probs[:, list(banned)] = -np.inf
@@ -314,7 +314,7 @@ def _expand(
     return row, tok, log_probs[row, tok], new_state
 
 
-def _repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
+def repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
     """For each row of ``history`` (int [R, t], the words so far), the tokens that would complete an n-gram the
     row already holds, i.e. follow an earlier occurrence of its last n-1 words: int [R, m], -1 padded, or None
     when there are none (n < 2, or fewer than n words so far)."""
@@ -333,13 +333,13 @@ def _repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
     return out
 
 
-def _batch_size(state: State) -> int:
+def state_rows(state: State) -> int:
     if not isinstance(state, tuple) or not state:
         raise ValueError("state must be a non-empty tuple of arrays whose axis 0 is the image (batch) axis")
     return int(np.shape(state[0])[0])
 
 
-def _checked_step(
+def checked_step(
     step: StepFn, tokens: np.ndarray, state: State, n_rows: int, end_id: int
 ) -> tuple[np.ndarray, State]:
     """Call step and check the shapes it returns, so a broken decoder fails here, not rows later."""
