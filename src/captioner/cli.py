@@ -77,6 +77,14 @@ LabelConstraintMaxScoreDropOpt = Annotated[
 LabelConstraintAlwaysProbOpt = Annotated[
     float, typer.Option(help="From this word mass keep the named caption whatever its score (0-1].")
 ]
+FeatureCacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Feature cache of the bundle's encoder over the sorted train+dev photos (the training pipeline's "
+        "CACHE_DIR/features/ENCODER; only read). Default: run the encoder on the training photos."
+    ),
+]
+TrainingPhotosOpt = Annotated[Path, typer.Option(help="Flickr8k folder: its training captions and photos.")]
 ConsensusNeighboursOpt = Annotated[
     int,
     typer.Option(
@@ -443,15 +451,9 @@ def import_original_cmd(
 
 @app.command("build-labels")
 def build_labels_cmd(
-    data_root: Annotated[Path, typer.Option(help="Flickr8k folder: its training captions and photos.")],
+    data_root: TrainingPhotosOpt,
     bundle: BundleOpt = None,
-    features: Annotated[
-        Path | None,
-        typer.Option(
-            help="Feature cache of the bundle's encoder over the sorted train+dev photos (the training pipeline's "
-            "CACHE_DIR/features/ENCODER; only read). Default: run the encoder on the training photos."
-        ),
-    ] = None,
+    features: FeatureCacheOpt = None,
     wordnet_dir: Annotated[
         Path | None,
         typer.Option(
@@ -478,15 +480,9 @@ def build_labels_cmd(
 
 @app.command("build-consensus")
 def build_consensus_cmd(
-    data_root: Annotated[Path, typer.Option(help="Flickr8k folder: its training captions and photos.")],
+    data_root: TrainingPhotosOpt,
     bundle: BundleOpt = None,
-    features: Annotated[
-        Path | None,
-        typer.Option(
-            help="Feature cache of the bundle's encoder over the sorted train+dev photos (the training pipeline's "
-            "CACHE_DIR/features/ENCODER; only read). Default: run the encoder on the training photos."
-        ),
-    ] = None,
+    features: FeatureCacheOpt = None,
     dims: Annotated[int, typer.Option(help="Principal components of the features kept (0: all).")] = 256,
     image_dir: Annotated[Path | None, typer.Option(help="Image folder if not under data_root.")] = None,
 ) -> None:
