@@ -79,11 +79,20 @@ def test_captions_see_the_content(captions):
     assert animal & set(captions["horse"].caption.split()), captions["horse"].caption
 
 
-def test_n_best_is_sorted_with_log_probs(captions):
-    for result in captions.values():
+def test_n_best_is_sorted_with_log_probs_and_reranking_only_reorders_it(captions, captioner):
+    names = list(captions)
+    plain = captioner.caption_images(
+        [captioner.load(photo(n)) for n in names],
+        DecodeOptions(beam_size=3, n_best=3, consensus_neighbours=0),
+    )
+    for name, result in zip(names, plain, strict=True):
         scores = [c.score for c in result.candidates]
         assert scores == sorted(scores, reverse=True)
         assert all(c.log_prob < 0 for c in result.candidates)
+        # The default consensus reranking chooses among the same captions; it never brings in another one.
+        assert sorted(c.caption for c in captions[name].candidates) == sorted(
+            c.caption for c in result.candidates
+        )
 
 
 def test_serving_path_imports_no_tensorflow():
