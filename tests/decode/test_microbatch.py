@@ -222,3 +222,40 @@ def test_async_caption(captioner, images, reference):
 def test_invalid_settings_are_refused(captioner, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         MicroBatcher(captioner, **kwargs)
+
+
+class _SearchWaitsForTheNextEncode(Captioner):
+    """decode_features of the first batch returns only once the encoder has started on the second batch: a
+    batcher that encodes and searches one batch after the other never gets there (the first search times out)."""
+
+    def __init__(self, inner: Captioner):
+        super().__init__(inner.encoder, inner.decoder, inner.vocabulary, inner.info)
+        self.encodes = 0
+        self.second_encode = threading.Event()
+        self.overlapped: list[bool] = []
+        inner_run = inner.encoder.run
+
+        def run(images):
+            self.encodes += 1
+            if self.encodes == 2:
+                self.second_encode.set()
+            return inner_run(images)
+
+        self.encoder = type(
+            "E", (), {"run": staticmethod(run), "preprocessing": inner.encoder.preprocessing}
+        )()
+
+    def decode_features(self, features, options=DecodeOptions(), imagenet_probs=None):
+        if not self.overlapped:
+            self.overlapped.append(self.second_encode.wait(10))
+        return super().decode_features(features, options, imagenet_probs)
+
+
+def test_the_next_batch_is_encoded_while_the_previous_one_is_searched(captioner, images, reference):
+    gated = _SearchWaitsForTheNextEncode(captioner)
+    with MicroBatcher(gated, max_batch_size=1, max_wait_ms=0.0) as batcher:
+        futures = [batcher.submit(im, GREEDY) for im in images[:2]]
+        results = [f.result(timeout=30) for f in futures]
+    assert gated.overlapped == [True]
+    for i, r in enumerate(results):
+        _same(r, reference[(i, GREEDY)])
