@@ -19,17 +19,13 @@ The images of a batch go through the encoder together (options do not matter the
 ``DecodeOptions`` share one search, others get a search per distinct options. An error fails only the requests
 it belongs to.
 
-Two stages, one thread each, with one batch at most between them: the encoder thread forms a batch and runs the
-encoder; the decoder thread runs the search and answers. While batch N is searched (NumPy, mostly one core),
-batch N+1 is already being encoded, so the cores are not idle during the search: measured on 2 cores, HTTP
-throughput at 8 clients rose from 42.5 to the figures in bench/README.md. The hand-off holds at most one encoded
-batch (a few MB of features), so memory stays bounded and a slow search slows the encoder instead of queueing.
+Onnxruntime and NumPy release the GIL, so a single worker keeps the cores busy; a second one would only make
+two batches fight over the same cores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from collections import deque
@@ -72,24 +68,6 @@ class _Request:
     enqueued: float  # time.perf_counter() at submit
 
 
-@dataclass
-class _Encoded:
-    """A batch between the two stages: its live requests, their encoder outputs (ok: rows that have them),
-    the encoder's time per image and when the batch started."""
-
-    live: list[_Request]
-    encoded: EncoderOutput
-    ok: list[int]
-    enc_ms: float
-    start: float
-
-
-def _fail(requests: list[_Request], exc: BaseException) -> None:
-    for r in requests:
-        if not r.future.done():
-            r.future.set_exception(exc)
-
-
 class MicroBatcher:
     """Gathers concurrent caption requests into batches for one Captioner; see the module docstring.
 
@@ -115,12 +93,8 @@ class MicroBatcher:
         self._free_since = 0.0  # perf_counter() when the worker finished its last batch
         self._last_size = 0  # requests in the worker's last batch (0 before the first)
         self._batches = self._images = self._groups = self._rejected = self._largest = 0
-        # Encoded batches waiting for the decoder thread: at most one (None: the encoder thread has stopped).
-        self._encoded: queue.Queue[_Encoded | None] = queue.Queue(maxsize=1)
         self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
-        self._decoder = threading.Thread(target=self._decode_loop, name="captioner-decoder", daemon=True)
         self._worker.start()
-        self._decoder.start()
 
     # -- public API --
 
@@ -159,11 +133,8 @@ class MicroBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() not in (self._worker, self._decoder):
-            start = time.perf_counter()
+        if threading.current_thread() is not self._worker:
             self._worker.join(timeout)
-            left = None if timeout is None else max(timeout - (time.perf_counter() - start), 0.0)
-            self._decoder.join(left)
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -174,29 +145,17 @@ class MicroBatcher:
     # -- the worker --
 
     def _run(self) -> None:
-        """The encoder stage: form batches, encode them, hand them to the decoder stage."""
-        try:
-            while True:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                try:
-                    encoded = self._encode_batch(batch)
-                    if encoded is not None:
-                        self._encoded.put(encoded)  # blocks while the decoder still has one waiting
-                except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers or kill the worker
-                    _fail(batch, exc)
-                self._free_since, self._last_size = time.perf_counter(), len(batch)
-        finally:
-            self._encoded.put(None)
-
-    def _decode_loop(self) -> None:
-        """The decoder stage: search each encoded batch and answer its callers, until the encoder stage stops."""
-        while (item := self._encoded.get()) is not None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
             try:
-                self._decode_batch(item)
-            except BaseException as exc:  # noqa: BLE001 - as above
-                _fail(item.live, exc)
+                self._run_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers or kill the worker
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+            self._free_since, self._last_size = time.perf_counter(), len(batch)
 
     def _next_batch(self) -> list[_Request] | None:
         """Block until a batch is due; None once closed and drained."""
@@ -216,17 +175,13 @@ class MicroBatcher:
             n = min(len(self._pending), self.max_batch_size)
             return [self._pending.popleft() for _ in range(n)]
 
-    def _encode_batch(self, batch: list[_Request]) -> _Encoded | None:
+    def _run_batch(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not live:
-            return None
+            return
         start = time.perf_counter()
         encoded, ok = self._encode(live)
         enc_ms = (time.perf_counter() - start) * 1000 / len(live)
-        return _Encoded(live, encoded, ok, enc_ms, start)
-
-    def _decode_batch(self, item: _Encoded) -> None:
-        live, encoded, ok, enc_ms, start = item.live, item.encoded, item.ok, item.enc_ms, item.start
         groups: dict[DecodeOptions, list[int]] = {}
         for i in ok:
             groups.setdefault(live[i].options, []).append(i)
