@@ -186,27 +186,20 @@ def train_pipeline(
         onnx_path,
         training=training,
     )
-    decoding_parts(
-        path, dataset, features, cache_dir / "features" / encoder.name, config, wordnet_dir, progress
-    )
+    decoding_parts(path, dataset, cache_dir / "features" / encoder.name, wordnet_dir, progress)
     return path
 
 
-def decoding_parts(
-    path: Path, dataset, features, features_dir: Path, config: TrainConfig, wordnet_dir, progress
-):
+def decoding_parts(path: Path, dataset, features_dir: Path, wordnet_dir, progress):
     """Add what decoding uses beside the decoder to a new bundle: the consensus memory (training photos'
     features and captions) and the label map (WordNet from wordnet_dir, default /usr/share/wordnet if present)."""
-    from captioner.data.text import normalize_caption
     from captioner.model.bundle import record_consensus, record_labels
-    from captioner.model.consensus import ConsensusMemory
+    from captioner.model.consensus import build_bundle_consensus
     from captioner.model.labelling import build_bundle_labels
 
-    train = sorted(n for n in dataset.available(config.train_split) if n in features)
-    size = int(np.shape(features[train[0]])[-1])
-    pooled = np.stack([np.reshape(features[n], (-1, size))[0] for n in train])
-    captions = [[normalize_caption(c) for c in dataset.captions[n]] for n in train]
-    record_consensus(path, ConsensusMemory(pooled, captions, dims=min(256, len(train) - 1) or None))
+    # Both read the training photos' features from the cache this run wrote (features_dir).
+    memory = build_bundle_consensus(path, dataset.root, features_dir, dataset.image_dir, progress=progress)
+    record_consensus(path, memory)
     wordnet: Path | None = Path(wordnet_dir) if wordnet_dir is not None else DEFAULT_WORDNET
     if wordnet is not None and not wordnet.is_dir():
         log.warning(

@@ -132,19 +132,10 @@ class CiderD:
 
     def __call__(self, hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
         """float64 [len(hyps)]: CIDEr-D of hyps[i] against the reference set refs[i]."""
-        if len(hyps) != len(refs):
-            raise ValueError(f"{len(hyps)} captions but {len(refs)} reference sets")
-        if not hyps:
-            return np.zeros(0)
         flat_refs = [r for rs in refs for r in rs]
-        n_refs = np.array([len(rs) for rs in refs], dtype=np.int64)
-        if (n_refs == 0).any():
-            raise ValueError("every caption needs at least one reference")
-        hv = _tfidf(hyps, self.df)
-        rv = _tfidf(flat_refs, self.df)
-        keys = np.unique(rv.key)
-        ref_code = rv.row * len(keys) + np.searchsorted(keys, rv.key)
-        return _score_pairs(hv, rv, keys, ref_code, n_refs, np.arange(len(flat_refs)), self.sigma)
+        ends = np.cumsum([len(rs) for rs in refs], dtype=np.int64)
+        pool = ReferencePool(self, flat_refs)
+        return pool(hyps, [np.arange(end - len(rs), end) for end, rs in zip(ends, refs, strict=True)])
 
 
 class _Vectors:

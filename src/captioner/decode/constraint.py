@@ -47,6 +47,7 @@ from captioner.decode.search import (
     repeat_blocked,
     search,
     state_rows,
+    take_live,
 )
 
 
@@ -191,20 +192,9 @@ def _two_beam_search(
             np.maximum(src_row, 0), cand_src, axis=1
         )  # global row of each candidate
         # From here as in beam_search, per beam instead of per image.
-        valid = np.isfinite(cand_lp)
-        is_end = valid & (cand_tok == end_id)
-        live = valid & ~is_end
-        live_before = np.cumsum(live, axis=1) - live
-        taken = live & (live_before < beam)
-        n_live = taken.sum(axis=1)
-        slot = np.argsort(~taken, axis=1, kind="stable")[:, :beam]
-        parent = np.take_along_axis(cand_row, slot, axis=1)
-        token = np.take_along_axis(cand_tok, slot, axis=1)
-        new_lp = np.take_along_axis(cand_lp, slot, axis=1)
-        unused = np.arange(beam)[None, :] >= n_live[:, None]
-        parent = np.where(unused, parent[:, :1], parent)
-        token = np.where(unused, token[:, :1], token)
-        new_lp = np.where(unused, -np.inf, new_lp)
+        is_end, live_before, n_live, parent, token, new_lp = take_live(
+            cand_row, cand_tok, cand_lp, end_id, beam
+        )
         flat_words = words.reshape(n_groups * rows, t)
         # Finished: as in beam_search, an end among an image's beam best candidates; but every row of a constrained
         # image's met beam may end (newcomers from the unmet beam would crowd its ends out of the beam best).

@@ -164,23 +164,9 @@ def beam_search(
             step, step_topk, tokens, state, n_images * rows, k, end_id, banned, blocked
         )
         cand_src, cand_tok, cand_lp = best_candidates(log_prob, row, tok, lp, k)  # [I, k] each, best first
-        # Walk each image's candidates best first (vectorised): an end token finishes a hypothesis, any other
-        # token extends one, until beam live ones are found. live_before: live candidates ranked above this one.
-        valid = np.isfinite(cand_lp)
-        is_end = valid & (cand_tok == end_id)
-        live = valid & ~is_end
-        live_before = np.cumsum(live, axis=1) - live
-        taken = live & (live_before < beam)
-        n_live = taken.sum(axis=1)
-        slot = np.argsort(~taken, axis=1, kind="stable")[:, :beam]  # the taken columns first, in rank order
-        parent = np.take_along_axis(cand_src, slot, axis=1)
-        token = np.take_along_axis(cand_tok, slot, axis=1)
-        new_lp = np.take_along_axis(cand_lp, slot, axis=1)
-        # Unused slots copy beam 0 with -inf log-prob: they ride along but never win a candidate.
-        unused = np.arange(beam)[None, :] >= n_live[:, None]
-        parent = np.where(unused, parent[:, :1], parent)
-        token = np.where(unused, token[:, :1], token)
-        new_lp = np.where(unused, -np.inf, new_lp)
+        is_end, live_before, n_live, parent, token, new_lp = take_live(
+            cand_src, cand_tok, cand_lp, end_id, beam
+        )
         length = t + 1  # the words so far plus the end token
         for i, j in zip(*np.nonzero(is_end & (live_before < beam)), strict=True):
             image_kept, lp_ij = kept[images[i]], float(cand_lp[i, j])
@@ -204,6 +190,34 @@ def beam_search(
         state = tuple(np.take(a, rows_idx, axis=0) for a in state)
         images, words, log_prob, tokens = images[going], words[going], new_lp[going], token[going].reshape(-1)
     return kept
+
+
+def take_live(
+    cand_src: np.ndarray, cand_tok: np.ndarray, cand_lp: np.ndarray, end_id: int, beam: int
+) -> tuple[np.ndarray, ...]:
+    """Walk each group's candidates best first (vectorised): an end token finishes a hypothesis, any other token
+    extends one, until ``beam`` live ones are found.
+
+    cand_src, cand_tok, cand_lp: [G, k] each, best first (source row, token, summed log-prob; -inf: none).
+    Returns (is_end [G, k], live_before [G, k]: live candidates ranked above each one, n_live [G], and the new
+    beam's parent, token and log-prob, [G, beam] each). Unused slots copy slot 0 with -inf log-prob: they ride
+    along but never win a candidate.
+    """
+    valid = np.isfinite(cand_lp)
+    is_end = valid & (cand_tok == end_id)
+    live = valid & ~is_end
+    live_before = np.cumsum(live, axis=1) - live
+    taken = live & (live_before < beam)
+    n_live = taken.sum(axis=1)
+    slot = np.argsort(~taken, axis=1, kind="stable")[:, :beam]  # the taken columns first, in rank order
+    parent = np.take_along_axis(cand_src, slot, axis=1)
+    token = np.take_along_axis(cand_tok, slot, axis=1)
+    new_lp = np.take_along_axis(cand_lp, slot, axis=1)
+    unused = np.arange(beam)[None, :] >= n_live[:, None]
+    parent = np.where(unused, parent[:, :1], parent)
+    token = np.where(unused, token[:, :1], token)
+    new_lp = np.where(unused, -np.inf, new_lp)
+    return is_end, live_before, n_live, parent, token, new_lp
 
 
 def make_hypothesis(words: np.ndarray, log_prob: float, finished: bool, alpha: float) -> Hypothesis:

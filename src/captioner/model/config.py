@@ -94,9 +94,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.limit_images must be None or an integer >= 1, got {limit!r}")
 
     def scst_config(self) -> ScstConfig:
-        """The ScstConfig of this run's SCST stage (ValueError if its fields are invalid)."""
+        """The ScstConfig of this run's SCST stage (ValueError if its fields are invalid, or scst_epochs is 0)."""
         return ScstConfig(
-            epochs=max(self.scst_epochs, 1), learning_rate=self.scst_learning_rate, samples=self.scst_samples,
+            epochs=self.scst_epochs, learning_rate=self.scst_learning_rate, samples=self.scst_samples,
             baseline=self.scst_baseline, seed=self.seed,
         )  # fmt: skip
 
