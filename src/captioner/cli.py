@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 
@@ -20,7 +21,6 @@ from captioner.decode.options import (
     MAX_LENGTH_LIMIT,
     MAX_LENGTH_PENALTY,
     DecodeOptions,
-    Strategy,
 )
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
 from captioner.errors import CaptionerError
@@ -112,32 +112,10 @@ GenderNeutralOpt = Annotated[
 _ANSWER = AnswerOptions()
 
 
-def _options(
-    strategy: str,
-    beam_size: int,
-    max_length: int,
-    length_penalty: float,
-    n_best: int,
-    label_constraint: bool = _DECODE.label_constraint,
-    label_constraint_min_prob: float = _DECODE.label_constraint_min_prob,
-    label_constraint_max_score_drop: float = _DECODE.label_constraint_max_score_drop,
-    label_constraint_always_prob: float = _DECODE.label_constraint_always_prob,
-    consensus_neighbours: int = _DECODE.consensus_neighbours,
-    consensus_weight: float = _DECODE.consensus_weight,
-):
-    return DecodeOptions(
-        strategy=cast(Strategy, strategy),  # checked by DecodeOptions (a clear OptionsError)
-        beam_size=beam_size,
-        max_length=max_length,
-        length_penalty=length_penalty,
-        n_best=n_best,
-        label_constraint=label_constraint,
-        label_constraint_min_prob=label_constraint_min_prob,
-        label_constraint_max_score_drop=label_constraint_max_score_drop,
-        label_constraint_always_prob=label_constraint_always_prob,
-        consensus_neighbours=consensus_neighbours,
-        consensus_weight=consensus_weight,
-    )
+def _options(given: dict[str, Any]) -> DecodeOptions:
+    """DecodeOptions from a command's parameters (its ``locals()``): every field the command has a flag for;
+    the others keep their defaults. Flags and fields share their names."""
+    return DecodeOptions(**{f.name: given[f.name] for f in fields(DecodeOptions) if f.name in given})
 
 
 @app.command()
@@ -166,9 +144,7 @@ def caption(
     """Caption image files with a bundle (or a folder of original artefacts)."""
     from captioner.loading import load
 
-    options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
-                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob,
-                       consensus_neighbours, consensus_weight)  # fmt: skip
+    options = _options(locals())
     answer = AnswerOptions(tags_top_k, tags_min_prob, gender_neutral)
     captioner = load(
         bundle,
@@ -236,9 +212,7 @@ def caption_dir_cmd(
     """Caption every image under a folder (or in a list of paths/URLs) into a resumable JSONL file."""
     from captioner.caption_dir import caption_dir
 
-    options = _options(strategy, beam_size, max_length, length_penalty, n_best, label_constraint,
-                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob,
-                       consensus_neighbours, consensus_weight)  # fmt: skip
+    options = _options(locals())
     summary = caption_dir(
         source, out, bundle=bundle, options=options, batch_size=batch_size, threads=threads, ray=ray,
         ray_address=ray_address, workers=workers, max_download_bytes=max_download_bytes,
@@ -281,9 +255,7 @@ def evaluate(
     from captioner.loading import load
 
     dataset = load_flickr8k(data_root, image_dir)
-    options = _options(strategy, beam_size, max_length, length_penalty, 1, label_constraint,
-                       label_constraint_min_prob, label_constraint_max_score_drop, label_constraint_always_prob,
-                       consensus_neighbours, consensus_weight)  # fmt: skip
+    options = _options(locals())
     captioner = load(bundle, decoder_backend=decoder_backend, execution_provider=execution_provider)
     report = run_evaluation(
         captioner, dataset, split, options, out_dir, limit=limit, batch_size=batch_size, meteor=meteor
