@@ -48,6 +48,7 @@ def load(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     bundle_sha256: str | None = None,
     execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
+    ensemble: bool = True,
 ) -> Captioner:
     """A ready Captioner for ``path``: a bundle folder (default: the shipped one), or original artefacts.
 
@@ -58,13 +59,14 @@ def load(
     runs on the CPU, onnx on a GPU. threads: onnxruntime intra-op threads (None: all cores); max_pixels: the
     largest image ``Captioner.load`` decodes. bundle_sha256: a pinned bundle digest (any other bundle is
     refused). execution_provider: auto, cpu, cuda or tensorrt (encoders/providers.py), for every session.
+    ensemble: decode with all of a bundle's decoders (its ensemble members, model/ensemble.py); False: the main one.
     Raises BundleError (a CaptionerError) when the files are missing, tampered or do not belong together.
     """
     if isinstance(path, Bundle) or (model is None and tokenizer is None and not _is_original(path)):
         if weights is not None or encoder is not None:
             raise BundleError("weights= and encoder= are for original artefacts; a bundle holds its own")
         return load_bundle_captioner(
-            path, decoder_backend, threads, max_pixels, bundle_sha256, execution_provider
+            path, decoder_backend, threads, max_pixels, bundle_sha256, execution_provider, ensemble
         )
     if bundle_sha256 is not None:
         raise BundleError("bundle_sha256 pins a bundle; original artefacts have no bundle digest")
@@ -93,8 +95,10 @@ def load_bundle_captioner(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     bundle_sha256: str | None = None,
     execution_provider: str = DEFAULT_EXECUTION_PROVIDER,
+    ensemble: bool = True,
 ) -> Captioner:
-    """A Captioner for a bundle folder or a verified Bundle (default: the shipped one)."""
+    """A Captioner for a bundle folder or a verified Bundle (default: the shipped one); ensemble: as for ``load``."""
+    from captioner.model.ensemble import EnsembleDecoder
     from captioner.model.step import NumpyDecoder
 
     if not isinstance(bundle, Bundle) or bundle_sha256 is not None:
@@ -114,12 +118,14 @@ def load_bundle_captioner(
     encoder = OnnxEncoder(bundle.encoder_path, threads=threads, execution_provider=execution_provider)
     if encoder.feature_size != bundle.config.feature_size:
         raise BundleError(f"{bundle.path}: encoder and decoder feature sizes differ")
-    reference = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
+    main = NumpyDecoder.from_h5(bundle.config, bundle.weights_path)
+    members = [NumpyDecoder.from_h5(bundle.config, p) for p in bundle.member_paths] if ensemble else []
+    reference = EnsembleDecoder([main, *members]) if members else main
     decoder_backend = decoder_backend or default_decoder_backend(encoder.provider)
     decoder = step_decoder(reference, decoder_backend, threads, execution_provider)
     info = ModelInfo(
         format="bundle",
-        version=bundle.version,
+        version=bundle.decoder_version(ensemble),
         encoder=m["encoder"]["name"],
         vocab_size=m["vocab_size"],
         decoder_backend=decoder_backend,
@@ -128,6 +134,7 @@ def load_bundle_captioner(
         metrics=m.get("metrics", {}),
         sha256=bundle.sha256,
         providers=session_providers(encoder, decoder),
+        decoders=1 + len(members),
     )
     calibration = m.get("confidence_calibration")
     calibration = Calibration.from_dict(calibration) if calibration else None

@@ -6,6 +6,8 @@
     encoder.onnx                      the image encoder, with its preprocessing in the ONNX metadata
     labels.json                       optional: ImageNet class -> vocabulary words (model/labels.py)
     consensus.npz                     optional: training images' features and captions (model/consensus.py)
+    weights/member<i>.weights.h5      optional: more decoders of the same shape and vocabulary (other seeds),
+                                      float16-stored; the engine averages their probabilities (model/ensemble.py)
     manifest.json                     encoder, sizes, special tokens, metrics, versions, sha256 of every file
     README.md                         optional model card (not checksummed: it may be edited)
 
@@ -86,6 +88,7 @@ class Bundle:
     sha256: str  # of manifest.json's bytes: the one digest that covers every file (see the module docstring)
     labels: LabelMap | None = None  # labels.json, when the bundle has one
     consensus: ConsensusMemory | None = None  # consensus.npz, when the bundle has one
+    members: tuple[str, ...] = ()  # the ensemble's other decoders' weights files (manifest "ensemble")
 
     @property
     def architecture(self) -> str:
@@ -109,9 +112,22 @@ class Bundle:
         return self.path / TOKENIZER_FILE
 
     @property
+    def member_paths(self) -> list[Path]:
+        """The weights files of the ensemble's other members (empty: one decoder)."""
+        return [self.path / name for name in self.members]
+
+    @property
     def version(self) -> str:
-        """Short model version: the first 12 hex digits of the weights' sha256 (changes with any retrain)."""
-        return self.manifest["files"][WEIGHTS_FILE][:12]
+        """Short model version: the first 12 hex digits of the weights' sha256 (changes with any retrain), or
+        with ensemble members, of the sha256 of all their digests in order."""
+        return self.decoder_version(ensemble=True)
+
+    def decoder_version(self, ensemble: bool) -> str:
+        """``version`` of the decoders that caption: all of them, or (ensemble False) the main one only."""
+        files = self.manifest["files"]
+        if not self.members or not ensemble:
+            return files[WEIGHTS_FILE][:12]
+        return sha256_hex(" ".join(files[n] for n in (WEIGHTS_FILE, *self.members)).encode())[:12]
 
 
 def _manifest_head(encoder: OnnxEncoder) -> dict:
@@ -354,7 +370,11 @@ def load_bundle(path: str | Path | None = None, expected_sha256: str | None = No
             consensus = ConsensusMemory.load(path / CONSENSUS_FILE)
         except (ValueError, KeyError, OSError) as exc:
             raise BundleError(f"{path / CONSENSUS_FILE} is not a consensus memory: {exc}") from None
-    return Bundle(path, manifest, config, vocabulary, bundle_sha256, labels, consensus)
+    members = tuple(manifest.get("ensemble", {}).get("members", ()))
+    unlisted = [name for name in members if name not in files]
+    if unlisted:
+        raise BundleError(f"{path / MANIFEST_FILE} names ensemble members without a checksum: {unlisted}")
+    return Bundle(path, manifest, config, vocabulary, bundle_sha256, labels, consensus, members)
 
 
 def check_sha256(value: str) -> str:
@@ -421,3 +441,56 @@ def record_consensus(path: str | Path, memory: ConsensusMemory) -> Path:
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(path / MANIFEST_FILE)
     return file
+
+
+def record_ensemble(path: str | Path, weights: list[str | Path], **details) -> list[Path]:
+    """Add decoders to a bundle as ensemble members: ``weights/member<i>.weights.h5`` (i from 1), each a Keras
+    ``.weights.h5`` of a decoder of the bundle's config and vocabulary (another seed), stored in float16 (half
+    the size; computed in float32), checksummed in the manifest; "ensemble" lists them (with ``details``).
+    Replaces the bundle's members, if any; an empty list removes them. Changes the bundle's digest."""
+    from captioner.model.step import NumpyDecoder
+
+    path = Path(path)
+    bundle = load_bundle(path)  # refuse to extend a tampered bundle
+    if bundle.config is None:
+        raise BundleError("ensembles are for bundles of our LSTM decoder, not imported original models")
+    for source in weights:
+        NumpyDecoder.from_h5(bundle.config, source)  # refuses a decoder of another shape, before any change
+    files = {k: v for k, v in bundle.manifest["files"].items() if k not in bundle.members}
+    for old in bundle.member_paths:
+        old.unlink(missing_ok=True)
+    names = []
+    for i, source in enumerate(weights, start=1):
+        name = f"weights/member{i}.weights.h5"
+        _copy_weights_float16(Path(source), path / name)
+        files[name] = sha256_file(path / name)
+        names.append(name)
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "ensemble"}
+    manifest["files"] = files
+    if names:
+        manifest["ensemble"] = {"members": names, "dtype": "float16", **details}
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST_FILE)
+    return [path / n for n in names]
+
+
+def _copy_weights_float16(source: Path, target: Path) -> None:
+    """A copy of an HDF5 weights file with every floating-point dataset stored as float16 (same keys)."""
+    import h5py
+    import numpy as np
+
+    tmp = target.with_name(target.name + ".tmp")
+    with h5py.File(source, "r") as src, h5py.File(tmp, "w") as dst:
+
+        def copy(name: str, item) -> None:
+            if isinstance(item, h5py.Dataset):
+                data = item[()]
+                if np.issubdtype(np.asarray(data).dtype, np.floating):
+                    data = np.asarray(data, dtype=np.float16)
+                dst.create_dataset(name, data=data)
+            else:
+                dst.require_group(name)
+
+        src.visititems(copy)
+    tmp.replace(target)

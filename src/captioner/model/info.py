@@ -16,7 +16,8 @@ class ModelInfo:
     on (bundle). path: the bundle folder or the .keras file. metrics: evaluation scores recorded with a bundle.
     architecture: the decoder, "lstm" (ours) or "original-merge" (the original design's, also inside a bundle
     made by ``captioner import-original``). sha256: a bundle's digest (of its manifest.json; the one to pin).
-    providers: the onnxruntime provider each session really runs on ({"encoder": ..., "decoder": ...})."""
+    providers: the onnxruntime provider each session really runs on ({"encoder": ..., "decoder": ...}).
+    decoders: how many decoders decode together (more than 1: an ensemble, model/ensemble.py)."""
 
     format: ModelFormat
     version: str
@@ -29,6 +30,7 @@ class ModelInfo:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     providers: Mapping[str, str] = field(default_factory=dict)
+    decoders: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"metrics": dict(self.metrics), "providers": dict(self.providers)}

@@ -43,20 +43,33 @@ GRAPH_WEIGHTS = (
 MATMULS = ("recurrent_kernel", "proj_kernel", "logits_kernel")
 
 
+def member_prefixes(weights: dict[str, np.ndarray]) -> list[str]:
+    """The members of a step's weights: [""] for one decoder, ["m0/", "m1/", ...] for an ensemble
+    (``model/ensemble.py``: each member's GRAPH_WEIGHTS under its prefix)."""
+    if "m0/logits_bias" not in weights:
+        return [""]
+    count = 0
+    while f"m{count}/logits_bias" in weights:
+        count += 1
+    return [f"m{i}/" for i in range(count)]
+
+
 def step_graph_arrays(weights: dict[str, np.ndarray], precision: Precision = "fp32") -> dict[str, np.ndarray]:
-    """The initializers of the step graph from a step decoder's ``graph_weights()`` (the GRAPH_WEIGHTS arrays).
+    """The initializers of the step graph from a step decoder's ``graph_weights()`` (the GRAPH_WEIGHTS arrays,
+    once per member of an ensemble under its prefix).
 
     fp32: those arrays as float32. int8: each matmul kernel [K, M] becomes ``<name>_q`` (int8, per-column
     symmetric in [-WEIGHT_LEVELS, WEIGHT_LEVELS]) and ``<name>_scale`` (float32 [M]); the rest stays float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"decoder precision must be one of {PRECISIONS}, got {precision!r}")
-    missing = [n for n in GRAPH_WEIGHTS if n not in weights]
+    prefixes = member_prefixes(weights)
+    missing = [p + n for p in prefixes for n in GRAPH_WEIGHTS if p + n not in weights]
     if missing:
         raise ValueError(f"step graph weights lack {missing}")
-    arrays = {n: _f32(weights[n]) for n in GRAPH_WEIGHTS}
+    arrays = {p + n: _f32(weights[p + n]) for p in prefixes for n in GRAPH_WEIGHTS}
     if precision == "int8":
-        for name in MATMULS:
+        for name in (p + m for p in prefixes for m in MATMULS):
             kernel = arrays.pop(name)
             scale = np.abs(kernel).max(axis=0) / WEIGHT_LEVELS
             scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -73,26 +86,30 @@ def build_step_graph(arrays: dict[str, np.ndarray], in_memory_weights: bool = Fa
 
     ``arrays`` from ``step_graph_arrays`` (fp32 or int8, told apart by the quantised kernels' names).
     token_gates [V, 4H] is the embedding times the LSTM input kernel plus the LSTM bias (a gather replaces that
-    matmul). in_memory_weights: leave the arrays out of the graph (marked external); the session gets them
+    matmul). An ensemble's arrays (prefixes m0/, m1/, ...) give one such step per member on its slice of the
+    state (h, c, v are the members' states side by side) and log_probs = log(mean of the members' probabilities).
+    in_memory_weights: leave the arrays out of the graph (marked external); the session gets them
     through ``add_external_initializers``, so loading makes no serialised copies of them.
     """
     import onnx
     from onnx import TensorProto, numpy_helper
     from onnx import helper as oh
 
-    int8 = "recurrent_kernel_q" in arrays
-    H = arrays["recurrent_kernel_q" if int8 else "recurrent_kernel"].shape[0]
-    V = arrays["logits_bias"].shape[0]
-    E = arrays["proj_bias"].shape[0]
+    prefixes = member_prefixes(arrays)
+    int8 = f"{prefixes[0]}recurrent_kernel_q" in arrays
+    hidden = [arrays[p + ("recurrent_kernel_q" if int8 else "recurrent_kernel")].shape[0] for p in prefixes]
+    embed = [arrays[p + "proj_bias"].shape[0] for p in prefixes]
+    H, E, V = sum(hidden), sum(embed), arrays[prefixes[0] + "logits_bias"].shape[0]
     inits = [
         _external_tensor(n, a) if in_memory_weights else numpy_helper.from_array(np.ascontiguousarray(a), n)
         for n, a in arrays.items()
     ]
-    consts: dict[str, np.ndarray | np.generic] = {"gate_sizes": np.array([H] * 4, np.int64)}
+    consts: dict[str, np.ndarray | np.generic] = {
+        f"{p}gate_sizes": np.array([h] * 4, np.int64) for p, h in zip(prefixes, hidden, strict=True)
+    }
     if int8:
         consts |= {"c127": np.float32(127.0), "tiny": np.float32(1e-30), "zp_f": np.float32(ACTIVATION_ZERO_POINT),
                    "zp_u8": np.uint8(ACTIVATION_ZERO_POINT)}  # fmt: skip
-    inits += [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
     node = oh.make_node
 
     def matmul(x: str, name: str, out: str) -> list:
@@ -114,30 +131,54 @@ def build_step_graph(arrays: dict[str, np.ndarray], in_memory_weights: bool = Fa
             node("Mul", [p + "row_scaled", f"{name}_scale"], [out]),
         ]
 
-    nodes = [
-        node("Gather", ["token_gates", "tokens"], ["input_gates"], axis=0),
-        *matmul("h", "recurrent_kernel", "recurrent_gates"),
-        node("Add", ["input_gates", "recurrent_gates"], ["gates"]),
-        node("Split", ["gates", "gate_sizes"], ["gate_i", "gate_f", "gate_g", "gate_o"], axis=1),  # Keras order
-        node("Sigmoid", ["gate_i"], ["i"]),
-        node("Sigmoid", ["gate_f"], ["f"]),
-        node("Tanh", ["gate_g"], ["g"]),
-        node("Sigmoid", ["gate_o"], ["o"]),
-        node("Mul", ["f", "c"], ["f_c"]),
-        node("Mul", ["i", "g"], ["i_g"]),
-        node("Add", ["f_c", "i_g"], ["c_out"]),
-        node("Tanh", ["c_out"], ["tanh_c"]),
-        node("Mul", ["o", "tanh_c"], ["h_out"]),
-        *matmul("h_out", "proj_kernel", "proj"),
-        node("Add", ["proj", "proj_bias"], ["proj_b"]),
-        node("Add", ["proj_b", "v"], ["merged"]),
-        node("Relu", ["merged"], ["z"]),
-        *matmul("z", "logits_kernel", "logits_nb"),
-        node("Add", ["logits_nb", "logits_bias"], ["logits"]),
-        node("LogSoftmax", ["logits"], ["log_probs"], axis=1),
-        # ONNX TopK: "the element with the lower index will appear first" among equal values, as search needs.
-        node("TopK", ["log_probs", "k"], ["top_values", "top_ids"], axis=1, largest=1, sorted=1),
-    ]  # fmt: skip
+    def member(p: str, h: str, c: str, v: str, log_probs: str, h_out: str, c_out: str) -> list:
+        return [
+            node("Gather", [p + "token_gates", "tokens"], [p + "input_gates"], axis=0),
+            *matmul(h, p + "recurrent_kernel", p + "recurrent_gates"),
+            node("Add", [p + "input_gates", p + "recurrent_gates"], [p + "gates"]),
+            node("Split", [p + "gates", p + "gate_sizes"], [p + "gate_i", p + "gate_f", p + "gate_g", p + "gate_o"],
+                 axis=1),  # Keras order
+            node("Sigmoid", [p + "gate_i"], [p + "i"]),
+            node("Sigmoid", [p + "gate_f"], [p + "f"]),
+            node("Tanh", [p + "gate_g"], [p + "g"]),
+            node("Sigmoid", [p + "gate_o"], [p + "o"]),
+            node("Mul", [p + "f", c], [p + "f_c"]),
+            node("Mul", [p + "i", p + "g"], [p + "i_g"]),
+            node("Add", [p + "f_c", p + "i_g"], [c_out]),
+            node("Tanh", [c_out], [p + "tanh_c"]),
+            node("Mul", [p + "o", p + "tanh_c"], [h_out]),
+            *matmul(h_out, p + "proj_kernel", p + "proj"),
+            node("Add", [p + "proj", p + "proj_bias"], [p + "proj_b"]),
+            node("Add", [p + "proj_b", v], [p + "merged"]),
+            node("Relu", [p + "merged"], [p + "z"]),
+            *matmul(p + "z", p + "logits_kernel", p + "logits_nb"),
+            node("Add", [p + "logits_nb", p + "logits_bias"], [p + "logits"]),
+            node("LogSoftmax", [p + "logits"], [log_probs], axis=1),
+        ]  # fmt: skip
+
+    if len(prefixes) == 1:
+        nodes = member("", "h", "c", "v", "log_probs", "h_out", "c_out")
+    else:
+        consts |= {"h_sizes": np.array(hidden, np.int64), "e_sizes": np.array(embed, np.int64),
+                   "log_members": np.float32(np.log(len(prefixes))), "axis0": np.array([0], np.int64)}  # fmt: skip
+        nodes = [
+            node("Split", ["h", "h_sizes"], [p + "h" for p in prefixes], axis=1),
+            node("Split", ["c", "h_sizes"], [p + "c" for p in prefixes], axis=1),
+            node("Split", ["v", "e_sizes"], [p + "v" for p in prefixes], axis=1),
+        ]
+        for p in prefixes:
+            nodes += member(p, p + "h", p + "c", p + "v", p + "log_probs", p + "h_out", p + "c_out")
+            nodes.append(node("Unsqueeze", [p + "log_probs", "axis0"], [p + "log_probs_1"]))
+        nodes += [
+            node("Concat", [p + "log_probs_1" for p in prefixes], ["members_log_probs"], axis=0),
+            node("ReduceLogSumExp", ["members_log_probs"], ["sum_probs"], axes=[0], keepdims=0),
+            node("Sub", ["sum_probs", "log_members"], ["log_probs"]),
+            node("Concat", [p + "h_out" for p in prefixes], ["h_out"], axis=1),
+            node("Concat", [p + "c_out" for p in prefixes], ["c_out"], axis=1),
+        ]
+    inits += [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    # ONNX TopK: "the element with the lower index will appear first" among equal values, as search needs.
+    nodes.append(node("TopK", ["log_probs", "k"], ["top_values", "top_ids"], axis=1, largest=1, sorted=1))
 
     def tensor(name, elem, shape):
         return oh.make_tensor_value_info(name, elem, shape)

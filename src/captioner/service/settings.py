@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         "quantised per row: the fastest, dev scores as good as fp32's), onnx (fp32: exactly the trained model's "
         "captions) or numpy (the reference). Unset: onnx-int8 on the CPU, onnx on a GPU.",
     )
+    ensemble: bool = Field(
+        True,
+        description="true: decode with all of the bundle's decoders (its ensemble members, averaged per step); "
+        "false: only its main decoder (faster, slightly worse captions). Bundles without members ignore it.",
+    )
     load_in_background: bool = Field(
         False,
         description="true: answer /livez at once and /readyz 503 until the model is loaded; false: a bad model "

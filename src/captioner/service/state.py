@@ -34,6 +34,7 @@ log = logging.getLogger("captioner.service")
 PUBLIC_MODEL_FIELDS = (
     "format", "version", "sha256", "encoder", "vocab_size", "metrics", "decoder_backend",
     "feature_size", "max_length", "start_word", "end_word", "num_words", "keras_version", "providers",
+    "decoders",
 )  # fmt: skip
 
 
@@ -53,7 +54,7 @@ def load_captioner(settings: Settings) -> Captioner:
             weights=settings.weights_path,
             encoder=settings.encoder_path,
         )
-    return load_with(settings.bundle_path, bundle_sha256=settings.bundle_sha256)
+    return load_with(settings.bundle_path, bundle_sha256=settings.bundle_sha256, ensemble=settings.ensemble)
 
 
 @dataclass
