@@ -180,3 +180,22 @@ def test_sighup_reloads_the_configured_bundle(tmp_path, live, other_bundle):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_cache_never_answers_with_an_old_label_map(make_client, live):
+    """Same weights, a new labels.json: the captions may change, so the cached ones must not be served."""
+    from captioner.model.bundle import TOKENIZER_FILE, load_bundle, record_labels
+    from captioner.model.labels import LabelMap
+
+    digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+    client = make_client(captioner=None, bundle_path=live, admin_keys_sha256=[digest])
+    image = jpeg(seed=4)
+    first = client.post(URL, files={"file": image})
+    assert client.post(URL, files={"file": image}).headers["X-Cache"] == "HIT"
+    vocabulary_sha = load_bundle(live).manifest["files"][TOKENIZER_FILE]
+    labels = LabelMap({c: ("dog",) for c in range(1000)}, vocabulary_sha, {}, {}, {"built": "in a test"})
+    record_labels(live, labels)
+    assert client.post("/admin/model/reload", headers=ADMIN).status_code == 200
+    after = client.post(URL, files={"file": image})
+    assert after.headers["X-Cache"] == "MISS"
+    assert after.json()["model_version"] == first.json()["model_version"]  # the weights did not change

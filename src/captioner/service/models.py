@@ -33,6 +33,14 @@ class ServedModel:
     def version(self) -> str:
         return self.captioner.version
 
+    @property
+    def cache_identity(self) -> str:
+        """What the result cache keys on: the version (the decoders that caption) and, for a bundle, its digest,
+        which covers every file (a new labels.json or consensus.npz changes captions but not the weights)."""
+        info = self.captioner.info
+        digest = info.sha256 if info is not None else None
+        return f"{self.version}:{digest}" if digest else self.version
+
     def caption_one(self, image, options) -> CaptionResult:
         """One decoded image -> its result, through the micro-batcher when enabled (blocks the calling thread)."""
         if self.batcher is None:

@@ -137,7 +137,7 @@ def generate_caption(
     """
     started = time.perf_counter()
     version = model.version
-    key = cache_key(image, options, version, who)  # also the single-flight key: per caller too
+    key = cache_key(image, options, model.cache_identity, who)  # also the single-flight key: per caller too
     entry = state.cache.get(key)
     cached = entry is not None
     state.metrics.cache_lookup(cached)
@@ -177,7 +177,7 @@ def generate_captions(
     """
     started = time.perf_counter()
     captioner, version = model.captioner, model.version
-    keys = [cache_key(data, options, version, who) for data in images]
+    keys = [cache_key(data, options, model.cache_identity, who) for data in images]
     entries: list[dict | None] = [state.cache.get(k) for k in keys]
     for e in entries:
         state.metrics.cache_lookup(e is not None)
