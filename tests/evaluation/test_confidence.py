@@ -33,3 +33,54 @@ def test_human_cider_scores_each_reference_against_the_others():
     }
     scores = human_cider(refs)
     assert len(scores) == 9 and all(s >= 0 for s in scores)
+
+
+class _Photos:
+    """A dataset of the session's photo files, two references each."""
+
+    def __init__(self, paths):
+        self.paths = {p.name: p for p in paths}
+
+    def available(self, split: str) -> list[str]:
+        return sorted(self.paths)
+
+    def references(self, split: str) -> dict[str, list[str]]:
+        return {n: ["a dog runs on the grass", "a cat sits on a mat"] for n in self.paths}
+
+    def image_path(self, name: str):
+        return self.paths[name]
+
+
+def test_fit_and_report_on_a_real_captioner_leave_each_photo_out_of_the_consensus(tiny_bundle, photo_files):
+    import captioner
+    from captioner.decode.options import DecodeOptions
+    from captioner.evaluation.confidence import confidence_report, fit_calibration
+    from captioner.model.consensus import ConsensusMemory
+
+    engine = captioner.load(tiny_bundle)
+    features = engine.encoder.run([engine.load(p) for p in photo_files]).features
+    memory = ConsensusMemory(
+        features, [["a dog runs"], ["a cat sits"], ["two dogs play"], ["a man rides"]], dims=2
+    )
+    engine.consensus = memory
+    seen = []
+    rerank = ConsensusMemory.rerank
+
+    def spy(self, *args, **kwargs):
+        seen.append(self._skip_same)
+        return rerank(self, *args, **kwargs)
+
+    dataset, options = _Photos(photo_files), DecodeOptions(beam_size=2, max_length=6)
+    try:
+        ConsensusMemory.rerank = spy
+        fitted = fit_calibration(engine, dataset, "train", options, limit=4)
+        assert seen and all(seen)  # fitting never reranks a photo with its own captions
+        seen.clear()
+        report = confidence_report(engine, dataset, "dev", options, calibration=fitted["calibration"])
+        assert seen and not any(seen)  # evaluation and serving use the whole memory
+    finally:
+        ConsensusMemory.rerank = rerank
+    assert engine.consensus is memory
+    assert report["model"]["decoders"] == 1 and report["model"]["version"] == engine.version
+    assert report["num_images"] == 4 and 0.0 <= report["mean_confidence"] <= 1.0
+    assert fitted["record"]["images"] == 4

@@ -31,6 +31,17 @@ def test_neighbours_are_the_most_similar_memory_images_first():
     assert memory.neighbours(query, 10).shape == (2, 3)  # k beyond the memory: all of it
 
 
+def test_leave_one_out_never_finds_the_query_photo_itself():
+    memory = ConsensusMemory(_features(), CAPTIONS, dims=None)
+    own = _features()[1:2]  # memory image 1, queried as if it were a new photo
+    assert memory.neighbours(own, 1).tolist() == [[1]]
+    view = memory.leave_one_out()
+    assert view.neighbours(own, 2)[0, 0] != 1 and 1 not in view.neighbours(own, 2)[0, :2]
+    near = own + np.random.default_rng(5).normal(0, 0.5, own.shape)  # a similar photo, not the same one
+    assert view.neighbours(near, 1).tolist() == [[1]]
+    assert memory.neighbours(own, 1).tolist() == [[1]]  # the memory itself is unchanged
+
+
 def test_rerank_prefers_the_candidate_the_neighbours_agree_with_unless_the_model_weighs_more():
     memory = ConsensusMemory(_features(), CAPTIONS, dims=None)
     query = _features()[:1]

@@ -115,13 +115,24 @@ def fit_calibration(
 ) -> dict:
     """Fit the Calibration on ``limit`` random images of ``split`` (train: dev is for evaluation).
 
-    Outcome per caption: its CIDEr >= the median leave-one-out CIDEr of the split's human captions.
+    Outcome per caption: its CIDEr >= the median leave-one-out CIDEr of the split's human captions. The
+    captions are the served ones (``options``: label constraint, consensus reranking with the photo itself left out
+    of the memory).
     """
     names = sorted(dataset.available(split))
     names = sorted(random.Random(seed).sample(names, min(limit, len(names))))
     human = human_cider({n: dataset.references(split)[n] for n in names})
     threshold = float(np.median(human))
-    run = caption_and_score(captioner, dataset, split, options, names)
+    # The consensus memory holds the training photos: captioned as if unseen, a photo must not rerank with its
+    # own references (it would look far better than on a new photo).
+    memory = getattr(captioner, "consensus", None)
+    if memory is not None:
+        captioner.consensus = memory.leave_one_out()
+    try:
+        run = caption_and_score(captioner, dataset, split, options, names)
+    finally:
+        if memory is not None:
+            captioner.consensus = memory
     good = [float(c >= threshold) for c in run["cider"]]
     calibration = Calibration.fit(run["raw"], good)
     return {
@@ -158,7 +169,9 @@ def confidence_report(
         "num_images": len(names),
         "options": options.to_dict(),
         "model": {
-            k: v for k, v in captioner.model_info.items() if k in ("version", "encoder", "decoder_backend")
+            k: v
+            for k, v in captioner.model_info.to_dict().items()
+            if k in ("version", "encoder", "decoder_backend", "decoders")
         },
         "raw_confidence": "geometric mean of the best caption's token probabilities (decode/confidence.py)",
         "spearman_raw_confidence_vs_cider": round(spearman(raw, cider), 4),

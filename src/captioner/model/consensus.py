@@ -16,6 +16,7 @@ and their normalised captions. Document frequencies for CIDEr-D come from the sa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,11 +66,24 @@ class ConsensusMemory:
     def size(self) -> int:
         return len(self.features)
 
+    # A memory image this similar to the query is the query itself (float16 rounding keeps a self-match ~0.9999).
+    SAME_IMAGE_COSINE = 0.99
+    _skip_same = False  # True in a leave_one_out() view
+
+    def leave_one_out(self) -> ConsensusMemory:
+        """A view of this memory that never counts the query photo itself among its neighbours (cosine >=
+        SAME_IMAGE_COSINE): for captioning the memory's own training photos as if unseen (calibration fitting)."""
+        view = copy.copy(self)
+        view._skip_same = True
+        return view
+
     def neighbours(self, features: np.ndarray, k: int) -> np.ndarray:
         """int [B, k]: the k memory images most similar (cosine) to each row of features [B, F]."""
         q = (features.astype(np.float32) - self.mean) @ self.components
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         sims = q @ self.features.T
+        if self._skip_same:
+            sims = np.where(sims >= self.SAME_IMAGE_COSINE, -np.inf, sims)
         k = min(k, self.size)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)

@@ -37,7 +37,7 @@ class ServedModel:
     def cache_identity(self) -> str:
         """What the result cache keys on: the version (the decoders that caption) and, for a bundle, its digest,
         which covers every file (a new labels.json or consensus.npz changes captions but not the weights)."""
-        info = self.captioner.info
+        info = self.captioner.model_info
         digest = info.sha256 if info is not None else None
         return f"{self.version}:{digest}" if digest else self.version
 
