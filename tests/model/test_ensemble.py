@@ -167,6 +167,12 @@ def test_record_ensemble_refuses_another_shape_and_can_remove_members(ensemble_b
         f["layers/dense/vars/0"] = np.zeros((3, 3), np.float32)
     with pytest.raises(BundleError):
         record_ensemble(bundle, [wrong])
+    members = load_bundle(bundle).member_paths
+    record_ensemble(bundle, members[::-1])  # its own members again, in another order
+    loaded = load_bundle(bundle)
+    assert loaded.members == ("weights/member1.weights.h5", "weights/member2.weights.h5")
+    engine = captioner.load(bundle, decoder_backend="numpy")
+    assert len(engine.decoder.members) == 3
     record_ensemble(bundle, [])
     loaded = load_bundle(bundle)
     assert loaded.members == () and "ensemble" not in loaded.manifest

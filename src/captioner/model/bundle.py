@@ -456,13 +456,14 @@ def record_ensemble(path: str | Path, weights: list[str | Path], **details) -> l
         raise BundleError("ensembles are for bundles of our LSTM decoder, not imported original models")
     for source in weights:
         NumpyDecoder.from_h5(bundle.config, source)  # refuses a decoder of another shape, before any change
+    contents = [_read_as_float16(Path(source)) for source in weights]  # read first: a source may be a member
     files = {k: v for k, v in bundle.manifest["files"].items() if k not in bundle.members}
     for old in bundle.member_paths:
         old.unlink(missing_ok=True)
     names = []
-    for i, source in enumerate(weights, start=1):
+    for i, content in enumerate(contents, start=1):
         name = f"weights/member{i}.weights.h5"
-        _copy_weights_float16(Path(source), path / name)
+        _write_h5(content, path / name)
         files[name] = sha256_file(path / name)
         names.append(name)
     manifest = {k: v for k, v in bundle.manifest.items() if k != "ensemble"}
@@ -475,22 +476,34 @@ def record_ensemble(path: str | Path, weights: list[str | Path], **details) -> l
     return [path / n for n in names]
 
 
-def _copy_weights_float16(source: Path, target: Path) -> None:
-    """A copy of an HDF5 weights file with every floating-point dataset stored as float16 (same keys)."""
+def _read_as_float16(source: Path) -> dict:
+    """An HDF5 weights file's groups (None) and datasets (arrays, floating-point ones as float16), by path."""
     import h5py
     import numpy as np
 
-    tmp = target.with_name(target.name + ".tmp")
-    with h5py.File(source, "r") as src, h5py.File(tmp, "w") as dst:
+    content: dict = {}
+    with h5py.File(source, "r") as f:
 
-        def copy(name: str, item) -> None:
+        def read(name: str, item) -> None:
             if isinstance(item, h5py.Dataset):
-                data = item[()]
-                if np.issubdtype(np.asarray(data).dtype, np.floating):
-                    data = np.asarray(data, dtype=np.float16)
-                dst.create_dataset(name, data=data)
+                data = np.asarray(item[()])
+                content[name] = data.astype(np.float16) if np.issubdtype(data.dtype, np.floating) else data
             else:
-                dst.require_group(name)
+                content[name] = None
 
-        src.visititems(copy)
+        f.visititems(read)
+    return content
+
+
+def _write_h5(content: dict, target: Path) -> None:
+    """Write ``_read_as_float16``'s groups and datasets to ``target`` (atomically)."""
+    import h5py
+
+    tmp = target.with_name(target.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for name, data in content.items():
+            if data is None:
+                f.require_group(name)
+            else:
+                f.create_dataset(name, data=data)
     tmp.replace(target)

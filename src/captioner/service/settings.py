@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     ensemble: bool = Field(
         True,
         description="true: decode with all of the bundle's decoders (its ensemble members, averaged per step); "
-        "false: only its main decoder (faster, slightly worse captions). Bundles without members ignore it.",
+        "false: only its main decoder (faster; whether the members help is in the bundle's model card). Bundles "
+        "without members ignore it.",
     )
     load_in_background: bool = Field(
         False,
