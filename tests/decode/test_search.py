@@ -496,3 +496,30 @@ def test_no_repeat_ngram_is_validated():
     for bad in (1, -1, 9, 2.5):
         with pytest.raises(OptionsError, match="no_repeat_ngram"):
             DecodeOptions(no_repeat_ngram=bad)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_repeat_blocked_lists_exactly_the_tokens_that_would_repeat_an_ngram(n):
+    from captioner.decode.search import repeat_blocked
+
+    def brute(row: np.ndarray) -> list[int]:
+        t = len(row)
+        if n < 2 or t < n:
+            return []
+        last = tuple(row[t - n + 1 :])
+        return sorted(int(row[j + n - 1]) for j in range(t - n + 1) if tuple(row[j : j + n - 1]) == last)
+
+    rng = np.random.default_rng(n)
+    found = 0
+    for _ in range(400):
+        history = rng.integers(0, 3, (int(rng.integers(1, 5)), int(rng.integers(0, 12))))
+        blocked = repeat_blocked(history, n)
+        want = [brute(row) for row in history]
+        got = (
+            [[] for _ in history]
+            if blocked is None
+            else [sorted(int(x) for x in b if x >= 0) for b in blocked]
+        )
+        assert got == want
+        found += sum(map(len, want))
+    assert found > 0 or n == 1  # the random histories do repeat n-grams

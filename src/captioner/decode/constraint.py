@@ -221,7 +221,9 @@ def _two_beam_search(
         ):  # nothing kept or to come reaches the image's floor: its result would be dropped
             best = np.array([kept[m][0].score if kept[m] else -np.inf for m in images.tolist()])
             done |= (best < floors[images]) & (best_live / best_divisor < floors[images])
-        going = np.isin(g_image, images[any_live & ~done])  # per group
+        stays = np.zeros(batch, dtype=bool)
+        stays[images[any_live & ~done]] = True
+        going = stays[g_image]  # per group
         words = np.concatenate([flat_words[parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: live met hypotheses become unfinished candidates
             for g, j in zip(*np.nonzero((going & g_met)[:, None] & np.isfinite(new_lp)), strict=True):

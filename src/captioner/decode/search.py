@@ -26,6 +26,7 @@ Conventions shared by both strategies:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -176,9 +177,7 @@ def beam_search(
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
         done = (worst > -np.inf) & (new_lp[:, 0] / best_divisor <= worst)
         going = (n_live > 0) & ~done
-        words = np.concatenate(
-            [np.take_along_axis(words, parent[:, :, None], axis=1), token[:, :, None]], axis=2
-        )
+        words = np.concatenate([words[np.arange(n_images)[:, None], parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: the live beams become unfinished candidates
             for i, j in zip(*np.nonzero(going[:, None] & np.isfinite(new_lp)), strict=True):
                 keep_best(kept[images[i]], make_hypothesis(words[i, j], new_lp[i, j], False, alpha), n_best)
@@ -210,9 +209,8 @@ def take_live(
     taken = live & (live_before < beam)
     n_live = taken.sum(axis=1)
     slot = np.argsort(~taken, axis=1, kind="stable")[:, :beam]  # the taken columns first, in rank order
-    parent = np.take_along_axis(cand_src, slot, axis=1)
-    token = np.take_along_axis(cand_tok, slot, axis=1)
-    new_lp = np.take_along_axis(cand_lp, slot, axis=1)
+    groups = np.arange(len(slot))[:, None]
+    parent, token, new_lp = cand_src[groups, slot], cand_tok[groups, slot], cand_lp[groups, slot]
     unused = np.arange(beam)[None, :] >= n_live[:, None]
     parent = np.where(unused, parent[:, :1], parent)
     token = np.where(unused, token[:, :1], token)
@@ -286,15 +284,15 @@ def _expand(
         values, ids, new_state = step_topk(tokens, state, k + len(banned) + n_blocked)
         values, ids = np.asarray(values), np.asarray(ids)
         if (banned or n_blocked) and values.ndim == 2 and values.shape == ids.shape and len(ids) == n_rows:
-            excluded = np.isin(ids, banned)
+            table = _banned_table(tuple(banned))  # a table lookup: np.isin costs more than the step's matmul
+            excluded = table[np.minimum(ids, table.size - 1)]
             if blocked is not None:
                 excluded |= (ids[:, :, None] == blocked[:, None, :]).any(axis=2)
             # Drop each row's excluded ids, keeping the others in the decoder's order, then cut to k.
             keep = np.argsort(excluded, axis=1, kind="stable")[:, : min(k, ids.shape[1])]
-            values = np.where(
-                np.take_along_axis(excluded, keep, axis=1), -np.inf, np.take_along_axis(values, keep, axis=1)
-            )
-            ids = np.take_along_axis(ids, keep, axis=1)
+            rows = np.arange(n_rows)[:, None]
+            values = np.where(excluded[rows, keep], -np.inf, values[rows, keep])
+            ids = ids[rows, keep]
         if values.ndim != 2 or values.shape != ids.shape or values.shape[0] != n_rows:
             raise ValueError(
                 f"step_topk returned values {values.shape} and ids {ids.shape} for {n_rows} tokens; "
@@ -328,6 +326,14 @@ def _expand(
     return row, tok, log_probs[row, tok], new_state
 
 
+@functools.lru_cache(maxsize=64)
+def _banned_table(banned: tuple[int, ...]) -> np.ndarray:
+    """bool [max(banned) + 2]: True at the banned ids; the last entry (False) stands for every larger id."""
+    table = np.zeros(max(banned, default=-1) + 2, dtype=bool)
+    table[[b for b in banned if b >= 0]] = True
+    return table
+
+
 def repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
     """For each row of ``history`` (int [R, t], the words so far), the tokens that would complete an n-gram the
     row already holds, i.e. follow an earlier occurrence of its last n-1 words: int [R, m], -1 padded, or None
@@ -335,15 +341,21 @@ def repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
     rows, t = history.shape
     if n < 2 or t < n or rows == 0:
         return None
-    windows = np.lib.stride_tricks.sliding_window_view(history, n, axis=1)  # [R, t-n+1, n]
-    match = (windows[:, :, :-1] == history[:, None, t - n + 1 :]).all(axis=2)  # earlier (n-1)-gram = the last
+    starts = (
+        t - n + 1
+    )  # the n-grams so far begin at 0 .. starts - 1; word j + n - 1 follows the (n-1)-gram at j
+    match = (
+        history[:, :starts] == history[:, starts : starts + 1]
+    )  # [R, starts]: first words equal the last's
+    for i in range(1, n - 1):
+        match &= history[:, i : starts + i] == history[:, starts + i : starts + i + 1]
     if not match.any():
         return None
     width = int(match.sum(axis=1).max())
     out = np.full((rows, width), -1, dtype=np.int64)
     r, j = np.nonzero(match)
     slot = np.arange(r.size) - np.searchsorted(r, r)  # position among its row's matches
-    out[r, slot] = windows[r, j, -1]
+    out[r, slot] = history[r, j + n - 1]
     return out
 
 
