@@ -10,6 +10,10 @@ With ``--ensemble-member`` (decoder weights of the bundle's shape, e.g. another 
 ``checkpoints/best.weights.h5``) a third variant, "ensemble", runs the defaults on a temporary copy of the bundle
 with those members (``record_ensemble``), timed against "after".
 
+With ``--baseline-src DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/at-filing 8668c2b``, the
+code and bundle when issue 15 was filed) a variant "baseline" runs that tree's engine with its own default bundle
+and options in a worker process, in turn with the others each round: the issue's budget is relative to it.
+
 Writes bench/results/quality_cost.json.
 """
 
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=int, default=32)
     parser.add_argument("--data-root", type=Path, default=DATA)
     parser.add_argument("--ensemble-member", type=Path, action="append", default=[])
+    parser.add_argument("--baseline-src", type=Path, default=None)
     args = parser.parse_args(argv)
     limit_blas_threads()  # as the service does at startup
     dataset = load_flickr8k(args.data_root)
@@ -51,13 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.ensemble_member:
         variants.append(("ensemble", _ensemble_engine(args.ensemble_member), after))
     rounds: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    baseline = _Baseline(args.baseline_src, photos) if args.baseline_src else None
+    if baseline is not None:
+        rounds["baseline"] = []
     for _ in range(args.rounds):
+        if baseline is not None:
+            rounds["baseline"].append(baseline.measure())
         for name, engine, options in variants:
-            single = single_image(engine, photos, options, repeats=1)
-            batch = batched(engine, photos, options, batch_size=32, n_images=len(photos) * 2)
-            rounds[name].append(
-                {"single_p50_ms": single["latency_ms"]["p50"], "b32_img_s": batch["throughput_img_s"]}
-            )
+            rounds[name].append(_measure(engine, photos, options))
+    if baseline is not None:
+        baseline.close()
 
     def median(name: str, key: str) -> float:
         return float(np.median([r[key] for r in rounds[name]]))
@@ -78,6 +86,16 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "b32_after_over_before": float(np.median([r["b32"] for r in ratios("after", "before")])),
     }
+    if "baseline" in rounds:
+        summary |= {
+            "baseline_src": str(args.baseline_src),
+            "baseline_single_p50_ms": median("baseline", "single_p50_ms"),
+            "baseline_b32_img_s": median("baseline", "b32_img_s"),
+            "single_p50_after_over_baseline": float(
+                np.median([r["single_p50"] for r in ratios("after", "baseline")])
+            ),
+            "b32_after_over_baseline": float(np.median([r["b32"] for r in ratios("after", "baseline")])),
+        }
     if "ensemble" in rounds:
         summary |= {
             "ensemble_members": 1 + len(args.ensemble_member),
@@ -100,6 +118,65 @@ def main(argv: list[str] | None = None) -> None:
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
+
+
+def _measure(engine, photos: list[Path], options) -> dict:
+    """One round of one variant: single-image p50 (each photo once) and batch-32 throughput (the photos twice)."""
+    single = single_image(engine, photos, options, repeats=1)
+    batch = batched(engine, photos, options, batch_size=32, n_images=len(photos) * 2)
+    return {"single_p50_ms": single["latency_ms"]["p50"], "b32_img_s": batch["throughput_img_s"]}
+
+
+# The baseline worker: this file's _measure on another tree's engine (its default bundle and DecodeOptions()).
+_WORKER = """
+import json, sys
+from pathlib import Path
+import captioner
+from captioner.decode.options import DecodeOptions
+from captioner.encoders.runtime import limit_blas_threads
+from bench.quality_cost import _measure
+limit_blas_threads()
+photos = [Path(p) for p in json.loads(sys.argv[1])]
+engine = captioner.load()
+print(json.dumps({"ready": True}), flush=True)
+for _ in sys.stdin:
+    print(json.dumps(_measure(engine, photos, DecodeOptions())), flush=True)
+"""
+
+
+class _Baseline:
+    """A worker process running another source tree's engine; ``measure`` times one round there."""
+
+    def __init__(self, src: Path, photos: list[Path]):
+        import os
+        import subprocess
+        import sys
+
+        bench_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(src) / "src"), bench_root])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, json.dumps([str(p) for p in photos])],
+            cwd=bench_root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self._read()
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the baseline worker stopped (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def measure(self) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("round\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 def _ensemble_engine(members: list[Path]):

@@ -8,7 +8,7 @@ import pytest
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import search
 from captioner.model.config import DecoderConfig
-from captioner.model.onnx_step import OnnxDecoder, build_step_graph
+from captioner.model.onnx_step import SINGLE_THREAD_ROWS, OnnxDecoder, build_step_graph
 from captioner.model.step import NumpyDecoder, weight_shapes
 
 CONFIG = DecoderConfig(vocab_size=23, feature_size=10, embed_dim=6, hidden_dim=7, dropout=0.0, max_length=8)
@@ -142,13 +142,15 @@ def test_a_rows_result_does_not_depend_on_the_rest_of_the_batch(precision):
     config = DecoderConfig(
         vocab_size=300, feature_size=10, embed_dim=32, hidden_dim=48, dropout=0.0, max_length=8
     )
-    decoder = OnnxDecoder(random_decoder(config, scale=0.2), threads=1, precision=precision)
-    feats = np.random.default_rng(6).normal(0, 1, (12, 10)).astype(np.float32)
+    # threads=2: batches above SINGLE_THREAD_ROWS run on the 2-thread session, a row alone on the 1-thread one.
+    decoder = OnnxDecoder(random_decoder(config, scale=0.2), threads=2, precision=precision)
+    rows = SINGLE_THREAD_ROWS + 8
+    feats = np.random.default_rng(6).normal(0, 1, (rows, 10)).astype(np.float32)
     feats[3] *= 40  # one row with much larger activations than the others
     state = decoder.initial_state(feats)
-    tokens = np.arange(12) * 11
+    tokens = np.arange(rows) * 9
     batched, (h, c, _) = decoder.step(tokens, state)
-    for i in range(12):
+    for i in range(rows):
         alone, (h1, c1, _) = decoder.step(tokens[i : i + 1], tuple(a[i : i + 1] for a in state))
         if precision == "int8":  # integer products: exactly equal
             assert np.array_equal(alone[0], batched[i]) and np.array_equal(h1[0], h[i])
