@@ -70,42 +70,25 @@ def main(argv: list[str] | None = None) -> None:
     def median(name: str, key: str) -> float:
         return float(np.median([r[key] for r in rounds[name]]))
 
-    def ratios(new: str, old: str) -> list[dict]:
-        return [
-            {"single_p50": a["single_p50_ms"] / b["single_p50_ms"], "b32": a["b32_img_s"] / b["b32_img_s"]}
-            for a, b in zip(rounds[new], rounds[old], strict=True)
-        ]
+    def compare(new: str, old: str) -> dict:
+        """Medians of ``new`` and ``old`` and of their per-round ratios (new over old)."""
+        pairs = list(zip(rounds[new], rounds[old], strict=True))
+        return {
+            f"{new}_single_p50_ms": median(new, "single_p50_ms"),
+            f"{new}_b32_img_s": median(new, "b32_img_s"),
+            f"{old}_single_p50_ms": median(old, "single_p50_ms"),
+            f"{old}_b32_img_s": median(old, "b32_img_s"),
+            f"single_p50_{new}_over_{old}": float(
+                np.median([a["single_p50_ms"] / b["single_p50_ms"] for a, b in pairs])
+            ),
+            f"b32_{new}_over_{old}": float(np.median([a["b32_img_s"] / b["b32_img_s"] for a, b in pairs])),
+        }
 
-    summary = {
-        "before_single_p50_ms": median("before", "single_p50_ms"),
-        "after_single_p50_ms": median("after", "single_p50_ms"),
-        "before_b32_img_s": median("before", "b32_img_s"),
-        "after_b32_img_s": median("after", "b32_img_s"),
-        "single_p50_after_over_before": float(
-            np.median([r["single_p50"] for r in ratios("after", "before")])
-        ),
-        "b32_after_over_before": float(np.median([r["b32"] for r in ratios("after", "before")])),
-    }
+    summary = compare("after", "before")
     if "baseline" in rounds:
-        summary |= {
-            "baseline_src": str(args.baseline_src),
-            "baseline_single_p50_ms": median("baseline", "single_p50_ms"),
-            "baseline_b32_img_s": median("baseline", "b32_img_s"),
-            "single_p50_after_over_baseline": float(
-                np.median([r["single_p50"] for r in ratios("after", "baseline")])
-            ),
-            "b32_after_over_baseline": float(np.median([r["b32"] for r in ratios("after", "baseline")])),
-        }
+        summary |= {"baseline_src": str(args.baseline_src), **compare("after", "baseline")}
     if "ensemble" in rounds:
-        summary |= {
-            "ensemble_members": 1 + len(args.ensemble_member),
-            "ensemble_single_p50_ms": median("ensemble", "single_p50_ms"),
-            "ensemble_b32_img_s": median("ensemble", "b32_img_s"),
-            "single_p50_ensemble_over_after": float(
-                np.median([r["single_p50"] for r in ratios("ensemble", "after")])
-            ),
-            "b32_ensemble_over_after": float(np.median([r["b32"] for r in ratios("ensemble", "after")])),
-        }
+        summary |= {"ensemble_members": 1 + len(args.ensemble_member), **compare("ensemble", "after")}
     report = {
         "what": "issue 15 serving budget: single p50 after/before <= 1.3, batch-32 throughput after/before >= 0.75",
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
