@@ -315,3 +315,30 @@ def test_server_config_trusts_no_proxy_unless_configured(monkeypatch):
 def test_unsafe_server_settings_are_refused(values, match):
     with pytest.raises(ValueError, match=match):
         Settings(_env_file=None, **values)
+
+
+@pytest.mark.slow
+def test_a_stopping_server_answers_a_request_on_an_idle_kept_alive_connection(tiny_bundle, tmp_path):
+    """SIGTERM with a kept-alive connection idle (a reverse proxy's): a request sent on it just after is answered
+    (Connection: close), not dropped; nginx does not resend a POST it has sent, so a drop was a 502."""
+    import signal
+
+    server = Server(tiny_bundle, tmp_path, CAPTIONER_KEEPALIVE_TIMEOUT_S="5")
+    try:
+        sock = server.connect("127.0.0.60")
+        request = b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n"
+        sock.sendall(request)
+        first, closed, _ = read_until_closed(sock, 1.0)
+        assert first.startswith(b"HTTP/1.1 200") and not closed
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the server has begun to stop: it accepts no new connection
+        with pytest.raises(OSError):
+            server.connect("127.0.0.61")
+        sock.sendall(request)
+        second, closed, _ = read_until_closed(sock, 5.0)
+        assert second.startswith(b"HTTP/1.1 200"), second
+        assert b"connection: close" in second.lower() and closed
+        assert server.proc.wait(10) in (0, -signal.SIGTERM)  # then it stops (uvicorn re-raises the signal)
+    finally:
+        if server.proc.poll() is None:
+            server.stop()

@@ -13,7 +13,10 @@ one header line every few seconds keeps its connection forever). ``HardenedHttpT
 - a size limit on the request head (request line + headers): 431 and close past it, counted as bytes arrive, so
   no more than one read (at most 256 KiB) past the limit is ever held;
 - a connection whose request body was not read to the end is closed after the response instead of kept alive
-  (so that a stalled body cannot hold it open by dripping bytes past the keep-alive timer).
+  (so that a stalled body cannot hold it open by dripping bytes past the keep-alive timer);
+- a graceful stop that does not drop idle kept-alive connections (``shutdown``): uvicorn closes them at once, while
+  a reverse proxy may be sending one a request in that very moment; nginx does not resend a POST it has sent, so
+  the client got a 502 during a rolling restart.
 
 The body deadline lives in the app (``middleware.BodyLimitMiddleware``), so that it is answered with a JSON 408.
 This subclasses uvicorn internals (``HttpToolsProtocol`` callbacks), hence the exact uvicorn pin in pyproject.
@@ -60,6 +63,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # request line + header bytes parsed so far (a head that came in one read)
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered 408/431 and closing: ignore anything else on this connection
+        self._draining = False  # the server is stopping: answer what comes, then close
 
     # asyncio.Protocol's parameter is a BaseTransport; uvicorn's own override narrows it (and ignores) the same way.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -101,6 +105,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_large_head()
             return
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -120,6 +126,15 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         super().on_response_complete()
+
+    def shutdown(self) -> None:
+        """The server is stopping (SIGTERM; it accepts no new connections). A busy connection closes after its
+        response, as in uvicorn. An idle one is not closed at once: it closes when its client (a proxy) closes it
+        or its keep-alive (or request-head) timer ends, and a request that arrives meanwhile is answered, with
+        Connection: close. The stop waits at most that timer for it."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
