@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import zlib
 
 import numpy as np
 import pytest
@@ -11,63 +10,7 @@ import pytest
 from captioner.decode.constraint import constrained_search
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, beam_search, search
-
-START, END = 0, 1
-
-
-def opts(**kwargs) -> DecodeOptions:
-    kwargs.setdefault("length_penalty", 0.0)
-    return DecodeOptions(**kwargs)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
-
-
-class HistoryStep:
-    """Log-probs are a pseudo-random function of the image and the whole token history (carried in the state, so
-    a beam moved without its state row would replay differently).
-
-    rare: tokens made unlikely (logit -8) at every step, so that a search must go out of its way for them.
-    end_at: at this many words only the end token is possible (None: never forced), so every hypothesis finishes
-    and a brute force over finished captions is exact.
-    """
-
-    def __init__(self, vocab: int, max_length: int, seed: int = 0, rare=(), end_at: int | None = None):
-        self.vocab, self.max_length, self.seed = vocab, max_length, seed
-        self.rare, self.end_at = tuple(rare), end_at
-        self.calls: list[int] = []
-
-    def initial_state(self, images: list[int]) -> tuple[np.ndarray, ...]:
-        history = np.full((len(images), self.max_length + 1), -1, dtype=np.int64)
-        return np.asarray(images, dtype=np.int64), history
-
-    def row(self, image: int, history: list[int]) -> np.ndarray:
-        key = np.asarray([self.seed, image, *history], dtype=np.int64).tobytes()
-        logits = np.random.default_rng(zlib.crc32(key)).normal(scale=2.0, size=self.vocab)
-        logits[START] = -np.inf
-        logits[list(self.rare)] = -8.0
-        if self.end_at is not None and len(history) - 1 >= self.end_at:
-            logits[:] = -np.inf
-            logits[END] = 0.0
-        return log_softmax(logits)
-
-    def __call__(self, tokens, state):
-        image, history = state
-        t = int((history[0] >= 0).sum()) if len(history) else 0
-        self.calls.append(len(tokens))
-        history = history.copy()
-        history[:, t] = tokens
-        log_probs = np.stack([self.row(int(i), history[r, : t + 1].tolist()) for r, i in enumerate(image)])
-        return log_probs, (image, history)
-
-    def log_prob(self, image: int, tokens: tuple[int, ...], finished: bool) -> float:
-        seq = [START, *tokens, END]
-        total = 0.0  # same order and precision as the search
-        for t in range(len(tokens) + int(finished)):
-            total += float(self.row(image, seq[: t + 1])[seq[t + 1]])
-        return total
+from fake_steps import END, START, HistoryStep, opts
 
 
 def run(fake, images, options, constraints, **kwargs):

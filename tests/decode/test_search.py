@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import zlib
 
 import numpy as np
 import pytest
@@ -11,19 +10,8 @@ import pytest
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, beam_search, greedy_search, search
 from captioner.errors import OptionsError
-
-START, END = 0, 1
-
-
-def opts(*args, **kwargs) -> DecodeOptions:
-    """DecodeOptions ranking by raw log-probability (alpha 0) unless a test sets length_penalty."""
-    kwargs.setdefault("length_penalty", 0.0)
-    return DecodeOptions(*args, **kwargs)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
+from fake_steps import END, START, log_softmax, opts
+from fake_steps import HistoryStep as _HistoryStep
 
 
 def markov_tables(seed: int, n_images: int, vocab: int) -> np.ndarray:
@@ -57,45 +45,9 @@ class MarkovStep:
         return total
 
 
-class HistoryStep:
-    """A non-Markov fake: log-probs are a pseudo-random function of the whole token history.
-
-    The history lives in the state, so if search moved a beam without its state row, the log-probs it
-    summed would differ from a replay of the hypothesis (checked by log_prob()).
-    """
-
-    def __init__(self, vocab: int, max_length: int, seed: int = 0) -> None:
-        self.vocab, self.max_length, self.seed = vocab, max_length, seed
-        self.calls: list[int] = []
-
-    def initial_state(self, images: list[int]) -> tuple[np.ndarray, ...]:
-        history = np.full((len(images), self.max_length + 1), -1, dtype=np.int64)
-        return np.asarray(images, dtype=np.int64), history
-
-    def row(self, image: int, history: list[int]) -> np.ndarray:
-        key = np.asarray([self.seed, image, *history], dtype=np.int64).tobytes()
-        logits = np.random.default_rng(zlib.crc32(key)).normal(scale=2.0, size=self.vocab)
-        logits[START] = -np.inf
-        return log_softmax(logits)
-
-    def __call__(self, tokens, state):
-        image, history = state
-        t = len(self.calls)
-        # Rows advance in lockstep: after t calls every row holds exactly t fed tokens, starting at START.
-        assert (history[:, t] == -1).all() and (history[:, :t] >= 0).all()
-        assert t == 0 or (history[:, 0] == START).all()
-        self.calls.append(len(tokens))
-        history = history.copy()
-        history[:, t] = tokens
-        log_probs = np.stack([self.row(int(i), history[r, : t + 1].tolist()) for r, i in enumerate(image)])
-        return log_probs, (image, history)
-
-    def log_prob(self, image: int, tokens: tuple[int, ...], finished: bool) -> float:
-        seq = [START, *tokens, END]
-        total = 0.0
-        for t in range(len(tokens) + int(finished)):
-            total += float(self.row(image, seq[: t + 1])[seq[t + 1]])
-        return total
+def HistoryStep(vocab: int, max_length: int, seed: int = 0) -> _HistoryStep:  # noqa: N802 - the fake's name
+    """fake_steps.HistoryStep, checking that its calls are one search's."""
+    return _HistoryStep(vocab, max_length, seed, one_search=True)
 
 
 def brute_force(fake, image: int, vocab: int, options: DecodeOptions) -> list[Hypothesis]:
