@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=DATA)
     parser.add_argument("--ensemble-member", type=Path, action="append", default=[])
     parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--baseline-worker", metavar="PHOTOS_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.baseline_worker is not None:
+        return _baseline_worker(args.baseline_worker)
     limit_blas_threads()  # as the service does at startup
     dataset = load_flickr8k(args.data_root)
     photos = [dataset.image_path(n) for n in dataset.available("dev")[: args.photos]]
@@ -110,21 +114,18 @@ def _measure(engine, photos: list[Path], options) -> dict:
     return {"single_p50_ms": single["latency_ms"]["p50"], "b32_img_s": batch["throughput_img_s"]}
 
 
-# The baseline worker: this file's _measure on another tree's engine (its default bundle and DecodeOptions()).
-_WORKER = """
-import json, sys
-from pathlib import Path
-import captioner
-from captioner.decode.options import DecodeOptions
-from captioner.encoders.runtime import limit_blas_threads
-from bench.quality_cost import _measure
-limit_blas_threads()
-photos = [Path(p) for p in json.loads(sys.argv[1])]
-engine = captioner.load()
-print(json.dumps({"ready": True}), flush=True)
-for _ in sys.stdin:
-    print(json.dumps(_measure(engine, photos, DecodeOptions())), flush=True)
-"""
+def _baseline_worker(photos_json: str) -> None:
+    """The baseline's side (``--baseline-worker``, run by ``_Baseline`` with the other tree's ``captioner`` first
+    on the path): its default bundle and DecodeOptions(), one ``_measure`` per line read, answered as JSON."""
+    import captioner
+    from captioner.decode.options import DecodeOptions
+
+    limit_blas_threads()
+    photos = [Path(p) for p in json.loads(photos_json)]
+    engine = captioner.load()
+    print(json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(_measure(engine, photos, DecodeOptions())), flush=True)
 
 
 class _Baseline:
@@ -133,12 +134,11 @@ class _Baseline:
     def __init__(self, src: Path, photos: list[Path]):
         import os
         import subprocess
-        import sys
 
         bench_root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(src) / "src"), bench_root])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, json.dumps([str(p) for p in photos])],
+            [sys.executable, "-m", "bench.quality_cost", "--baseline-worker", json.dumps([str(p) for p in photos])],
             cwd=bench_root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self._read()
