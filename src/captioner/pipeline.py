@@ -164,10 +164,11 @@ def train_pipeline(
     )  # fmt: skip
     score_fn = make_score_fn(dataset, run_dir / "vocabulary.json")
     model, result = train(dataset, features, run_dir, config, score_fn=score_fn, progress=progress)
-    if config.scst_epochs:
-        training_scst = self_critical_stage(
-            dataset, features, model, result, run_dir, config, score_fn, progress
-        )
+    scst_summary = (
+        self_critical_stage(dataset, features, model, result, run_dir, config, score_fn, progress)
+        if config.scst_epochs
+        else None
+    )
     training = {
         "config": replace(config).to_dict(),
         "best_epoch": result.best_epoch,
@@ -176,8 +177,8 @@ def train_pipeline(
         "train_images": len(dataset.available(config.train_split)),
         "data": "Flickr8k (Hodosh, Young & Hockenmaier 2013, JAIR 47:853-899)",
     }
-    if config.scst_epochs:
-        training["scst"] = training_scst
+    if scst_summary is not None:
+        training["scst"] = scst_summary
     path = save_bundle(
         out or run_dir / "bundle",
         model,
@@ -200,13 +201,14 @@ def decoding_parts(path: Path, dataset, features_dir: Path, wordnet_dir, progres
     # Both read the training photos' features from the cache this run wrote (features_dir).
     memory = build_bundle_consensus(path, dataset.root, features_dir, dataset.image_dir, progress=progress)
     record_consensus(path, memory)
-    wordnet: Path | None = Path(wordnet_dir) if wordnet_dir is not None else DEFAULT_WORDNET
-    if wordnet is not None and not wordnet.is_dir():
+    wordnet = Path(wordnet_dir) if wordnet_dir is not None else DEFAULT_WORDNET
+    found = wordnet.is_dir()
+    if not found:
         log.warning(
             "no WordNet at %s: the label map uses the class names and the training captions only", wordnet
         )
-        wordnet = None
     labels = build_bundle_labels(
-        path, dataset.root, features_dir, wordnet, image_dir=dataset.image_dir, progress=progress
-    )
+        path, dataset.root, features_dir, wordnet if found else None, image_dir=dataset.image_dir,
+        progress=progress,
+    )  # fmt: skip
     record_labels(path, labels)
