@@ -168,25 +168,25 @@ class Captioner:
         """Pooled features [B, F] (and the encoder's ImageNet probabilities [B, 1000], if any) -> one
         CaptionResult per row."""
         start = time.perf_counter()
-        args = (
-            self.decoder.step,
-            self.decoder.initial_state(features),
-            options,
-            self.vocabulary.start_id,
-            self.vocabulary.end_id,
-        )
         reranks = (
             self.consensus is not None and options.consensus_neighbours > 0 and options.strategy == "beam"
         )
-        if reranks:  # the whole beam is the pool the reranking chooses from
-            args = (*args[:2], replace(options, n_best=options.beam_size), *args[3:])
+        # With reranking the whole beam is the pool it chooses from.
+        searched = replace(options, n_best=options.beam_size) if reranks else options
+        args = (
+            self.decoder.step,
+            self.decoder.initial_state(features),
+            searched,
+            self.vocabulary.start_id,
+            self.vocabulary.end_id,
+        )
         step_topk = getattr(self.decoder, "step_topk", None)  # the ONNX step ranks tokens in its graph
         # Tokens the text would drop (<unk>...) are never chosen: a dropped <unk> left captions ending in
         # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
         banned = tuple(getattr(self.vocabulary, "never_generated", ()))
         picked = self.label_constraints(imagenet_probs, options)
-        if picked is not None:
-            constraints = [None if p is None else p[0] for p in picked]
+        constraints = None if picked is None else [None if p is None else p[0] for p in picked]
+        if picked is not None and constraints is not None:
             drops = [math.inf if p is None or p[1] >= options.label_constraint_always_prob
                      else options.label_constraint_max_score_drop for p in picked]  # fmt: skip
             hyps = constrained_search(
@@ -195,8 +195,7 @@ class Captioner:
         else:
             hyps = search(*args, step_topk, banned, options.no_repeat_ngram)
         if reranks:
-            named = [None if p is None else p[0] for p in picked] if picked is not None else None
-            hyps = self._rerank(features, hyps, options, named)
+            hyps = self._rerank(features, hyps, options, constraints)
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)
         results = []
         for image_hyps in hyps:
