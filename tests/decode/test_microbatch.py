@@ -216,9 +216,75 @@ def test_async_caption(captioner, images, reference):
         _same(result, reference[(i, BEAM)])
 
 
+def test_a_batch_waits_for_an_announced_request(captioner, images, reference):
+    # The service announces a request while its upload is read and its image decoded: the batch waits for it
+    # (max_wait_ms alone would start at once), and both are captioned together, as one at a time.
+    with MicroBatcher(captioner, max_batch_size=2, max_wait_ms=0, max_wait_expected_ms=60_000) as batcher:
+        with batcher.expect() as arrival:
+            first = batcher.submit(images[0], GREEDY)
+            threading.Event().wait(0.2)
+            assert not first.done() and batcher.stats.expected == 1
+            second = arrival.submit(images[1], GREEDY)
+            assert batcher.stats.expected == 0
+        _same(first.result(timeout=30), reference[(0, GREEDY)])
+        _same(second.result(timeout=30), reference[(1, GREEDY)])
+        assert (batcher.stats.batches, batcher.stats.largest_batch) == (1, 2)
+
+
+def test_a_withdrawn_announcement_ends_the_wait(captioner, images):
+    with MicroBatcher(captioner, max_batch_size=4, max_wait_ms=0, max_wait_expected_ms=60_000) as batcher:
+        arrival = batcher.expect()
+        waiting = batcher.submit(images[0], GREEDY)
+        threading.Event().wait(0.2)
+        assert not waiting.done()
+        arrival.cancel()  # e.g. its upload was not an image: nothing more is coming
+        waiting.result(timeout=30)
+        arrival.cancel()  # idempotent
+        with batcher.expect():  # leaving the block unsubmitted withdraws it too
+            pass
+        assert batcher.stats.expected == 0
+        batcher.submit(images[1], GREEDY).result(timeout=30)  # a lone request runs, no wait for anybody
+        assert batcher.stats.batches == 2
+
+
+def test_the_wait_for_announced_requests_is_bounded(captioner, images):
+    with MicroBatcher(captioner, max_batch_size=4, max_wait_ms=0, max_wait_expected_ms=300) as batcher:
+        with batcher.expect():  # announced, never submitted while the other waits
+            waiting = batcher.submit(images[0], GREEDY)
+            threading.Event().wait(0.05)
+            assert not waiting.done()
+            waiting.result(timeout=30)  # started after max_wait_expected_ms without it
+        assert batcher.stats.batches == 1
+
+
+def test_a_refused_announced_request_ends_its_announcement(captioner, images):
+    gated = GatedEncoder(captioner.encoder)
+    gated.gate.clear()
+    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    batcher = MicroBatcher(blocked, max_batch_size=1, max_wait_ms=0, max_queue=1)
+    try:
+        running = batcher.submit(images[0], GREEDY)
+        assert gated.entered.wait(10)
+        queued = batcher.submit(images[1 % len(images)], GREEDY)
+        with batcher.expect() as arrival, pytest.raises(QueueFull):
+            arrival.submit(images[0], GREEDY)
+        assert batcher.stats.expected == 0
+    finally:
+        gated.gate.set()
+        batcher.close(timeout=30)
+    running.result(timeout=30), queued.result(timeout=30)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"max_batch_size": 0}, {"max_wait_ms": -1}, {"max_queue": 0}], ids=["batch", "wait", "queue"]
+    "kwargs",
+    [
+        {"max_batch_size": 0},
+        {"max_wait_ms": -1},
+        {"max_queue": 0},
+        {"max_wait_ms": 5, "max_wait_expected_ms": 1},
+    ],
+    ids=["batch", "wait", "queue", "expected"],
 )
 def test_invalid_settings_are_refused(captioner, kwargs):
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
+    with pytest.raises(ValueError, match=list(kwargs)[-1]):
         MicroBatcher(captioner, **kwargs)

@@ -43,6 +43,21 @@ def test_concurrent_requests_are_batched_and_answer_like_one_at_a_time(make_clie
     assert batches < len(images), f"{len(images)} concurrent requests ran as {batches} batches: no batching"
 
 
+def test_every_request_ends_its_announcement_to_the_batcher(make_client):
+    # Each request is announced before its upload is read (the batch waits for it): whatever its fate it must
+    # end the announcement, or every later lone request would wait CAPTIONER_MICROBATCH_MAX_WAIT_EXPECTED_MS.
+    client = make_client(microbatch_max_size=8, microbatch_max_wait_expected_ms=1000, rate_limit_per_minute=0)
+    batcher = client.app.state.service.batcher
+    image = jpeg(seed=21)
+    assert client.post(URL, files={"file": image}).status_code == 200
+    assert client.post(URL, files={"file": image}).headers["X-Cache"] == "HIT"
+    assert client.post(URL, files={"file": b"not an image at all"}).status_code == 415
+    assert client.post(URL, files={"other": image}).status_code == 422
+    assert client.post(URL, params={"beam_size": 0}, files={"file": image}).status_code == 422
+    assert batcher.stats.expected == 0
+    assert client.post(URL, files={"file": jpeg(seed=22)}).status_code == 200  # a lone request: no wait
+
+
 def test_batching_can_be_turned_off(make_client):
     client = make_client(microbatch_max_size=1)
     assert client.app.state.service.batcher is None

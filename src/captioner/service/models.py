@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from captioner.decode.captioner import Captioner, CaptionResult
-from captioner.decode.microbatch import MicroBatcher, QueueFull
+from captioner.decode.microbatch import Arrival, MicroBatcher, QueueFull
 from captioner.service.problems import ServiceError
 
 log = logging.getLogger("captioner.service")
@@ -41,12 +41,17 @@ class ServedModel:
         digest = info.sha256 if info is not None else None
         return f"{self.version}:{digest}" if digest else self.version
 
-    def caption_one(self, image, options) -> CaptionResult:
-        """One decoded image -> its result, through the micro-batcher when enabled (blocks the calling thread)."""
+    def expect(self) -> Arrival | None:
+        """Announce to the micro-batcher a request whose image is on its way (None: micro-batching off)."""
+        return None if self.batcher is None else self.batcher.expect()
+
+    def caption_one(self, image, options, arrival: Arrival | None = None) -> CaptionResult:
+        """One decoded image -> its result, through the micro-batcher when enabled (blocks the calling thread).
+        arrival: this request's announcement from ``expect()``, if it made one."""
         if self.batcher is None:
             return self.captioner.caption_images([image], options)[0]
         try:
-            future = self.batcher.submit(image, options)
+            future = (arrival or self.batcher).submit(image, options)
         except QueueFull:
             raise ServiceError(
                 503, "overloaded", "the server is busy: too many images waiting; retry in a moment",

@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         le=1000.0,
         description="Longest wait for more requests to join a micro-batch (on the CPU).",
     )
+    microbatch_max_wait_expected_ms: float = Field(
+        20.0,
+        ge=0.0,
+        le=1000.0,
+        description="Longest wait for a micro-batch while requests already received (upload being read or image "
+        "decoded) are still on their way to it; never less than the max wait above.",
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for a caption before 504; the job's slot is freed when it ends."
     )

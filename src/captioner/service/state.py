@@ -111,7 +111,11 @@ class ServiceState:
         if size > 1:
             log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
             batcher = MicroBatcher(
-                captioner, max_batch_size=size, max_wait_ms=wait_ms, max_queue=self.settings.max_queue
+                captioner,
+                max_batch_size=size,
+                max_wait_ms=wait_ms,
+                max_queue=self.settings.max_queue,
+                max_wait_expected_ms=max(wait_ms, self.settings.microbatch_max_wait_expected_ms),
             )
         return ServedModel(captioner, batcher)
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from captioner.decode.answer import AnswerOptions, present
 from captioner.decode.captioner import Captioner, CaptionResult
+from captioner.decode.microbatch import Arrival
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
@@ -25,6 +26,17 @@ from captioner.service.state import ServiceState
 from captioner.service.uploads import uploaded_files
 
 router = APIRouter(tags=["captions"], dependencies=[Depends(rate_limit)], responses=PROBLEM_RESPONSES)
+
+
+async def _arrival(model: ServedDep) -> AsyncIterator[Arrival | None]:
+    """Announces the request to the micro-batcher before its upload is read and its image decoded, so that a
+    batch about to start waits for it (microbatch.py); withdrawn when the request ends without submitting."""
+    arrival = model.expect()
+    try:
+        yield arrival
+    finally:
+        if arrival is not None:
+            arrival.cancel()
 
 
 # Dependencies with yield: the upload's budget reservation is held until the request is done.
@@ -62,10 +74,20 @@ def _entry(result) -> dict:
 
 
 def _caption_one(
-    state: ServiceState, model: ServedModel, image: bytes, options: DecodeOptions, key: str, started: float
+    state: ServiceState,
+    model: ServedModel,
+    image: bytes,
+    options: DecodeOptions,
+    key: str,
+    started: float,
+    arrival: Arrival | None,
 ) -> dict:
     start = time.perf_counter()
-    result = model.caption_one(state.load_image(model.captioner, image, started), options)
+    try:
+        result = model.caption_one(state.load_image(model.captioner, image, started), options, arrival)
+    finally:
+        if arrival is not None:
+            arrival.cancel()  # a bad image is not coming: the batch need not wait for it
     state.metrics.inference.labels("single").observe(time.perf_counter() - start)
     entry = _entry(result)
     state.cache.set(key, entry)
@@ -127,6 +149,7 @@ def generate_caption(
     options: OptionsDep,
     who: CallerDep,
     answer: AnswerDep,
+    arrival: Annotated[Arrival | None, Depends(_arrival)],  # before the upload: announced while it is read
     image: Annotated[bytes, Depends(_one_file)],
 ) -> CaptionOut:
     """Upload one image as multipart field `file`; get its caption and the n-best candidates.
@@ -141,10 +164,17 @@ def generate_caption(
     entry = state.cache.get(key)
     cached = entry is not None
     state.metrics.cache_lookup(cached)
+    if cached and arrival is not None:
+        arrival.cancel()
     if entry is None:
         future, leader = state.flights.join_or_start(
-            key, lambda: state.pool.submit(lambda: _caption_one(state, model, image, options, key, started))
+            key,
+            lambda: state.pool.submit(
+                lambda: _caption_one(state, model, image, options, key, started, arrival)
+            ),
         )
+        if not leader and arrival is not None:
+            arrival.cancel()  # an identical request in flight answers this one
         try:
             entry = state.pool.wait(future, started)
         except ImageError as exc:
