@@ -57,6 +57,13 @@ class GatedEncoder:
         return self.encoder.run(images)
 
 
+def gated_captioner(captioner, bad: tuple = ()) -> tuple[GatedEncoder, Captioner]:
+    """A captioner whose encoder holds every batch until ``gate`` is set (closed here)."""
+    gated = GatedEncoder(captioner.encoder, bad)
+    gated.gate.clear()
+    return gated, Captioner(gated, captioner.decoder, captioner.vocabulary)
+
+
 def _same(result, ref):
     assert result.caption == ref.caption
     assert [c.caption for c in result.candidates] == [c.caption for c in ref.candidates]
@@ -110,9 +117,7 @@ def test_a_lone_request_on_an_idle_batcher_runs_at_once(captioner, images, refer
 
 def test_after_a_shared_batch_a_lone_request_waits_for_company(captioner, images):
     # Closed-loop clients answered together rejoin one by one: the first waits for the others.
-    gated = GatedEncoder(captioner.encoder)
-    gated.gate.clear()
-    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    gated, blocked = gated_captioner(captioner)
     with MicroBatcher(blocked, max_batch_size=2, max_wait_ms=60_000) as batcher:
         alone = batcher.submit(images[0], GREEDY)
         assert gated.entered.wait(10)  # the worker runs it alone and is held in encode()
@@ -130,9 +135,7 @@ def test_after_a_shared_batch_a_lone_request_waits_for_company(captioner, images
 
 
 def test_queue_full_when_the_worker_is_blocked(captioner, images):
-    gated = GatedEncoder(captioner.encoder)
-    gated.gate.clear()
-    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    gated, blocked = gated_captioner(captioner)
     batcher = MicroBatcher(blocked, max_batch_size=2, max_wait_ms=0, max_queue=3)
     try:
         first = [batcher.submit(images[0], GREEDY)]
@@ -149,9 +152,7 @@ def test_queue_full_when_the_worker_is_blocked(captioner, images):
 
 
 def test_mixed_options_share_an_encoder_batch_but_not_a_search(captioner, images, reference):
-    gated = GatedEncoder(captioner.encoder)
-    gated.gate.clear()
-    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    gated, blocked = gated_captioner(captioner)
     with MicroBatcher(blocked, max_batch_size=8, max_wait_ms=0) as batcher:
         batcher.submit(images[0], GREEDY)  # occupies the worker while the mixed batch queues up
         assert gated.entered.wait(10)
@@ -169,9 +170,8 @@ def test_mixed_options_share_an_encoder_batch_but_not_a_search(captioner, images
 
 def test_an_error_fails_only_its_own_request(captioner, images, reference):
     bad = images[1].copy()
-    gated = GatedEncoder(captioner.encoder, bad=(bad,))
-    gated.gate.clear()
-    with MicroBatcher(Captioner(gated, captioner.decoder, captioner.vocabulary), max_wait_ms=0) as batcher:
+    gated, blocked = gated_captioner(captioner, bad=(bad,))
+    with MicroBatcher(blocked, max_wait_ms=0) as batcher:
         batcher.submit(images[0], GREEDY)
         assert gated.entered.wait(10)
         good = [batcher.submit(images[i], GREEDY) for i in (0, 2, 3)]
@@ -195,9 +195,8 @@ def test_close_drains_the_queue_and_refuses_new_work(captioner, images):
 
 
 def test_cancelled_requests_are_skipped(captioner, images):
-    gated = GatedEncoder(captioner.encoder)
-    gated.gate.clear()
-    with MicroBatcher(Captioner(gated, captioner.decoder, captioner.vocabulary), max_wait_ms=0) as batcher:
+    gated, blocked = gated_captioner(captioner)
+    with MicroBatcher(blocked, max_wait_ms=0) as batcher:
         batcher.submit(images[0], GREEDY)
         assert gated.entered.wait(10)
         cancelled, kept = batcher.submit(images[1], GREEDY), batcher.submit(images[2], GREEDY)
@@ -258,9 +257,7 @@ def test_the_wait_for_announced_requests_is_bounded(captioner, images):
 
 
 def test_a_refused_announced_request_ends_its_announcement(captioner, images):
-    gated = GatedEncoder(captioner.encoder)
-    gated.gate.clear()
-    blocked = Captioner(gated, captioner.decoder, captioner.vocabulary)
+    gated, blocked = gated_captioner(captioner)
     batcher = MicroBatcher(blocked, max_batch_size=1, max_wait_ms=0, max_queue=1)
     try:
         running = batcher.submit(images[0], GREEDY)
