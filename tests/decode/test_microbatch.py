@@ -13,7 +13,6 @@ from captioner import loading
 from captioner.decode.captioner import Captioner
 from captioner.decode.microbatch import MicroBatcher, QueueFull
 from captioner.decode.options import DecodeOptions
-from captioner.encoders.runtime import OnnxEncoder
 
 GREEDY = DecodeOptions(strategy="greedy", max_length=10)
 BEAM = DecodeOptions(strategy="beam", beam_size=3, max_length=10, n_best=2)
@@ -85,70 +84,6 @@ def test_concurrent_results_equal_one_at_a_time_runs(captioner, images, referenc
         _same(result, reference[job])
         assert set(result.timings_ms) >= {"encoder", "decoder", "queue"}
     assert stats.images == len(jobs) and stats.rejected == 0
-
-
-def one_thread_encoders(captioner, n: int = 2) -> list[OnnxEncoder]:
-    """The pipelined mode's encoders: one-thread sessions of the captioner's encoder file."""
-    return [OnnxEncoder(captioner.encoder.path, threads=1) for _ in range(n)]
-
-
-class CountingEncoder:
-    """Wraps an encoder and counts the images it encodes."""
-
-    def __init__(self, encoder):
-        self.encoder, self.images = encoder, 0
-
-    def run(self, images):
-        self.images += len(images)
-        return self.encoder.run(images)
-
-
-def test_pipelined_results_equal_one_at_a_time_runs(captioner, images, reference):
-    # Chunks encoded by two one-thread encoder workers while a third worker searches earlier ones: same captions.
-    jobs = [(i % len(images), (GREEDY, BEAM)[(i // len(images)) % 2]) for i in range(48)]
-    own = [CountingEncoder(e) for e in one_thread_encoders(captioner)]
-    with MicroBatcher(captioner, max_batch_size=8, max_wait_ms=20, encoders=own, encode_chunk=3) as batcher:
-        with ThreadPoolExecutor(16) as pool:
-            futures = list(pool.map(lambda job: batcher.submit(images[job[0]], job[1]), jobs))
-        results = [f.result(timeout=60) for f in futures]
-        stats = batcher.stats
-    for job, result in zip(jobs, results, strict=True):
-        _same(result, reference[job])
-        assert set(result.timings_ms) >= {"encoder", "decoder", "queue"}
-    assert stats.images == len(jobs) and stats.rejected == 0
-    assert sum(e.images for e in own) > 0, "the one-thread encoders were never used under load"
-    assert stats.batches < len(jobs)
-
-
-def test_pipelined_lone_requests_use_all_cores(captioner, images, reference):
-    # Nothing else running: the captioner's own encoder (all cores) serves a lone request, as without the pipeline.
-    own = [CountingEncoder(e) for e in one_thread_encoders(captioner)]
-    with MicroBatcher(captioner, max_batch_size=8, max_wait_ms=60_000, encoders=own) as batcher:
-        for i in range(3):
-            _same(batcher.submit(images[i], BEAM).result(timeout=30), reference[(i, BEAM)])
-    assert [e.images for e in own] == [0, 0]
-
-
-def test_pipelined_errors_stay_local_and_close_drains(captioner, images, reference):
-    bad = images[1].copy()
-    gates = [GatedEncoder(e, bad=(bad,)) for e in one_thread_encoders(captioner)]
-    for g in gates:
-        g.gate.clear()
-    gated, blocked = gated_captioner(captioner, bad=(bad,))
-    batcher = MicroBatcher(blocked, max_batch_size=8, max_wait_ms=0, encoders=gates, encode_chunk=2)
-    futures = [batcher.submit(images[i], GREEDY) for i in (0, 2, 3, 0, 2)]
-    failed = batcher.submit(bad, GREEDY)
-    for g in (gated, *gates):
-        g.gate.set()
-    batcher.close()  # finishes everything queued, in every stage, before it returns
-    assert all(f.done() for f in [*futures, failed])
-    with pytest.raises(ValueError, match="cannot be encoded"):
-        failed.result()
-    for i, f in zip((0, 2, 3, 0, 2), futures, strict=True):
-        _same(f.result(), reference[(i, GREEDY)])
-    assert batcher.stats.images == 6 and batcher.stats.queued == 0
-    with pytest.raises(RuntimeError, match="closed"):
-        batcher.submit(images[0], GREEDY)
 
 
 def test_batches_form_under_concurrent_submission(captioner, images):
@@ -344,9 +279,8 @@ def test_a_refused_announced_request_ends_its_announcement(captioner, images):
         {"max_wait_ms": -1},
         {"max_queue": 0},
         {"max_wait_ms": 5, "max_wait_expected_ms": 1},
-        {"encode_chunk": 0},
     ],
-    ids=["batch", "wait", "queue", "expected", "chunk"],
+    ids=["batch", "wait", "queue", "expected"],
 )
 def test_invalid_settings_are_refused(captioner, kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[-1]):

@@ -58,18 +58,6 @@ def test_every_request_ends_its_announcement_to_the_batcher(make_client):
     assert client.post(URL, files={"file": jpeg(seed=22)}).status_code == 200  # a lone request: no wait
 
 
-@pytest.mark.parametrize(
-    ("settings", "workers"),
-    [({"threads": 1}, 0), ({"threads": 2}, 2), ({"threads": 1, "microbatch_encoders": 3}, 3),
-     ({"threads": 2, "microbatch_encoders": 0}, 0)],
-)  # fmt: skip
-def test_the_pipelined_micro_batcher_gets_an_encoder_worker_per_thread(make_client, settings, workers):
-    client = make_client(microbatch_max_size=8, rate_limit_per_minute=0, **settings)
-    batcher = client.app.state.service.batcher
-    assert batcher.encoder_workers == workers
-    assert client.post(URL, files={"file": jpeg(seed=23)}).status_code == 200
-
-
 def test_batching_can_be_turned_off(make_client):
     client = make_client(microbatch_max_size=1)
     assert client.app.state.service.batcher is None

@@ -32,16 +32,8 @@ The images of a batch go through the encoder together (options do not matter the
 ``DecodeOptions`` share one search, others get a search per distinct options. An error fails only the requests
 it belongs to.
 
-One worker (the default of the class) encodes a batch with all cores, then searches it. The search is mostly
-Python under the GIL and runs on one core, so on 2 cores a third of the time one core idles (measured: the
-machine 72% busy with 8 closed-loop clients). Pipelined mode (``encoders``: the service gives it one one-thread
-encoder session per core, ``CAPTIONER_MICROBATCH_ENCODERS``) splits the work: encoder workers each take a chunk
-of up to ``encode_chunk`` requests by the rules above and encode it on their own session, and one search worker
-searches every encoded chunk waiting (up to ``max_batch_size`` images) as one batch, so one group's search
-overlaps the next group's encoding (85% busy). A chunk that finds the pipeline otherwise idle is encoded on the
-captioner's own all-core session: a lone request is as fast as without the pipeline. Two-thread sessions
-running beside the search would stall each other (an intra-op pool waits for its slowest thread); one-thread
-sessions do not. Stats then count search batches.
+Onnxruntime and NumPy release the GIL, so a single worker keeps the cores busy; a second one would only make
+two batches fight over the same cores.
 """
 
 from __future__ import annotations
@@ -50,10 +42,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -82,21 +72,6 @@ class BatcherStats:
     @property
     def mean_batch_size(self) -> float:
         return self.images / self.batches if self.batches else 0.0
-
-
-class Encoder(Protocol):
-    def run(self, images: Sequence[Image.Image]) -> EncoderOutput: ...
-
-
-@dataclass
-class _Encoded:
-    """A chunk of requests after the encoder: ``ok`` indexes the live requests that have outputs."""
-
-    live: list[_Request]
-    output: EncoderOutput
-    ok: list[int]
-    enc_ms: float  # encoder time per image
-    start: float  # perf_counter() when its encoding started
 
 
 @dataclass
@@ -147,8 +122,6 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 64,
         max_wait_expected_ms: float | None = None,
-        encoders: Sequence[Encoder] = (),
-        encode_chunk: int = 4,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -156,8 +129,6 @@ class MicroBatcher:
             raise ValueError(f"max_wait_ms must be 0 or more, got {max_wait_ms}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
-        if encode_chunk < 1:
-            raise ValueError(f"encode_chunk must be at least 1, got {encode_chunk}")
         if max_wait_expected_ms is None:
             max_wait_expected_ms = max_wait_ms
         if max_wait_expected_ms < max_wait_ms:
@@ -174,25 +145,8 @@ class MicroBatcher:
         self._free_since = 0.0  # perf_counter() when the worker finished its last batch
         self._last_size = 0  # requests in the worker's last batch (0 before the first)
         self._batches = self._images = self._groups = self._rejected = self._largest = 0
-        # Pipelined mode: chunks encoded by one worker per encoder, searched together by one more worker.
-        self.encode_chunk = encode_chunk
-        self._encoded: deque[_Encoded] = deque()
-        self._encoding = 0  # encoder workers holding a chunk
-        self._searching = False
-        if encoders:
-            self._workers = [
-                threading.Thread(
-                    target=self._encode_loop, args=(e,), name=f"captioner-encode-{i}", daemon=True
-                )
-                for i, e in enumerate(encoders)
-            ]
-            self._workers.append(
-                threading.Thread(target=self._search_loop, name="captioner-search", daemon=True)
-            )
-        else:
-            self._workers = [threading.Thread(target=self._run, name="captioner-batcher", daemon=True)]
-        for w in self._workers:
-            w.start()
+        self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
+        self._worker.start()
 
     # -- public API --
 
@@ -206,7 +160,7 @@ class MicroBatcher:
     def _withdraw(self) -> None:
         with self._cond:
             self._expected -= 1
-            self._cond.notify_all()  # the search worker of the pipelined mode waits here too
+            self._cond.notify()
 
     def submit(
         self, image: Image.Image, options: DecodeOptions = DecodeOptions(), *, _announced: bool = False
@@ -219,7 +173,7 @@ class MicroBatcher:
         with self._cond:
             if _announced:
                 self._expected -= 1
-                self._cond.notify_all()  # a refusal below still ends the announcement
+                self._cond.notify()  # a refusal below still ends the announcement
             if self._closed:
                 raise RuntimeError("the MicroBatcher is closed; create a new one to caption more images")
             if len(self._pending) >= self.max_queue:
@@ -229,17 +183,12 @@ class MicroBatcher:
                     "retry in a moment"
                 )
             self._pending.append(_Request(image, options, future, time.perf_counter()))
-            self._cond.notify_all()  # the search worker of the pipelined mode waits here too
+            self._cond.notify()
         return future
 
     async def caption(self, image: Image.Image, options: DecodeOptions = DecodeOptions()) -> CaptionResult:
         """submit() for asyncio code: awaits the result without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(image, options))
-
-    @property
-    def encoder_workers(self) -> int:
-        """Encoder workers of the pipelined mode (0: one worker encodes and searches each batch in turn)."""
-        return len(self._workers) - 1 if len(self._workers) > 1 else 0
 
     @property
     def stats(self) -> BatcherStats:
@@ -254,10 +203,8 @@ class MicroBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        for w in self._workers:
-            if w is not threading.current_thread():
-                w.join(None if deadline is None else max(deadline - time.perf_counter(), 0.0))
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -280,9 +227,8 @@ class MicroBatcher:
                         r.future.set_exception(exc)
             self._free_since, self._last_size = time.perf_counter(), len(batch)
 
-    def _next_batch(self, size: int | None = None) -> list[_Request] | None:
-        """Block until a batch of up to ``size`` (default max_batch_size) is due; None once closed and drained."""
-        size = size or self.max_batch_size
+    def _next_batch(self) -> list[_Request] | None:
+        """Block until a batch is due; None once closed and drained."""
         with self._cond:
             while not self._pending:
                 if self._closed:
@@ -291,14 +237,14 @@ class MicroBatcher:
             if len(self._pending) == 1 and self._last_size <= 1 and self._expected == 0:
                 return [self._pending.popleft()]  # nothing overlaps it: waiting would only add latency
             since = max(self._pending[0].enqueued, self._free_since)
-            while len(self._pending) < size and not self._closed:
+            while len(self._pending) < self.max_batch_size and not self._closed:
                 # Past max_wait_ms, only requests announced and still on their way are worth waiting for.
                 limit = self.max_wait_expected_s if self._expected > 0 else self.max_wait_s
                 remaining = since + limit - time.perf_counter()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            n = min(len(self._pending), size)
+            n = min(len(self._pending), self.max_batch_size)
             return [self._pending.popleft() for _ in range(n)]
 
     def _run_batch(self, batch: list[_Request]) -> None:
@@ -306,108 +252,36 @@ class MicroBatcher:
         if not live:
             return
         start = time.perf_counter()
-        encoded, ok = self._encode(live, self.captioner.encoder)
+        encoded, ok = self._encode(live)
         enc_ms = (time.perf_counter() - start) * 1000 / len(live)
-        self._search([_Encoded(live, encoded, ok, enc_ms, start)])
-
-    def _search(self, chunks: list[_Encoded]) -> None:
-        """Search the encoded images of ``chunks`` together (one search per distinct options) and answer them."""
-        rows = [(c, i) for c in chunks for i in c.ok]
-        features = np.concatenate([c.output.features[c.ok] for c in chunks if c.ok])
-        probs_all = None
-        if all(c.output.imagenet_probs is not None for c in chunks if c.ok):
-            probs_all = np.concatenate([c.output.imagenet_probs[c.ok] for c in chunks if c.ok])  # type: ignore[index]
         groups: dict[DecodeOptions, list[int]] = {}
-        for j, (c, i) in enumerate(rows):
-            groups.setdefault(c.live[i].options, []).append(j)
+        for i in ok:
+            groups.setdefault(live[i].options, []).append(i)
         for options, idx in groups.items():
             try:
-                probs = None if probs_all is None else probs_all[idx]
-                results = self.captioner.decode_features(features[idx], options, probs)
+                probs = None if encoded.imagenet_probs is None else encoded.imagenet_probs[idx]
+                results = self.captioner.decode_features(encoded.features[idx], options, probs)
             except Exception as exc:  # noqa: BLE001 - belongs to this options group's callers only
-                for j in idx:
-                    c, i = rows[j]
-                    c.live[i].future.set_exception(exc)
+                for i in idx:
+                    live[i].future.set_exception(exc)
                 continue
-            for j, r in zip(idx, results, strict=True):
-                c, i = rows[j]
-                queue_ms = (c.start - c.live[i].enqueued) * 1000
-                timings = {"encoder": c.enc_ms, **r.timings_ms, "queue": queue_ms}
-                c.live[i].future.set_result(replace(r, timings_ms=timings))
+            for i, r in zip(idx, results, strict=True):
+                queue_ms = (start - live[i].enqueued) * 1000
+                timings = {"encoder": enc_ms, **r.timings_ms, "queue": queue_ms}
+                live[i].future.set_result(replace(r, timings_ms=timings))
         with self._cond:
             self._batches += 1
-            self._images += sum(len(c.live) for c in chunks)
+            self._images += len(live)
             self._groups += len(groups)
-            self._largest = max(self._largest, sum(len(c.live) for c in chunks))
+            self._largest = max(self._largest, len(live))
 
-    # -- the pipelined mode's workers --
-
-    def _encode_loop(self, own: Encoder) -> None:
-        """Take a chunk of up to encode_chunk requests (by the batch rules above) and encode it on ``own`` encoder,
-        or on the captioner's (all cores) when nothing else runs: a lone request is encoded as fast as without
-        the pipeline."""
-        while True:
-            batch = self._next_batch(self.encode_chunk)
-            if batch is None:
-                with self._cond:
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                alone = (
-                    self._encoding == 0 and not self._searching and not self._encoded and not self._pending
-                )
-                self._encoding += 1
-            chunk = None
-            try:
-                live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-                if live:
-                    start = time.perf_counter()
-                    encoded, ok = self._encode(live, self.captioner.encoder if alone else own)
-                    chunk = _Encoded(
-                        live, encoded, ok, (time.perf_counter() - start) * 1000 / len(live), start
-                    )
-            except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers or kill the worker
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-            with self._cond:
-                self._encoding -= 1
-                if chunk is not None and chunk.ok:
-                    self._encoded.append(chunk)
-                self._cond.notify_all()
-
-    def _search_loop(self) -> None:
-        """Search every encoded chunk waiting (up to max_batch_size images) as one batch."""
-        while True:
-            with self._cond:
-                while not self._encoded:
-                    if self._closed and not self._pending and self._encoding == 0:
-                        return
-                    self._cond.wait()
-                chunks = [self._encoded.popleft()]
-                size = len(chunks[0].ok)
-                while self._encoded and size + len(self._encoded[0].ok) <= self.max_batch_size:
-                    size += len(self._encoded[0].ok)
-                    chunks.append(self._encoded.popleft())
-                self._searching = True
-            try:
-                self._search(chunks)
-            except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers or kill the worker
-                for c in chunks:
-                    for r in c.live:
-                        if not r.future.done():
-                            r.future.set_exception(exc)
-            finally:
-                with self._cond:
-                    self._searching = False
-                    self._cond.notify_all()
-
-    def _encode(self, live: list[_Request], encoder: Encoder) -> tuple[EncoderOutput, list[int]]:
+    def _encode(self, live: list[_Request]) -> tuple[EncoderOutput, list[int]]:
         """Encoder outputs for all of ``live`` (rows [len(live), ...]) and the indices that have them; a failed
         image fails only its own future.
 
         The whole batch is tried first; if that raises, each image is encoded alone to find the culprit(s).
         """
+        encoder = self.captioner.encoder
         try:
             return encoder.run([r.image for r in live]), list(range(len(live)))
         except Exception as exc:  # noqa: BLE001

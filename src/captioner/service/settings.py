@@ -12,7 +12,6 @@ List settings accept a JSON list or a comma-separated string: ``CAPTIONER_CORS_A
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -183,20 +182,6 @@ class Settings(BaseSettings):
         le=1000.0,
         description="Longest wait for a micro-batch while requests already received (upload being read or image "
         "decoded) are still on their way to it; never less than the max wait above.",
-    )
-    microbatch_encoders: int | None = Field(
-        None,
-        ge=0,
-        le=16,
-        description="Pipelined micro-batching (on the CPU): this many encoder workers, each with a one-thread "
-        "encoder session, encode waiting requests while the search of earlier ones runs; 0: one worker encodes "
-        "and searches each batch in turn; unset: one per onnxruntime thread (threads, else the cores), 0 on one.",
-    )
-    microbatch_encode_chunk: int = Field(
-        4,
-        ge=1,
-        le=64,
-        description="Most requests one encoder worker of the pipelined micro-batcher takes at once.",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for a caption before 504; the job's slot is freed when it ends."
@@ -514,13 +499,6 @@ class Settings(BaseSettings):
     @property
     def burst(self) -> int:
         return self.rate_limit_burst or self.rate_limit_per_minute
-
-    def pipeline_encoders(self) -> int:
-        """Encoder workers of the pipelined micro-batcher on the CPU (0: not pipelined)."""
-        if self.microbatch_encoders is not None:
-            return self.microbatch_encoders
-        cores = self.threads or os.cpu_count() or 1
-        return cores if cores > 1 else 0
 
     def microbatch_for(self, provider: str) -> tuple[int, float]:
         """(max batch size, max wait ms) of the micro-batcher for an encoder that really runs on ``provider``."""

@@ -13,8 +13,7 @@ from PIL import Image
 
 from captioner.decode.captioner import Captioner
 from captioner.decode.microbatch import MicroBatcher
-from captioner.encoders.providers import CPU, ProviderError, is_gpu, resolve_providers
-from captioner.encoders.runtime import OnnxEncoder
+from captioner.encoders.providers import CPU, ProviderError, resolve_providers
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
 from captioner.loading import load
 from captioner.service.cache import ResultCache, SingleFlight, make_cache
@@ -111,20 +110,12 @@ class ServiceState:
         size, wait_ms = self.settings.microbatch_for(provider)
         if size > 1:
             log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
-            encoders = []
-            path = getattr(
-                getattr(captioner, "encoder", None), "path", None
-            )  # an ONNX file: its own sessions
-            if not is_gpu(provider) and path is not None:
-                encoders = [OnnxEncoder(path, threads=1) for _ in range(self.settings.pipeline_encoders())]
             batcher = MicroBatcher(
                 captioner,
                 max_batch_size=size,
                 max_wait_ms=wait_ms,
                 max_queue=self.settings.max_queue,
                 max_wait_expected_ms=max(wait_ms, self.settings.microbatch_max_wait_expected_ms),
-                encoders=encoders,
-                encode_chunk=self.settings.microbatch_encode_chunk,
             )
         return ServedModel(captioner, batcher)
 
