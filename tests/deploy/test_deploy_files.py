@@ -74,7 +74,7 @@ def test_deployment_probes_resources_and_security(routes):
     assert probes == {"livenessProbe": "/livez", "readinessProbe": "/readyz", "startupProbe": "/livez"}
     assert set(probes.values()) <= routes
     assert container["resources"] == {
-        "requests": {"cpu": "1", "memory": "512Mi"},
+        "requests": {"cpu": "1", "memory": "640Mi"},
         "limits": {"cpu": "2", "memory": "1Gi"},
     }
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
