@@ -388,14 +388,19 @@ def check_sha256(value: str) -> str:
     return digest
 
 
+def _replace_manifest(path: Path, manifest: dict) -> None:
+    """Write a bundle's new manifest.json atomically (a reader sees the old one or the new one, never half)."""
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST_FILE)
+
+
 def record_metrics(path: str | Path, metrics: dict, **details) -> None:
     """Store evaluation results in a bundle's manifest. This changes the bundle's digest (Bundle.sha256)."""
     path = Path(path)
     bundle = load_bundle(path)  # refuse to annotate a tampered bundle
     manifest = dict(bundle.manifest, metrics={"scores": metrics, **details})
-    tmp = path / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path / MANIFEST_FILE)
+    _replace_manifest(path, manifest)
 
 
 def record_labels(path: str | Path, labels: LabelMap) -> Path:
@@ -412,9 +417,7 @@ def record_labels(path: str | Path, labels: LabelMap) -> Path:
         **{k: labels.provenance[k] for k in ("sources",) if k in labels.provenance},
     }
     manifest = dict(bundle.manifest, files=files, labels=summary)
-    tmp = path / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path / MANIFEST_FILE)
+    _replace_manifest(path, manifest)
     return file
 
 
@@ -437,9 +440,7 @@ def record_consensus(path: str | Path, memory: ConsensusMemory) -> Path:
         "encoder_sha256": files[ENCODER_FILE],
     }
     manifest = dict(bundle.manifest, files=files, consensus=summary)
-    tmp = path / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path / MANIFEST_FILE)
+    _replace_manifest(path, manifest)
     return file
 
 
@@ -470,9 +471,7 @@ def record_ensemble(path: str | Path, weights: list[str | Path], **details) -> l
     manifest["files"] = files
     if names:
         manifest["ensemble"] = {"members": names, "dtype": "float16", **details}
-    tmp = path / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path / MANIFEST_FILE)
+    _replace_manifest(path, manifest)
     return [path / n for n in names]
 
 
