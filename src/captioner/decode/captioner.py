@@ -185,15 +185,16 @@ class Captioner:
         # "a" ("holding a <unk>" -> "holding a"). The original format keeps its own rules (no such list).
         banned = tuple(getattr(self.vocabulary, "never_generated", ()))
         picked = self.label_constraints(imagenet_probs, options)
-        constraints = None if picked is None else [None if p is None else p[0] for p in picked]
-        if picked is not None and constraints is not None:
+        constraints: list[tuple[int, ...] | None] | None = None
+        if picked is None:
+            hyps = search(*args, step_topk, banned, options.no_repeat_ngram)
+        else:
+            constraints = [None if p is None else p[0] for p in picked]
             drops = [math.inf if p is None or p[1] >= options.label_constraint_always_prob
                      else options.label_constraint_max_score_drop for p in picked]  # fmt: skip
             hyps = constrained_search(
                 *args, constraints, step_topk, banned, options.no_repeat_ngram, max_score_drop=drops
             )
-        else:
-            hyps = search(*args, step_topk, banned, options.no_repeat_ngram)
         if reranks:
             hyps = self._rerank(features, hyps, options, constraints)
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)

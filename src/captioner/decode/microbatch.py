@@ -23,10 +23,9 @@ reads the upload and decodes the image in a worker: 10-20 ms for 8 requests answ
 announces it with ``expect()``. When ``max_wait_ms`` has passed and announced requests are still on their way,
 the batch waits for them too, until it is full, none is left on its way, or ``max_wait_expected_ms`` has passed
 (from the same starting point); it never waits for an announced request that is withdrawn or beyond that bound.
-A lone request waits too
-when others are announced. Without announcements nothing changes. Measured over HTTP with 8 closed-loop clients
-(bench/README.md): batches of 8 instead of alternating 5 and 3, since the clients' next images take longer than
-``max_wait_ms`` to arrive.
+A lone request waits too when others are announced. Without announcements nothing changes. Measured over HTTP
+with 8 closed-loop clients (bench/README.md): batches of 8 instead of alternating 5 and 3, since the clients'
+next images take longer than ``max_wait_ms`` to arrive.
 
 The images of a batch go through the encoder together (options do not matter there); requests with identical
 ``DecodeOptions`` share one search, others get a search per distinct options. An error fails only the requests

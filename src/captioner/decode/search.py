@@ -341,12 +341,10 @@ def repeat_blocked(history: np.ndarray, n: int) -> np.ndarray | None:
     rows, t = history.shape
     if n < 2 or t < n or rows == 0:
         return None
-    starts = (
-        t - n + 1
-    )  # the n-grams so far begin at 0 .. starts - 1; word j + n - 1 follows the (n-1)-gram at j
-    match = (
-        history[:, :starts] == history[:, starts : starts + 1]
-    )  # [R, starts]: first words equal the last's
+    # The n-grams so far begin at 0 .. starts - 1; word j + n - 1 follows the (n-1)-gram at j. match [R, starts]:
+    # that (n-1)-gram equals the last n-1 words, compared word by word.
+    starts = t - n + 1
+    match = history[:, :starts] == history[:, starts : starts + 1]
     for i in range(1, n - 1):
         match &= history[:, i : starts + i] == history[:, starts + i : starts + i + 1]
     if not match.any():

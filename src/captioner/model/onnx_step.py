@@ -41,9 +41,8 @@ GRAPH_WEIGHTS = (
     "logits_bias",
 )
 MATMULS = ("recurrent_kernel", "proj_kernel", "logits_kernel")
-SINGLE_THREAD_ROWS = (
-    24  # steps of at most this many rows run on one thread (faster below ~24 rows on 2 cores)
-)
+# Steps of at most this many rows run on one thread (faster below ~24 rows on 2 cores).
+SINGLE_THREAD_ROWS = 24
 
 
 def member_prefixes(weights: dict[str, np.ndarray]) -> list[str]:
@@ -254,9 +253,8 @@ class OnnxDecoder:
         self._arrays = step_graph_arrays(decoder.graph_weights(), precision)  # kept alive for the session
         blob = build_step_graph(self._arrays, in_memory_weights=True).SerializeToString()
         providers = resolve_providers(execution_provider)
-        values = [
-            ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays.values()
-        ]  # shared by both sessions
+        # One set of OrtValues, shared by both sessions.
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays.values()]
 
         def session(n_threads: int):
             opts = session_options(n_threads, stop_spinning_after_run)
