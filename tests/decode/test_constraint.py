@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
+from captioner.decode import constraint
 from captioner.decode.constraint import constrained_search
 from captioner.decode.options import DecodeOptions
 from captioner.decode.search import Hypothesis, beam_search, search
@@ -145,25 +147,63 @@ def test_a_word_that_never_fits_before_max_length_falls_back():
     assert got == beam_search(fake, fake.initial_state([0]), options, START, END)[0]
 
 
-def test_the_plain_path_may_use_step_topk_but_a_constraint_needs_every_log_prob():
-    fake = HistoryStep(vocab=8, max_length=5, seed=4)
-    topk_calls = []
+def with_topk(fake):
+    """The fake as step_with_topk (each row's best ranked by a stable sort, as onnxruntime's TopK ranks them)."""
+    calls = []
 
-    def step_topk(tokens, state, k):
+    def step_with_topk(tokens, state, k):
         log_probs, new_state = fake(tokens, state)
-        topk_calls.append(k)
+        calls.append(k)
         ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(log_probs, ids, axis=1), ids, new_state
+        return log_probs, np.take_along_axis(log_probs, ids, axis=1), ids, new_state
 
-    options = opts(beam_size=3, max_length=5)
-    plain = run(fake, [0, 1], options, [None, None], step_topk=step_topk)
-    assert topk_calls and plain == beam_search(fake, fake.initial_state([0, 1]), options, START, END)
-    got = run(fake, [0, 1], options, [None, {6}], step_topk=step_topk)  # plain first (top-k), then full rows
-    assert got[0] == plain[0] and 6 in got[1][0].tokens
-    topk_calls.clear()
-    got = run(fake, [0, 1], options, [None, {6}], step_topk=step_topk, keep_named=False)
-    assert got[0] == plain[0] and 6 in got[1][0].tokens
-    assert not topk_calls  # the fallback would use it; nothing fell back here
+    return step_with_topk, calls
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("keep_named", [True, False])
+def test_a_step_that_ranks_its_rows_gives_the_same_captions(options, keep_named):
+    fake = HistoryStep(vocab=10, max_length=options.max_length, seed=6, rare=(5, 6))
+    constraints = [None, {5}, {6, 2}, {3}]
+    kwargs = dict(banned=(4,), no_repeat_ngram=options.no_repeat_ngram, keep_named=keep_named)
+    want = run(fake, [0, 1, 2, 3], options, constraints, **kwargs)
+    step_with_topk, calls = with_topk(fake)
+    assert run(fake, [0, 1, 2, 3], options, constraints, step_with_topk=step_with_topk, **kwargs) == want
+    assert calls  # it was used, not the plain step
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("options", OPTIONS[:3])
+@pytest.mark.parametrize("keep_named", [True, False])
+def test_one_pass_gives_what_a_plain_then_a_constrained_search_give(monkeypatch, seed, options, keep_named):
+    # Small beam batches search plain and constrained together (each constrained image as a twin of its plain
+    # copy); larger ones, the plain search first, then the constrained images that still need it. Same captions.
+    fake = HistoryStep(vocab=10, max_length=options.max_length, seed=seed, rare=(5, 6, 7))
+    images = list(range(8))
+    plain = search(
+        fake, fake.initial_state(images), options, START, END, no_repeat_ngram=options.no_repeat_ngram
+    )
+    # Odd images' sets hold a word their plain caption already says (when it says any), the others rare words.
+    constraints = [{5, 6 + i % 2} if i % 2 == 0 or not plain[i][0].tokens else {plain[i][0].tokens[-1]}
+                   for i in images]  # fmt: skip
+    constraints[2] = None
+    named = [bool(c and set(p[0].tokens) & c) for p, c in zip(plain, constraints, strict=True)]
+    assert any(named) and not all(named)  # both cases occur
+    results = {}
+    for one_pass in (True, False):
+        monkeypatch.setattr(constraint, "ONE_PASS_MAX_IMAGES", 100 if one_pass else 0)
+        for drops in (None, [0.5, 0.5, 2.0, 0.1, math.inf, 1.0, 0.2, 0.3]):
+            fake.calls.clear()
+            results[one_pass, drops is None] = run(
+                fake, images, options, constraints, no_repeat_ngram=options.no_repeat_ngram, keep_named=keep_named,
+                max_score_drop=drops,
+            )  # fmt: skip
+            if one_pass and (keep_named or drops is not None):
+                assert len(fake.calls) <= options.max_length  # one pass: at most one step call per word
+    assert results[True, True] == results[False, True]
+    assert results[True, False] == results[False, False]
+    # The drops matter here, so the comparison covers the floors.
+    assert results[True, True] != results[True, False]
 
 
 def test_one_constraint_per_image():

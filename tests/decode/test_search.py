@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from captioner.decode.options import DecodeOptions
-from captioner.decode.search import Hypothesis, beam_search, greedy_search, search
+from captioner.decode.search import Hypothesis, beam_search, greedy_search, search, topk_rows
 from captioner.errors import OptionsError
 from fake_steps import END, START, log_softmax, opts
 from fake_steps import HistoryStep as _HistoryStep
@@ -475,3 +475,16 @@ def test_repeat_blocked_lists_exactly_the_tokens_that_would_repeat_an_ngram(n):
         assert got == want
         found += sum(map(len, want))
     assert found > 0 or n == 1  # the random histories do repeat n-grams
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 9, 20])
+def test_topk_rows_ranks_as_onnxruntime_topk(k):
+    # Few distinct values, so that ties cut across the k-th place: TopK takes the lower ids first.
+    rng = np.random.default_rng(k)
+    log_probs = rng.integers(0, 4, size=(6, 9)).astype(np.float32) - 5
+    log_probs[0, :] = -np.inf
+    log_probs[1, 2] = -np.inf
+    values, ids = topk_rows(log_probs, k)
+    want = np.argsort(-log_probs, axis=1, kind="stable")[:, : min(k, 9)]
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_array_equal(values, np.take_along_axis(log_probs, want, axis=1))

@@ -61,6 +61,25 @@ def test_topk_is_each_rows_best_in_order(decoders):
     assert onnx_decoder.step_topk(tokens, state, 1000)[0].shape == (4, CONFIG.vocab_size)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_step_with_topk_is_step_and_step_topk_from_one_run(precision):
+    decoder = random_decoder()
+    onnx_decoder = OnnxDecoder(decoder, threads=1, precision=precision)
+    state = decoder.initial_state(features(4))
+    tokens = np.array([0, 3, 5, 7])
+    log_probs, values, ids, (h, c, v) = onnx_decoder.step_with_topk(tokens, state, 5)
+    want_lp, (want_h, want_c, _) = onnx_decoder.step(tokens, state)
+    want_values, want_ids, _ = onnx_decoder.step_topk(tokens, state, 5)
+    # The same graph and inputs: bit for bit.
+    np.testing.assert_array_equal(log_probs, want_lp)
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(h, want_h)
+    np.testing.assert_array_equal(c, want_c)
+    assert v is state[2]
+    assert onnx_decoder.step_with_topk(tokens, state, 10_000)[1].shape == (4, CONFIG.vocab_size)
+
+
 def test_ties_rank_the_lower_token_id_first():
     # Zero output weights: every token has the same log-probability, so only the tie rule decides.
     decoder = random_decoder()

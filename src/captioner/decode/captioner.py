@@ -193,8 +193,9 @@ class Captioner:
             drops = [math.inf if p is None or p[1] >= options.label_constraint_always_prob
                      else options.label_constraint_max_score_drop for p in picked]  # fmt: skip
             hyps = constrained_search(
-                *args, constraints, step_topk, banned, options.no_repeat_ngram, max_score_drop=drops
-            )
+                *args, constraints, step_topk, banned, options.no_repeat_ngram, max_score_drop=drops,
+                step_with_topk=getattr(self.decoder, "step_with_topk", None),
+            )  # fmt: skip
         if reranks:
             hyps = self._rerank(features, hyps, options, constraints)
         per_image = (time.perf_counter() - start) * 1000 / max(len(hyps), 1)

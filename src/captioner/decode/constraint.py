@@ -17,20 +17,29 @@ does (same candidates, ties, early stop, cut at max_length; tested). A met beam 
 rows may end (not only among the beam best candidates), since newcomers from the unmet beam would otherwise crowd
 its ends out. A constrained image that has no finished met hypothesis when max_length is reached (the set's words
 are banned, blocked or impossible) gets the plain search's result instead. Greedy options search one hypothesis per
-beam (beam search of width 1 is greedy search).
+beam.
 
-By default (``keep_named``) the plain search runs first, and an image whose plain caption already holds a word of
-its set keeps it: two beams rank met hypotheses differently from one, and a caption that already names the
-object should not change for the constraint's sake (on Flickr8k dev it cost BLEU-4 and CIDEr). Only the other
-constrained images are searched again, with the constraint, as one batch.
+By default (``keep_named``) an image whose plain caption already holds a word of its set keeps it: two beams rank
+met hypotheses differently from one, and a caption that already names the object should not change for the
+constraint's sake (on Flickr8k dev it cost BLEU-4 and CIDEr). For beam batches of up to ONE_PASS_MAX_IMAGES
+images the plain and the constrained searches run in the same step calls: each constrained image rides twice,
+once without its constraint (its plain search, as ``beam_search`` would run it) and once with it. When an image's
+plain search ends, its constrained twin learns its fate: it stops at once if the plain caption names the object,
+or as soon as it cannot come within ``max_score_drop`` of the plain score. At such batch sizes each step's fixed
+cost (the decoder call, the NumPy bookkeeping) dominates, and one pass pays it once. Larger batches (and greedy
+options: greedy_search is not a width-1 beam search) run the plain search first, then only the constrained images
+that still need it, each stopping as soon as it cannot come within its drop. Both give the same captions (tested).
 
-The constrained search needs the log-probability of every token (``step``): a row's best k (``step_topk``) need
-not hold the set's words. ``step_topk`` serves the plain search.
+Each step needs every row's best tokens (as ``step_topk`` gives them) and a few log-probabilities by id (the
+set's words, the end token), so ``step_with_topk`` returns both; without it the log-probabilities of ``step``
+are ranked here. ``step_topk`` serves a plain search alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import math
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,14 +50,25 @@ from captioner.decode.search import (
     StepFn,
     TopkStepFn,
     best_candidates,
-    checked_step,
+    check_state,
+    drop_excluded,
+    excluded_ids,
     keep_best,
     make_hypothesis,
     repeat_blocked,
     search,
     state_rows,
     take_live,
+    topk_rows,
 )
+
+# (tokens, state, k) -> (log_probs [N, V], each row's k best log-probs [N, k] and their ids, new state)
+FullTopkStepFn = Callable[[np.ndarray, State, int], tuple[np.ndarray, np.ndarray, np.ndarray, State]]
+# Beam batches of at most this many images search plain and constrained in one pass: below it each step's fixed
+# cost dominates; above it the pass's extra rows (twins of images whose plain caption names the object, twins
+# that learn their floor late) cost more than a second pass (decode time per image, default bundle, dev photos:
+# bench/README.md).
+ONE_PASS_MAX_IMAGES = 8
 
 
 def constrained_search(
@@ -63,18 +83,20 @@ def constrained_search(
     no_repeat_ngram: int = 0,
     keep_named: bool = True,
     max_score_drop: Sequence[float] | None = None,
+    step_with_topk: FullTopkStepFn | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search in which image i's captions contain a word of ``constraints[i]`` (token ids; None or empty:
     no constraint).
 
     step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram: as for ``search.beam_search``.
     The set's banned ids, the end and the start token are dropped from it first (they can never be shown).
-    keep_named: run the plain search first and keep its result wherever its best caption already holds a word of
-    the set (then its other n-best may not); only the other constrained images are searched again, with the
-    constraint. False: every constrained image gets the constrained search.
+    keep_named: an image whose plain best caption already holds a word of the set keeps the plain search's
+    result (then its other n-best may not). False: every constrained image gets the constrained search.
     max_score_drop: per image, how much lower than the plain search's best score the constrained best may score
     and still replace it (inf: always); None: always. A caption the model finds far less likely than its own best
     is often worse, not just more specific.
+    step_with_topk: (tokens, state, k) -> (log_probs [N, V], each row's k best values and ids as step_topk gives
+    them, new state), one decoder call (``OnnxDecoder.step_with_topk``); None: ``step``, ranked here.
     Returns B lists of up to options.n_best hypotheses, best score first: ones holding a word of the set (finished,
     or cut at max_length as in beam_search), or the plain search's when no such hypothesis finished.
     """
@@ -87,39 +109,80 @@ def constrained_search(
     sets = [None if c is None else sorted({int(w) for w in c} - excluded) or None for c in constraints]
     if max_score_drop is not None and len(max_score_drop) != batch:
         raise ValueError(f"{len(max_score_drop)} max_score_drop values for {batch} images")
-    plain: list[list[Hypothesis]] | None = None
-    if keep_named or max_score_drop is not None or all(s is None for s in sets):
-        plain = search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
-        if keep_named:
-            sets = [None if s is None or _names(plain[i], s) else s for i, s in enumerate(sets)]
     todo = [i for i, s in enumerate(sets) if s is not None]
     if not todo:
-        assert plain is not None
-        return plain
-    # With keep_named only the images that still need the constraint are searched again, as one batch.
-    rows = todo if plain is not None else list(range(batch))
-    sub = tuple(np.take(a, rows, axis=0) for a in state)
-    # A constrained caption that cannot come within max_score_drop of the plain one will be dropped: its image
-    # stops as soon as no hypothesis can reach that floor.
-    floors = None
-    if plain is not None and max_score_drop is not None:
-        floors = np.array([plain[i][0].score - max_score_drop[i] if plain[i] else -np.inf for i in rows])
-    kept, finished = _two_beam_search(
-        step, sub, options, start_id, end_id, [sets[i] for i in rows], banned, no_repeat_ngram, floors
-    )
-    out = plain if plain is not None else kept
-    fallback = []
-    for j, i in enumerate(rows):
-        if sets[i] is not None and not finished[j]:
-            fallback.append(i)
-        elif plain is None or max_score_drop is None or _within(plain[i], kept[j], max_score_drop[i]):
+        return search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+    full_step = step_with_topk or _ranked(step)
+    if not keep_named and max_score_drop is None:
+        # No plain result needed: unconstrained images get the met beam alone, i.e. beam_search.
+        kept, finished = _two_beam_search(
+            full_step, state, options, start_id, end_id, sets, banned, no_repeat_ngram
+        )
+        fallback = [i for i in todo if not finished[i]]
+        if fallback:
+            sub = tuple(np.take(a, fallback, axis=0) for a in state)
+            again = search(step, sub, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+            for i, hyps in zip(fallback, again, strict=True):
+                kept[i] = hyps
+        return kept
+    drops = [math.inf if max_score_drop is None else float(max_score_drop[i]) for i in todo]
+    if options.strategy == "beam" and batch <= ONE_PASS_MAX_IMAGES:
+        # Each image unconstrained (its plain search), then each constrained image again as its plain copy's twin.
+        twins = Twins(np.array([-1] * batch + todo), np.array([math.inf] * batch + drops), keep_named)
+        both = tuple(np.concatenate([a, np.take(a, todo, axis=0)]) for a in state)
+        both_sets = [None if i < batch else sets[todo[i - batch]] for i in range(batch + len(todo))]
+        kept, finished = _two_beam_search(
+            full_step, both, options, start_id, end_id, both_sets, banned, no_repeat_ngram, twins=twins
+        )
+        out, twin = kept[:batch], dict(zip(todo, range(batch, batch + len(todo)), strict=True))
+    else:
+        # The plain search first (greedy_search is not a width-1 beam, so it cannot ride in the pass), then only
+        # the constrained images that still need it, each stopping once it cannot come within its drop.
+        out = search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+        left = [
+            (i, d)
+            for i, d in zip(todo, drops, strict=True)
+            if not (keep_named and _names(out[i], sets[i] or []))
+        ]
+        if not left:
+            return out
+        rows = [i for i, _ in left]
+        floors = np.array([out[i][0].score - d if out[i] else -np.inf for i, d in left])
+        kept, finished = _two_beam_search(
+            full_step, tuple(np.take(a, rows, axis=0) for a in state), options, start_id, end_id,
+            [sets[i] for i in rows], banned, no_repeat_ngram, floors=floors,
+        )  # fmt: skip
+        twin = {i: j for j, i in enumerate(rows)}
+    for i, d in zip(todo, drops, strict=True):
+        j = twin.get(i)
+        named = keep_named and _names(out[i], sets[i] or [])
+        if j is not None and not named and finished[j] and _within(out[i], kept[j], d):
             out[i] = kept[j]
-    if fallback and plain is None:
-        sub = tuple(np.take(a, fallback, axis=0) for a in state)
-        again = search(step, sub, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
-        for i, hyps in zip(fallback, again, strict=True):
-            out[i] = hyps
     return out
+
+
+@dataclass(frozen=True)
+class Twins:
+    """Images searched twice in one pass, without and with their constraint. Per image of the pass: plain, the
+    index of its unconstrained copy (-1: it has none); drop, its max_score_drop. stop_named: a twin stops as soon
+    as its plain copy's best caption names the object (keep_named)."""
+
+    plain: np.ndarray
+    drop: np.ndarray
+    stop_named: bool
+
+
+def _ranked(step: StepFn) -> FullTopkStepFn:
+    """step_with_topk from a step that gives every log-probability: its top-k ranked in NumPy."""
+
+    def step_with_topk(tokens: np.ndarray, state: State, k: int):
+        log_probs, new_state = step(tokens, state)
+        log_probs = np.asarray(log_probs)
+        if log_probs.ndim != 2:
+            raise ValueError(f"step returned log_probs of shape {log_probs.shape}; expected (N, V)")
+        return (log_probs, *topk_rows(log_probs, k), new_state)
+
+    return step_with_topk
 
 
 def _names(hyps: list[Hypothesis], words: list[int]) -> bool:
@@ -133,7 +196,7 @@ def _within(plain: list[Hypothesis], constrained: list[Hypothesis], drop: float)
 
 
 def _two_beam_search(
-    step: StepFn,
+    step: FullTopkStepFn,
     state: State,
     options: DecodeOptions,
     start_id: int,
@@ -142,19 +205,28 @@ def _two_beam_search(
     banned: tuple[int, ...],
     no_repeat_ngram: int,
     floors: np.ndarray | None = None,
+    twins: Twins | None = None,
 ) -> tuple[list[list[Hypothesis]], np.ndarray]:
     """The search proper: (B lists of hypotheses as beam_search's, bool [B]: whether a met hypothesis finished;
     one cut at max_length may still outscore it, as in beam_search). floors: per image, a score below which its
-    result is of no use (its search stops once nothing kept or to come can reach it); None: none. Rows are grouped by beam: an unmet and a met beam per constrained image, a met beam per
-    other image, R rows each (1 at the first step, then beam_size), group-major. Rows that hold no hypothesis (the
-    met beam before any word of the set, beams with fewer live candidates than rows) ride along with log_prob
-    -inf and never win a candidate."""
+    result is of no use (it stops once nothing kept or to come can reach it); None: none. twins: images whose
+    result is compared with their plain copy's in the same pass (see Twins): a twin stops once its plain copy has
+    stopped and named the object, and gets its floor (the copy's best minus its drop) when the copy stops. Rows are grouped by beam: an
+    unmet and a met beam per constrained image, a met beam per other image, R rows each (1 at the first step,
+    then beam_size), group-major. Rows that hold no hypothesis (the met beam before any word of the set, beams
+    with fewer live candidates than rows) ride along with log_prob -inf and never win a candidate."""
     batch = state_rows(state)
     beam = 1 if options.strategy == "greedy" else options.beam_size
     n_best, max_length, alpha = options.n_best, options.max_length, float(options.length_penalty)
     best_divisor = float(max_length) ** alpha  # as in beam_search: bounds any future score
     kept: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished = np.zeros(batch, dtype=bool)
+    # A twin's floor: the score its best must reach to be of use (known once its plain copy has stopped).
+    floors = np.full(batch, -np.inf) if floors is None else np.asarray(floors, dtype=np.float64).copy()
+    cancelled = np.zeros(batch, dtype=bool)
+    waiting = (
+        np.zeros(batch, dtype=bool) if twins is None else twins.plain >= 0
+    )  # twins whose copy still runs
     # Groups: (image, met?) in image order, the unmet beam first.
     g_image = np.array([i for i, s in enumerate(sets) for _ in range(1 if s is None else 2)], dtype=np.int64)
     g_met = np.array([m for s in sets for m in ((True,) if s is None else (False, True))])
@@ -168,34 +240,36 @@ def _two_beam_search(
     tokens = np.full(len(g_image), start_id, dtype=np.int64)
     state = tuple(np.take(a, g_image, axis=0) for a in state)
     k = 2 * beam  # each met row adds at most one end candidate, so the top 2*beam hold beam live ones
+    end_banned = end_id in banned
     for t in range(max_length):
         n_groups, rows = lp.shape
-        log_probs, state = checked_step(step, tokens, state, n_groups * rows, end_id)
-        log_probs = log_probs.copy()  # its dtype kept: sums as in beam_search
+        n_rows = n_groups * rows
+        blocked = repeat_blocked(words.reshape(n_rows, t), no_repeat_ngram)
+        # Enough of each row's best to keep k after ruling out the banned, the blocked, the end and the set.
+        ask = k + len(banned) + (0 if blocked is None else blocked.shape[1]) + 1 + width
+        log_probs, values, ids, state = _checked(step, tokens, state, n_rows, ask, end_id)
         if set_ids.max() >= log_probs.shape[1]:
             raise ValueError(
                 f"a constraint's token id is outside the step's vocabulary of {log_probs.shape[1]}"
             )
-        log_probs[:, list(banned)] = -np.inf
-        blocked = repeat_blocked(words.reshape(n_groups * rows, t), no_repeat_ngram)
-        if blocked is not None:
-            r, c = np.nonzero(blocked >= 0)
-            log_probs[r, blocked[r, c]] = -np.inf
         from_unmet = g_met & constrained[g_image]
-        # Every row of a constrained image's met beam may end (see below): its end log-probs, before _candidates.
+        # Every row of a constrained image's met beam may end (see below): its end log-probs, offered apart.
         met_rows = (np.flatnonzero(from_unmet)[:, None] * rows + np.arange(rows)[None, :]).reshape(-1)
         end_lp = lp.reshape(-1)[met_rows] + log_probs[met_rows, end_id].astype(np.float64)
-        src_row, row, tok, step_lp = _candidates(log_probs, g_image, from_unmet, set_ids, end_id, k)
+        if end_banned:
+            end_lp[:] = -np.inf
+        src_row, row, tok, step_lp = _candidates(
+            log_probs, values, ids, g_image, g_met, from_unmet, set_ids, end_id, k, banned, blocked
+        )
         running = np.where(src_row >= 0, lp.reshape(-1)[np.maximum(src_row, 0)], -np.inf)  # [G, S]
         cand_src, cand_tok, cand_lp = best_candidates(running, row, tok, step_lp, k)  # [G, k], best first
-        cand_row = np.take_along_axis(
-            np.maximum(src_row, 0), cand_src, axis=1
-        )  # global row of each candidate
+        # The global row of each candidate.
+        cand_row = np.take_along_axis(np.maximum(src_row, 0), cand_src, axis=1)
         # From here as in beam_search, per beam instead of per image.
         is_end, live_before, n_live, parent, token, new_lp = take_live(
             cand_row, cand_tok, cand_lp, end_id, beam
         )
-        flat_words = words.reshape(n_groups * rows, t)
+        flat_words = words.reshape(n_rows, t)
         # Finished: as in beam_search, an end among an image's beam best candidates; but every row of a constrained
         # image's met beam may end (newcomers from the unmet beam would crowd its ends out of the beam best).
         ends = [
@@ -212,17 +286,18 @@ def _two_beam_search(
                 keep_best(image_kept, make_hypothesis(flat_words[r], lp_end, True, alpha), n_best)
         # An image stops when no live hypothesis of either beam can beat its n_best-th (as in beam_search).
         images, first = np.unique(g_image, return_index=True)
-        best_live = np.maximum.reduceat(new_lp[:, 0], first)
+        best_live = np.maximum.reduceat(new_lp[:, 0], first) / best_divisor
         any_live = np.maximum.reduceat(n_live, first) > 0
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
-        done = (worst > -np.inf) & (best_live / best_divisor <= worst)
-        if (
-            floors is not None
-        ):  # nothing kept or to come reaches the image's floor: its result would be dropped
-            best = np.array([kept[m][0].score if kept[m] else -np.inf for m in images.tolist()])
-            done |= (best < floors[images]) & (best_live / best_divisor < floors[images])
         stays = np.zeros(batch, dtype=bool)
-        stays[images[any_live & ~done]] = True
+        stays[images[any_live & ~((worst > -np.inf) & (best_live <= worst))]] = True
+        if twins is not None:
+            _settle_twins(twins, kept, sets, stays, waiting, floors, cancelled)
+        if np.isfinite(floors).any() or cancelled.any():
+            # An image that cannot reach its floor, or a twin whose plain copy named the object, is of no use.
+            best = np.array([kept[m][0].score if kept[m] else -np.inf for m in images.tolist()])
+            hopeless = (best < floors[images]) & (best_live < floors[images])
+            stays[images[hopeless | cancelled[images]]] = False
         going = stays[g_image]  # per group
         words = np.concatenate([flat_words[parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: live met hypotheses become unfinished candidates
@@ -237,59 +312,98 @@ def _two_beam_search(
     return kept, finished
 
 
+def _settle_twins(
+    twins: Twins,
+    kept: list[list[Hypothesis]],
+    sets: list[list[int] | None],
+    stays: np.ndarray,
+    waiting: np.ndarray,
+    floors: np.ndarray,
+    cancelled: np.ndarray,
+) -> None:
+    """The twins whose plain copy has just stopped (its result is final): cancelled if that copy's best names the
+    object (with stop_named), else their floor is its best score minus their drop. Updates the arrays in place."""
+    for m in np.flatnonzero(waiting & ~stays[np.maximum(twins.plain, 0)]).tolist():
+        plain = kept[twins.plain[m]]
+        waiting[m] = False
+        if twins.stop_named and _names(plain, sets[m] or []):
+            cancelled[m] = True
+        elif plain:
+            floors[m] = plain[0].score - twins.drop[m]
+
+
+def _checked(
+    step: FullTopkStepFn, tokens: np.ndarray, state: State, n_rows: int, k: int, end_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, State]:
+    """step_with_topk's results, their shapes checked, so a broken decoder fails here, not rows later."""
+    log_probs, values, ids, new_state = step(tokens, state, k)
+    log_probs, values, ids = np.asarray(log_probs), np.asarray(values), np.asarray(ids)
+    if log_probs.ndim != 2 or log_probs.shape[0] != n_rows:
+        raise ValueError(
+            f"step returned log_probs of shape {log_probs.shape} for {n_rows} tokens; expected ({n_rows}, V)"
+        )
+    if values.shape != ids.shape or values.shape != (n_rows, min(k, log_probs.shape[1])):
+        raise ValueError(f"step returned top-k values {values.shape} and ids {ids.shape} for {n_rows} tokens")
+    if not 0 <= end_id < log_probs.shape[1]:
+        raise ValueError(f"end_id {end_id} is outside the step's vocabulary of {log_probs.shape[1]} tokens")
+    if np.isnan(values).any():
+        raise ValueError("step returned NaN log-probabilities")
+    check_state(new_state, n_rows)
+    return log_probs, values, ids.astype(np.int64, copy=False), new_state
+
+
 def _candidates(
     log_probs: np.ndarray,
+    values: np.ndarray,
+    ids: np.ndarray,
     g_image: np.ndarray,
+    g_met: np.ndarray,
     from_unmet: np.ndarray,
     set_ids: np.ndarray,
     end_id: int,
     k: int,
+    banned: tuple[int, ...],
+    blocked: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each beam's candidates: (src_row int [G, 2R], then flat (source, token, log_prob) as ``best_candidates``
-    reads them, source = beam * 2R + its source index). Rules tokens out in ``log_probs`` (a copy) as it goes.
+    reads them, source = beam * 2R + its source index).
 
-    log_probs: [G * R, V], beam-major. from_unmet: [G], the met beams of constrained images (their unmet beam is
-    the group just before). set_ids: [B, W], each image's set padded with the end token.
-    Sources 0..R-1 of a beam are its own rows, each with its k best tokens: a met beam's any token (a constrained
-    image's met beam not the end: the caller offers every such end apart), an unmet beam's neither the set's words
-    nor the end. Sources R..2R-1 of a constrained image's met beam are its unmet rows with the set's words; those
-    of other beams are -1 (no row). Own rows come first, so an unconstrained image's candidates rank exactly as in
-    beam_search (equal sums: lower row, then lower token)."""
+    log_probs: [G * R, V], beam-major; values, ids: each row's best, ranked (TopK's order). g_met: [G], the met
+    beams; from_unmet: [G], the met beams of constrained images (their unmet beam is the group just before).
+    set_ids: [B, W], each image's set padded with the end token. blocked: as repeat_blocked gives it, or None.
+    Sources 0..R-1 of a beam are its own rows, each with its k best tokens but the banned and the blocked: a met
+    beam's any token (a constrained image's met beam not the end: the caller offers every such end apart), an
+    unmet beam's neither the set's words nor the end. Sources R..2R-1 of a constrained image's met beam are its
+    unmet rows with the set's words; those of other beams are -1 (no row). Own rows come first, so an
+    unconstrained image's candidates rank exactly as in beam_search (equal sums: lower row, then lower token)."""
     n_groups = len(g_image)
     rows = log_probs.shape[0] // max(n_groups, 1)
     own = np.arange(n_groups)[:, None] * rows + np.arange(rows)[None, :]  # [G, R]
     src_row = np.concatenate([own, np.where(from_unmet[:, None], own - rows, -1)], axis=1)
+    excluded = excluded_ids(ids, banned, blocked)
+    no_end = np.repeat(~g_met | from_unmet, rows)  # rows that may not end here
+    excluded |= no_end[:, None] & (ids == end_id)
+    unmet = np.flatnonzero(np.repeat(~g_met, rows))
+    if unmet.size:  # an unmet row's set words move a hypothesis to the met beam (below), not within its own
+        words = set_ids[g_image[unmet // rows]]  # [U, W]
+        excluded[unmet] |= (ids[unmet][:, :, None] == words[:, None, :]).any(axis=2)
+    values, ids = drop_excluded(values, ids, excluded, k)
+    row = np.repeat(np.arange(len(ids)), ids.shape[1])
+    source = (row // rows) * 2 * rows + row % rows
+    # The unmet rows' set words are candidates of the met beam after them.
     met = np.flatnonzero(from_unmet)
     unmet_rows = own[met - 1][:, :, None]  # [Gm, R, 1]
-    ids = set_ids[g_image[met]][:, None, :]  # [Gm, 1, W]
-    # The unmet rows' set words (read before they are ruled out there) are candidates of the met beam after them.
-    set_lp = log_probs[unmet_rows, ids]  # [Gm, R, W]
-    shape = set_lp.shape
-    set_source = np.broadcast_to(
-        (met * 2 * rows + rows)[:, None, None] + np.arange(rows)[None, :, None], shape
-    )
-    set_tok = np.broadcast_to(ids, shape)
+    set_tok = np.broadcast_to(set_ids[g_image[met]][:, None, :], (len(met), rows, set_ids.shape[1]))
+    set_lp = log_probs[unmet_rows, set_tok]  # [Gm, R, W]
+    if blocked is not None:
+        hit = (set_tok[:, :, :, None] == blocked[unmet_rows[:, :, 0]][:, :, None, :]).any(axis=3)
+        set_lp = np.where(hit, -np.inf, set_lp)
+    set_source = np.broadcast_to((met * 2 * rows + rows)[:, None, None] + np.arange(rows)[None, :, None],
+                                 set_tok.shape)  # fmt: skip
     keep = np.isfinite(set_lp) & (set_tok != end_id)
-    log_probs[unmet_rows, ids] = -np.inf
-    log_probs[unmet_rows.reshape(-1), end_id] = -np.inf
-    log_probs[own[met].reshape(-1), end_id] = -np.inf
-    row, tok, step_lp = _top_k(log_probs, k)
-    source = (row // rows) * 2 * rows + row % rows
     return (
         src_row,
         np.concatenate([source, set_source[keep]]),
-        np.concatenate([tok, set_tok[keep]]),
-        np.concatenate([step_lp, set_lp[keep]]),
+        np.concatenate([ids.reshape(-1), set_tok[keep]]),
+        np.concatenate([values.reshape(-1), set_lp[keep]]),
     )
-
-
-def _top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's finite log-probs at least as high as its k-th best, as flat (row, token, log_prob), ties
-    included (``best_candidates`` breaks them): the k best continuations of any group of rows are among them."""
-    vocab = log_probs.shape[1]
-    if k < vocab:
-        kth = np.partition(log_probs, vocab - k, axis=1)[:, vocab - k]
-        row, tok = np.nonzero((log_probs >= kth[:, None]) & np.isfinite(log_probs))
-    else:
-        row, tok = np.nonzero(np.isfinite(log_probs))
-    return row, tok, log_probs[row, tok]

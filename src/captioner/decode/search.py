@@ -284,15 +284,7 @@ def _expand(
         values, ids, new_state = step_topk(tokens, state, k + len(banned) + n_blocked)
         values, ids = np.asarray(values), np.asarray(ids)
         if (banned or n_blocked) and values.ndim == 2 and values.shape == ids.shape and len(ids) == n_rows:
-            table = _banned_table(tuple(banned))  # a table lookup: np.isin costs more than the step's matmul
-            excluded = table[np.minimum(ids, table.size - 1)]
-            if blocked is not None:
-                excluded |= (ids[:, :, None] == blocked[:, None, :]).any(axis=2)
-            # Drop each row's excluded ids, keeping the others in the decoder's order, then cut to k.
-            keep = np.argsort(excluded, axis=1, kind="stable")[:, : min(k, ids.shape[1])]
-            rows = np.arange(n_rows)[:, None]
-            values = np.where(excluded[rows, keep], -np.inf, values[rows, keep])
-            ids = ids[rows, keep]
+            values, ids = drop_excluded(values, ids, excluded_ids(ids, banned, blocked), k)
         if values.ndim != 2 or values.shape != ids.shape or values.shape[0] != n_rows:
             raise ValueError(
                 f"step_topk returned values {values.shape} and ids {ids.shape} for {n_rows} tokens; "
@@ -300,7 +292,7 @@ def _expand(
             )
         if np.isnan(values).any():
             raise ValueError("step returned NaN log-probabilities")
-        _check_state(new_state, n_rows)
+        check_state(new_state, n_rows)
         width = values.shape[1]
         return (
             np.repeat(np.arange(n_rows), width),
@@ -324,6 +316,43 @@ def _expand(
     else:
         row, tok = np.divmod(np.arange(log_probs.size), vocab)
     return row, tok, log_probs[row, tok], new_state
+
+
+def excluded_ids(ids: np.ndarray, banned: tuple[int, ...], blocked: np.ndarray | None) -> np.ndarray:
+    """bool, the shape of ``ids`` [N, k]: which ids are ``banned``, or in their row's ``blocked`` (int [N, m],
+    -1 padded; None: none)."""
+    table = _banned_table(tuple(banned))  # a table lookup: np.isin costs more than the step's matmul
+    excluded = table[np.minimum(ids, table.size - 1)]
+    if blocked is not None:
+        excluded |= (ids[:, :, None] == blocked[:, None, :]).any(axis=2)
+    return excluded
+
+
+def drop_excluded(
+    values: np.ndarray, ids: np.ndarray, excluded: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ids that are not ``excluded``, in their given order, cut to k: (values, ids), [N, min(k, width)]
+    each. A row with fewer than that many left is padded with excluded ones, their values -inf."""
+    keep = np.argsort(excluded, axis=1, kind="stable")[:, : min(k, ids.shape[1])]
+    rows = np.arange(len(ids))[:, None]
+    return np.where(excluded[rows, keep], -np.inf, values[rows, keep]), ids[rows, keep]
+
+
+def topk_rows(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's min(k, V) best log-probs and their ids, [N, k] each, as onnxruntime's TopK gives them: best
+    first, equal values in ascending id order. A partition finds the candidates; only they are sorted."""
+    n_rows, vocab = log_probs.shape
+    k = max(1, min(int(k), vocab))
+    if k < vocab:
+        kth = np.partition(log_probs, vocab - k, axis=1)[:, vocab - k]
+        row, tok = np.nonzero(log_probs >= kth[:, None])
+    else:
+        row, tok = np.divmod(np.arange(log_probs.size), vocab)
+    value = log_probs[row, tok]
+    order = np.lexsort((tok, -value, row))  # nonzero's order is row-major; ties: the lower id first
+    row, tok, value = row[order], tok[order], value[order]
+    first = np.arange(row.size) - np.searchsorted(row, row) < k
+    return value[first].reshape(n_rows, k), tok[first].reshape(n_rows, k)
 
 
 @functools.lru_cache(maxsize=64)
@@ -377,11 +406,11 @@ def checked_step(
         raise ValueError(f"end_id {end_id} is outside the step's vocabulary of {log_probs.shape[1]} tokens")
     if np.isnan(log_probs).any():
         raise ValueError("step returned NaN log-probabilities")
-    _check_state(new_state, n_rows)
+    check_state(new_state, n_rows)
     return log_probs, new_state
 
 
-def _check_state(new_state: State, n_rows: int) -> None:
+def check_state(new_state: State, n_rows: int) -> None:
     if not isinstance(new_state, tuple) or any(np.shape(a)[:1] != (n_rows,) for a in new_state):
         shapes = [np.shape(a) for a in new_state] if isinstance(new_state, tuple) else type(new_state)
         raise ValueError(

@@ -219,7 +219,7 @@ def _external_tensor(name: str, array: np.ndarray):
 
 
 class OnnxDecoder:
-    """StepDecoder running ``build_step_graph`` in onnxruntime; ``step_topk`` feeds the searches.
+    """StepDecoder running ``build_step_graph`` in onnxruntime; ``step_topk`` and ``step_with_topk`` feed the searches.
 
     decoder: the NumPy reference (``NumpyDecoder``, or any step decoder with ``graph_weights()`` whose state is
     (h, c, v) as the graph reads it); its ``initial_state`` is used as is.
@@ -299,3 +299,13 @@ class OnnxDecoder:
         k = max(1, min(int(k), self.vocab_size))
         values, ids, h, c = self._run(["top_values", "top_ids", "h_out", "c_out"], tokens, state, k)
         return values, ids, (h, c, state[2])
+
+    def step_with_topk(
+        self, tokens: np.ndarray, state: tuple[np.ndarray, ...], k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """-> (log_probs [N, V], values [N, k], ids [N, k], new state): step's and step_topk's results from one run
+        (the constrained search ranks each row's best and reads a few log-probabilities by id)."""
+        k = max(1, min(int(k), self.vocab_size))
+        names = ["log_probs", "top_values", "top_ids", "h_out", "c_out"]
+        log_probs, values, ids, h, c = self._run(names, tokens, state, k)
+        return log_probs, values, ids, (h, c, state[2])
