@@ -21,14 +21,11 @@ beam.
 
 By default (``keep_named``) an image whose plain caption already holds a word of its set keeps it: two beams rank
 met hypotheses differently from one, and a caption that already names the object should not change for the
-constraint's sake (on Flickr8k dev it cost BLEU-4 and CIDEr). For beam batches of up to ONE_PASS_MAX_IMAGES
-images the plain and the constrained searches run in the same step calls: each constrained image rides twice,
-once without its constraint (its plain search, as ``beam_search`` would run it) and once with it. When an image's
-plain search ends, its constrained twin learns its fate: it stops at once if the plain caption names the object,
-or as soon as it cannot come within ``max_score_drop`` of the plain score. At such batch sizes each step's fixed
-cost (the decoder call, the NumPy bookkeeping) dominates, and one pass pays it once. Larger batches (and greedy
-options: greedy_search is not a width-1 beam search) run the plain search first, then only the constrained images
-that still need it, each stopping as soon as it cannot come within its drop. Both give the same captions (tested).
+constraint's sake (on Flickr8k dev it cost BLEU-4 and CIDEr). So the plain search runs first, then only the
+other constrained images are searched again, with the constraint, as one batch; each stops as soon as it cannot
+come within ``max_score_drop`` of its plain score. (Running both in the same step calls, each constrained image
+as a twin of its plain copy, was 5% faster at batch 8 but slower at batch 1 and above batch 8: a twin cannot
+stop before its plain copy has ended.)
 
 Each step needs every row's best tokens (as ``step_topk`` gives them) and a few log-probabilities by id (the
 set's words, the end token), so ``step_with_topk`` returns both; without it the log-probabilities of ``step``
@@ -39,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,11 +60,6 @@ from captioner.decode.search import (
 
 # (tokens, state, k) -> (log_probs [N, V], each row's k best log-probs [N, k] and their ids, new state)
 FullTopkStepFn = Callable[[np.ndarray, State, int], tuple[np.ndarray, np.ndarray, np.ndarray, State]]
-# Beam batches of at most this many images search plain and constrained in one pass: below it each step's fixed
-# cost dominates; above it the pass's extra rows (twins of images whose plain caption names the object, twins
-# that learn their floor late) cost more than a second pass (decode time per image, default bundle, dev photos:
-# bench/README.md).
-ONE_PASS_MAX_IMAGES = 8
 
 
 def constrained_search(
@@ -125,51 +116,22 @@ def constrained_search(
             for i, hyps in zip(fallback, again, strict=True):
                 kept[i] = hyps
         return kept
-    drops = [math.inf if max_score_drop is None else float(max_score_drop[i]) for i in todo]
-    if options.strategy == "beam" and batch <= ONE_PASS_MAX_IMAGES:
-        # Each image unconstrained (its plain search), then each constrained image again as its plain copy's twin.
-        twins = Twins(np.array([-1] * batch + todo), np.array([math.inf] * batch + drops), keep_named)
-        both = tuple(np.concatenate([a, np.take(a, todo, axis=0)]) for a in state)
-        both_sets = [None if i < batch else sets[todo[i - batch]] for i in range(batch + len(todo))]
-        kept, finished = _two_beam_search(
-            full_step, both, options, start_id, end_id, both_sets, banned, no_repeat_ngram, twins=twins
-        )
-        out, twin = kept[:batch], dict(zip(todo, range(batch, batch + len(todo)), strict=True))
-    else:
-        # The plain search first (greedy_search is not a width-1 beam, so it cannot ride in the pass), then only
-        # the constrained images that still need it, each stopping once it cannot come within its drop.
-        out = search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
-        left = [
-            (i, d)
-            for i, d in zip(todo, drops, strict=True)
-            if not (keep_named and _names(out[i], sets[i] or []))
-        ]
-        if not left:
-            return out
-        rows = [i for i, _ in left]
-        floors = np.array([out[i][0].score - d if out[i] else -np.inf for i, d in left])
-        kept, finished = _two_beam_search(
-            full_step, tuple(np.take(a, rows, axis=0) for a in state), options, start_id, end_id,
-            [sets[i] for i in rows], banned, no_repeat_ngram, floors=floors,
-        )  # fmt: skip
-        twin = {i: j for j, i in enumerate(rows)}
-    for i, d in zip(todo, drops, strict=True):
-        j = twin.get(i)
-        named = keep_named and _names(out[i], sets[i] or [])
-        if j is not None and not named and finished[j] and _within(out[i], kept[j], d):
+    # The plain search first, then only the constrained images that still need it, each stopping as soon as it
+    # cannot come within its drop of the plain score.
+    out = search(step, state, options, start_id, end_id, step_topk, banned, no_repeat_ngram)
+    rows = [i for i in todo if not (keep_named and _names(out[i], sets[i] or []))]
+    if not rows:
+        return out
+    drops = [math.inf if max_score_drop is None else float(max_score_drop[i]) for i in rows]
+    floors = np.array([out[i][0].score - d if out[i] else -np.inf for i, d in zip(rows, drops, strict=True)])
+    kept, finished = _two_beam_search(
+        full_step, tuple(np.take(a, rows, axis=0) for a in state), options, start_id, end_id,
+        [sets[i] for i in rows], banned, no_repeat_ngram, floors,
+    )  # fmt: skip
+    for j, (i, d) in enumerate(zip(rows, drops, strict=True)):
+        if finished[j] and _within(out[i], kept[j], d):
             out[i] = kept[j]
     return out
-
-
-@dataclass(frozen=True)
-class Twins:
-    """Images searched twice in one pass, without and with their constraint. Per image of the pass: plain, the
-    index of its unconstrained copy (-1: it has none); drop, its max_score_drop. stop_named: a twin stops as soon
-    as its plain copy's best caption names the object (keep_named)."""
-
-    plain: np.ndarray
-    drop: np.ndarray
-    stop_named: bool
 
 
 def _ranked(step: StepFn) -> FullTopkStepFn:
@@ -205,13 +167,10 @@ def _two_beam_search(
     banned: tuple[int, ...],
     no_repeat_ngram: int,
     floors: np.ndarray | None = None,
-    twins: Twins | None = None,
 ) -> tuple[list[list[Hypothesis]], np.ndarray]:
     """The search proper: (B lists of hypotheses as beam_search's, bool [B]: whether a met hypothesis finished;
     one cut at max_length may still outscore it, as in beam_search). floors: per image, a score below which its
-    result is of no use (it stops once nothing kept or to come can reach it); None: none. twins: images whose
-    result is compared with their plain copy's in the same pass (see Twins): a twin stops once its plain copy has
-    stopped and named the object, and gets its floor (the copy's best minus its drop) when the copy stops. Rows are grouped by beam: an
+    result is of no use (it stops once nothing kept or to come can reach it); None: none. Rows are grouped by beam: an
     unmet and a met beam per constrained image, a met beam per other image, R rows each (1 at the first step,
     then beam_size), group-major. Rows that hold no hypothesis (the met beam before any word of the set, beams
     with fewer live candidates than rows) ride along with log_prob -inf and never win a candidate."""
@@ -219,14 +178,11 @@ def _two_beam_search(
     beam = 1 if options.strategy == "greedy" else options.beam_size
     n_best, max_length, alpha = options.n_best, options.max_length, float(options.length_penalty)
     best_divisor = float(max_length) ** alpha  # as in beam_search: bounds any future score
+    if floors is not None and not np.isfinite(floors).any():
+        floors = None
     kept: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished = np.zeros(batch, dtype=bool)
     # A twin's floor: the score its best must reach to be of use (known once its plain copy has stopped).
-    floors = np.full(batch, -np.inf) if floors is None else np.asarray(floors, dtype=np.float64).copy()
-    cancelled = np.zeros(batch, dtype=bool)
-    waiting = (
-        np.zeros(batch, dtype=bool) if twins is None else twins.plain >= 0
-    )  # twins whose copy still runs
     # Groups: (image, met?) in image order, the unmet beam first.
     g_image = np.array([i for i, s in enumerate(sets) for _ in range(1 if s is None else 2)], dtype=np.int64)
     g_met = np.array([m for s in sets for m in ((True,) if s is None else (False, True))])
@@ -291,13 +247,10 @@ def _two_beam_search(
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
         stays = np.zeros(batch, dtype=bool)
         stays[images[any_live & ~((worst > -np.inf) & (best_live <= worst))]] = True
-        if twins is not None:
-            _settle_twins(twins, kept, sets, stays, waiting, floors, cancelled)
-        if np.isfinite(floors).any() or cancelled.any():
-            # An image that cannot reach its floor, or a twin whose plain copy named the object, is of no use.
+        if floors is not None:
+            # Nothing kept or to come reaches the image's floor: its result would be dropped.
             best = np.array([kept[m][0].score if kept[m] else -np.inf for m in images.tolist()])
-            hopeless = (best < floors[images]) & (best_live < floors[images])
-            stays[images[hopeless | cancelled[images]]] = False
+            stays[images[(best < floors[images]) & (best_live < floors[images])]] = False
         going = stays[g_image]  # per group
         words = np.concatenate([flat_words[parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: live met hypotheses become unfinished candidates
@@ -310,26 +263,6 @@ def _two_beam_search(
         g_image, g_met = g_image[going], g_met[going]
         words, lp, tokens = words[going], new_lp[going], token[going].reshape(-1)
     return kept, finished
-
-
-def _settle_twins(
-    twins: Twins,
-    kept: list[list[Hypothesis]],
-    sets: list[list[int] | None],
-    stays: np.ndarray,
-    waiting: np.ndarray,
-    floors: np.ndarray,
-    cancelled: np.ndarray,
-) -> None:
-    """The twins whose plain copy has just stopped (its result is final): cancelled if that copy's best names the
-    object (with stop_named), else their floor is its best score minus their drop. Updates the arrays in place."""
-    for m in np.flatnonzero(waiting & ~stays[np.maximum(twins.plain, 0)]).tolist():
-        plain = kept[twins.plain[m]]
-        waiting[m] = False
-        if twins.stop_named and _names(plain, sets[m] or []):
-            cancelled[m] = True
-        elif plain:
-            floors[m] = plain[0].score - twins.drop[m]
 
 
 def _checked(
