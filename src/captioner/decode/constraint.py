@@ -170,10 +170,12 @@ def _two_beam_search(
 ) -> tuple[list[list[Hypothesis]], np.ndarray]:
     """The search proper: (B lists of hypotheses as beam_search's, bool [B]: whether a met hypothesis finished;
     one cut at max_length may still outscore it, as in beam_search). floors: per image, a score below which its
-    result is of no use (it stops once nothing kept or to come can reach it); None: none. Rows are grouped by beam: an
-    unmet and a met beam per constrained image, a met beam per other image, R rows each (1 at the first step,
-    then beam_size), group-major. Rows that hold no hypothesis (the met beam before any word of the set, beams
-    with fewer live candidates than rows) ride along with log_prob -inf and never win a candidate."""
+    result is of no use (it stops once nothing kept or to come can reach it); None: none.
+
+    Rows are grouped by beam: an unmet and a met beam per constrained image, a met beam per other image, R rows
+    each (1 at the first step, then beam_size), group-major. Rows that hold no hypothesis (the met beam before any
+    word of the set, beams with fewer live candidates than rows) ride along with log_prob -inf and never win a
+    candidate."""
     batch = state_rows(state)
     beam = 1 if options.strategy == "greedy" else options.beam_size
     n_best, max_length, alpha = options.n_best, options.max_length, float(options.length_penalty)
@@ -182,7 +184,6 @@ def _two_beam_search(
         floors = None
     kept: list[list[Hypothesis]] = [[] for _ in range(batch)]
     finished = np.zeros(batch, dtype=bool)
-    # A twin's floor: the score its best must reach to be of use (known once its plain copy has stopped).
     # Groups: (image, met?) in image order, the unmet beam first.
     g_image = np.array([i for i, s in enumerate(sets) for _ in range(1 if s is None else 2)], dtype=np.int64)
     g_met = np.array([m for s in sets for m in ((True,) if s is None else (False, True))])
