@@ -205,7 +205,7 @@ def _two_beam_search(
         # Enough of each row's best to keep k after ruling out the banned, the blocked, the end and the set.
         ask = k + len(banned) + (0 if blocked is None else blocked.shape[1]) + 1 + width
         log_probs, values, ids, state = _checked(step, tokens, state, n_rows, ask, end_id)
-        if set_ids.max() >= log_probs.shape[1]:
+        if t == 0 and set_ids.max() >= log_probs.shape[1]:  # the vocabulary size, known from the first step
             raise ValueError(
                 f"a constraint's token id is outside the step's vocabulary of {log_probs.shape[1]}"
             )
