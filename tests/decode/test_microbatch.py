@@ -285,3 +285,80 @@ def test_a_refused_announced_request_ends_its_announcement(captioner, images):
 def test_invalid_settings_are_refused(captioner, kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[-1]):
         MicroBatcher(captioner, **kwargs)
+
+
+# -- lanes: captioners with encoder sessions of their own, fed side by side --
+
+
+def _batch_reference(captioner, images, options):
+    """Each image's result when ``images`` run as one batch (the same batch shape, the same floats)."""
+    encoded = captioner.encoder.run(images)
+    return captioner.decode_features(encoded.features, options, encoded.imagenet_probs)
+
+
+def test_batches_are_shared_between_the_lanes(captioner, images):
+    gates = [gated_captioner(captioner) for _ in range(2)]
+    jobs = [images[i % len(images)] for i in range(8)]
+    with MicroBatcher(
+        captioner, max_batch_size=8, max_wait_ms=2000, lanes=[lane for _, lane in gates]
+    ) as batcher:
+        assert batcher.lane_batch_size == 4
+        futures = [batcher.submit(image, GREEDY) for image in jobs]
+        for gated, _ in gates:  # both lanes hold a batch at the same time
+            assert gated.entered.wait(10)
+        for gated, _ in gates:
+            gated.gate.set()
+        results = [f.result(timeout=30) for f in futures]
+        stats = batcher.stats
+    assert stats.lane_batches == (1, 1) and stats.solo_batches == 0 and stats.largest_batch == 4
+    # In arrival order, four to a lane.
+    for result, ref in zip(results, [*_batch_reference(captioner, jobs[:4], GREEDY),
+                                     *_batch_reference(captioner, jobs[4:], GREEDY)], strict=True):  # fmt: skip
+        _same(result, ref)
+
+
+def test_two_lone_requests_on_idle_lanes_run_side_by_side(captioner, images, reference):
+    gates = [gated_captioner(captioner) for _ in range(2)]
+    with MicroBatcher(
+        captioner, max_batch_size=8, max_wait_ms=2000, lanes=[lane for _, lane in gates]
+    ) as batcher:
+        with batcher.expect() as a, batcher.expect() as b:  # both on their way: neither runs alone at once
+            futures = [a.submit(images[0], GREEDY), b.submit(images[1], GREEDY)]
+        for gated, _ in gates:  # one each, not both on one lane nor one on the whole captioner
+            assert gated.entered.wait(10)
+            gated.gate.set()
+        for i, f in enumerate(futures):
+            _same(f.result(timeout=30), reference[(i, GREEDY)])
+        assert batcher.stats.lane_batches == (1, 1) and batcher.stats.solo_batches == 0
+
+
+def test_a_lone_request_gets_the_whole_captioner_unless_a_lane_is_busy(captioner, images, reference):
+    held, whole = gated_captioner(
+        captioner
+    )  # the batcher's own captioner, held while it runs the first request
+    gates = [gated_captioner(captioner) for _ in range(2)]
+    for gated, _ in gates:
+        gated.gate.set()
+    with MicroBatcher(whole, max_batch_size=8, max_wait_ms=0, lanes=[lane for _, lane in gates]) as batcher:
+        first = batcher.submit(images[0], GREEDY)
+        assert held.entered.wait(10)
+        # While the first runs on the whole captioner, a second lone request runs on a lane, not behind it.
+        _same(batcher.submit(images[1], GREEDY).result(timeout=30), reference[(1, GREEDY)])
+        assert not first.done()
+        held.gate.set()
+        _same(first.result(timeout=30), reference[(0, GREEDY)])
+        stats = batcher.stats
+    assert stats.solo_batches == 1 and sum(stats.lane_batches) == 1
+
+
+def test_an_image_a_lane_cannot_encode_fails_alone(captioner, images, reference):
+    bad = images[1]
+    lanes = [gated_captioner(captioner, bad=(bad,))[1] for _ in range(2)]
+    for lane in lanes:
+        lane.encoder.gate.set()
+    with MicroBatcher(captioner, max_batch_size=4, max_wait_ms=2000, lanes=lanes) as batcher:
+        futures = [batcher.submit(images[i], GREEDY) for i in range(4)]
+        with pytest.raises(ValueError, match="cannot be encoded"):
+            futures[1].result(timeout=30)
+        for i in (0, 2, 3):
+            _same(futures[i].result(timeout=30), reference[(i, GREEDY)])

@@ -62,3 +62,42 @@ def test_batching_can_be_turned_off(make_client):
     client = make_client(microbatch_max_size=1)
     assert client.app.state.service.batcher is None
     assert client.post(URL, files={"file": jpeg(seed=3)}).status_code == 200
+
+
+def test_two_lanes_share_concurrent_requests(make_client):
+    client = make_client(
+        threads=2, inference_lanes=2, microbatch_max_size=8, microbatch_max_wait_ms=200, cache_max_entries=0
+    )
+    batcher = client.app.state.service.batcher
+    captioner = client.app.state.service.captioner
+    # Two lanes: the model shared, an encoder session of one thread each (not the captioner's own).
+    assert len(batcher.lanes) == 2 and batcher.lane_batch_size == 4
+    assert all(lane.decoder is captioner.decoder for lane in batcher.lanes)
+    sessions = {id(lane.encoder.session) for lane in batcher.lanes} | {id(captioner.encoder.session)}
+    assert len(sessions) == 3
+    assert all(lane.encoder.session.get_session_options().intra_op_num_threads == 1 for lane in batcher.lanes)
+    images = [jpeg(size=(80 + 8 * i, 64), seed=200 + i) for i in range(8)]
+    assert client.post(URL, files={"file": images[0]}).status_code == 200
+    assert batcher.stats.solo_batches == 1  # a lone request: the whole captioner
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(len(images))
+
+    def send(i: int) -> None:
+        barrier.wait()
+        results[i] = client.post(URL, files={"file": images[i]})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == list(range(len(images)))
+    assert all(r.status_code == 200 and r.json()["caption"] for r in results.values())
+    assert all(n > 0 for n in batcher.stats.lane_batches), batcher.stats  # both lanes captioned some
+
+
+def test_one_lane_is_the_captioner_itself(make_client):
+    client = make_client(threads=2, inference_lanes=1)
+    service = client.app.state.service
+    assert service.batcher.lanes == [service.captioner]
+    assert client.post(URL, files={"file": jpeg(seed=4)}).status_code == 200

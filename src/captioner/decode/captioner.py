@@ -8,6 +8,7 @@ images and one step call per token for all beams of all images.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -132,6 +133,13 @@ class Captioner:
             if labels is not None and token_to_id is not None and tokens is not None
             else None
         )
+
+    def with_encoder(self, encoder: OnnxEncoder) -> Captioner:
+        """This captioner with another encoder session (e.g. one with fewer threads, for an inference lane); the
+        decoder, vocabulary and the rest are shared, not copied."""
+        other = copy.copy(self)
+        other.encoder = encoder
+        return other
 
     @property
     def model_info(self) -> ModelInfo | None:

@@ -7,9 +7,9 @@
     with batcher.expect() as arrival:              # a request on its way (its upload is read, its image decoded)
         future = arrival.submit(image, options)    # ... joins; leaving the block unsubmitted withdraws it
 
-One worker thread takes requests in arrival order. It starts a batch when ``max_batch_size`` requests are
-waiting, or ``max_wait_ms`` after the later of the oldest request's arrival and the end of the previous batch,
-whichever comes first. Measuring the wait from the end of the previous batch too lets the callers just answered
+A worker thread (one per lane, below) takes requests in arrival order. It starts a batch when
+``max_batch_size`` requests are waiting, or ``max_wait_ms`` after the later of the oldest request's arrival and
+the end of its previous batch, whichever comes first. Measuring the wait from the end of the previous batch too lets the callers just answered
 rejoin (closed-loop clients resubmit within a millisecond or two): without it, 8 clients on a batcher of 8
 settle into alternating half-full batches. The wait adds at most ``max_wait_ms`` to a request's latency.
 
@@ -31,8 +31,13 @@ The images of a batch go through the encoder together (options do not matter the
 ``DecodeOptions`` share one search, others get a search per distinct options. An error fails only the requests
 it belongs to.
 
-Onnxruntime and NumPy release the GIL, so a single worker keeps the cores busy; a second one would only make
-two batches fight over the same cores.
+Lanes: with one captioner, a batch's search (Python under the GIL, one core) leaves the other cores idle while
+the encoder waits for it. ``lanes`` are captioners that share the model but each have their own encoder session
+with a share of the cores (``Captioner.with_encoder``): one worker thread per lane takes batches of up to
+``ceil(max_batch_size / lanes)``, so one lane encodes (onnxruntime, no GIL) while another searches. A lone request
+while every other lane is idle runs on ``captioner`` itself (all its encoder threads for one image). Measured over
+HTTP on 2 cores with 8 clients (bench/README.md): two one-thread lanes serve ~1.2x the requests of one two-thread
+captioner; a lane in a worker process of its own (no shared GIL) did no better than a thread.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
@@ -67,6 +73,8 @@ class BatcherStats:
     largest_batch: int
     queued: int
     expected: int  # announced by expect(), neither submitted nor withdrawn yet
+    lane_batches: tuple[int, ...] = (0,)  # batches each lane ran
+    solo_batches: int = 0  # lone requests run on the captioner itself while every other lane was idle
 
     @property
     def mean_batch_size(self) -> float:
@@ -108,10 +116,12 @@ class Arrival:
 class MicroBatcher:
     """Gathers concurrent caption requests into batches for one Captioner; see the module docstring.
 
-    max_batch_size: most images per encoder batch. max_wait_ms: how long the oldest waiting request may wait
-    for others to join before its batch starts. max_queue: most requests waiting to start (a running batch
-    is not counted); one more raises QueueFull. max_wait_expected_ms: how long it may wait while requests
-    announced by ``expect()`` are still on their way (at least max_wait_ms; None: as max_wait_ms).
+    max_batch_size: most images per encoder batch (with several lanes, shared between them). max_wait_ms: how long
+    the oldest waiting request may wait for others to join before its batch starts. max_queue: most requests
+    waiting to start (a running batch is not counted); one more raises QueueFull. max_wait_expected_ms: how long it
+    may wait while requests announced by ``expect()`` are still on their way (at least max_wait_ms; None: as
+    max_wait_ms). lanes: captioners that run batches side by side, each fed by its own worker thread (see the
+    module docstring); None: one lane, ``captioner`` itself.
     """
 
     def __init__(
@@ -121,6 +131,7 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 64,
         max_wait_expected_ms: float | None = None,
+        lanes: Sequence[Captioner] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -137,15 +148,22 @@ class MicroBatcher:
         self.captioner = captioner
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.max_wait_expected_s = max_wait_expected_ms / 1000
+        self.lanes: list[Captioner] = list(lanes) if lanes else [captioner]
+        self.lane_batch_size = -(-max_batch_size // len(self.lanes))  # ceil: the lanes share max_batch_size
         self._expected = 0  # announced by expect(), neither submitted nor withdrawn yet
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._free_since = 0.0  # perf_counter() when the worker finished its last batch
-        self._last_size = 0  # requests in the worker's last batch (0 before the first)
-        self._batches = self._images = self._groups = self._rejected = self._largest = 0
-        self._worker = threading.Thread(target=self._run, name="captioner-batcher", daemon=True)
-        self._worker.start()
+        self._running = 0  # lanes running a batch
+        self._last_size = 0  # requests in the last batch a lane finished (0 before the first)
+        self._batches = self._images = self._groups = self._rejected = self._largest = self._solo = 0
+        self._lane_batches = [0] * len(self.lanes)
+        self._workers = [
+            threading.Thread(target=self._run, args=(i,), name=f"captioner-batcher-{i}", daemon=True)
+            for i in range(len(self.lanes))
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # -- public API --
 
@@ -159,7 +177,7 @@ class MicroBatcher:
     def _withdraw(self) -> None:
         with self._cond:
             self._expected -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def submit(
         self, image: Image.Image, options: DecodeOptions = DecodeOptions(), *, _announced: bool = False
@@ -172,7 +190,7 @@ class MicroBatcher:
         with self._cond:
             if _announced:
                 self._expected -= 1
-                self._cond.notify()  # a refusal below still ends the announcement
+                self._cond.notify_all()  # a refusal below still ends the announcement
             if self._closed:
                 raise RuntimeError("the MicroBatcher is closed; create a new one to caption more images")
             if len(self._pending) >= self.max_queue:
@@ -182,7 +200,7 @@ class MicroBatcher:
                     "retry in a moment"
                 )
             self._pending.append(_Request(image, options, future, time.perf_counter()))
-            self._cond.notify()
+            self._cond.notify_all()
         return future
 
     async def caption(self, image: Image.Image, options: DecodeOptions = DecodeOptions()) -> CaptionResult:
@@ -194,16 +212,18 @@ class MicroBatcher:
         with self._cond:
             return BatcherStats(
                 self._batches, self._images, self._groups, self._rejected, self._largest, len(self._pending),
-                self._expected,
+                self._expected, tuple(self._lane_batches), self._solo,
             )  # fmt: skip
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish every queued one, stop the worker. Idempotent."""
+        """Refuse new requests, finish every queued one, stop the workers. Idempotent."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._worker:
-            self._worker.join(timeout)
+        current = threading.current_thread()
+        for worker in self._workers:
+            if worker is not current:
+                worker.join(timeout)
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -211,47 +231,67 @@ class MicroBatcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the worker --
+    # -- the workers, one per lane --
 
-    def _run(self) -> None:
+    def _run(self, lane: int) -> None:
+        free_since = 0.0  # perf_counter() when this lane finished its last batch
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch(free_since)
+            if taken is None:
                 return
+            batch, alone = taken
             try:
-                self._run_batch(batch)
+                self._run_batch(batch, lane, alone)
             except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers or kill the worker
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(exc)
-            self._free_since, self._last_size = time.perf_counter(), len(batch)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._last_size = len(batch)
+            free_since = time.perf_counter()
 
-    def _next_batch(self) -> list[_Request] | None:
-        """Block until a batch is due; None once closed and drained."""
+    def _next_batch(self, free_since: float) -> tuple[list[_Request], bool] | None:
+        """Block until a batch is due for a lane that became free at ``free_since``: (its requests, whether it is
+        all the work there is: every other lane idle, nothing else waiting); None once closed and drained."""
         with self._cond:
-            while not self._pending:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            if len(self._pending) == 1 and self._last_size <= 1 and self._expected == 0:
-                return [self._pending.popleft()]  # nothing overlaps it: waiting would only add latency
-            since = max(self._pending[0].enqueued, self._free_since)
-            while len(self._pending) < self.max_batch_size and not self._closed:
-                # Past max_wait_ms, only requests announced and still on their way are worth waiting for.
-                limit = self.max_wait_expected_s if self._expected > 0 else self.max_wait_s
-                remaining = since + limit - time.perf_counter()
-                if remaining <= 0:
+            while True:
+                while not self._pending:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                if len(self._pending) == 1 and self._last_size <= 1 and self._expected == 0:
+                    break  # nothing overlaps it: waiting would only add latency
+                since = max(self._pending[0].enqueued, free_since)
+                while len(self._pending) < self.lane_batch_size and not self._closed:
+                    # Past max_wait_ms, only requests announced and still on their way are worth waiting for.
+                    limit = self.max_wait_expected_s if self._expected > 0 else self.max_wait_s
+                    remaining = since + limit - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._pending:  # (another lane may have taken them all while this one waited)
                     break
-                self._cond.wait(remaining)
-            n = min(len(self._pending), self.max_batch_size)
-            return [self._pending.popleft() for _ in range(n)]
+            # An equal share for each idle lane, so that two requests on two idle lanes run side by side.
+            idle = len(self.lanes) - self._running
+            n = min(len(self._pending), self.lane_batch_size, -(-len(self._pending) // idle))
+            batch = [self._pending.popleft() for _ in range(n)]
+            alone = self._running == 0 and not self._pending  # nothing else running or waiting to
+            self._running += 1
+            if self._pending:
+                self._cond.notify_all()  # an idle lane may take the rest now
+            return batch, alone
 
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _run_batch(self, batch: list[_Request], lane: int, alone: bool) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not live:
             return
+        # A lone image while the other lanes idle gets the whole captioner (every encoder thread).
+        solo = alone and len(live) == 1 and len(self.lanes) > 1
+        captioner = self.captioner if solo else self.lanes[lane]
         start = time.perf_counter()
-        encoded, ok = self._encode(live)
+        encoded, ok = self._encode(captioner, live)
         enc_ms = (time.perf_counter() - start) * 1000 / len(live)
         groups: dict[DecodeOptions, list[int]] = {}
         for i in ok:
@@ -259,7 +299,7 @@ class MicroBatcher:
         for options, idx in groups.items():
             try:
                 probs = None if encoded.imagenet_probs is None else encoded.imagenet_probs[idx]
-                results = self.captioner.decode_features(encoded.features[idx], options, probs)
+                results = captioner.decode_features(encoded.features[idx], options, probs)
             except Exception as exc:  # noqa: BLE001 - belongs to this options group's callers only
                 for i in idx:
                     live[i].future.set_exception(exc)
@@ -273,14 +313,19 @@ class MicroBatcher:
             self._images += len(live)
             self._groups += len(groups)
             self._largest = max(self._largest, len(live))
+            if solo:
+                self._solo += 1
+            else:
+                self._lane_batches[lane] += 1
 
-    def _encode(self, live: list[_Request]) -> tuple[EncoderOutput, list[int]]:
+    @staticmethod
+    def _encode(captioner: Captioner, live: list[_Request]) -> tuple[EncoderOutput, list[int]]:
         """Encoder outputs for all of ``live`` (rows [len(live), ...]) and the indices that have them; a failed
         image fails only its own future.
 
         The whole batch is tried first; if that raises, each image is encoded alone to find the culprit(s).
         """
-        encoder = self.captioner.encoder
+        encoder = captioner.encoder
         try:
             return encoder.run([r.image for r in live]), list(range(len(live)))
         except Exception as exc:  # noqa: BLE001

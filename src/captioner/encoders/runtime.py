@@ -32,6 +32,29 @@ def limit_blas_threads() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+_shared_arena = False
+
+
+def share_cpu_arena() -> None:
+    """Register one onnxruntime CPU arena for the whole process; every session made by ``session_options`` then
+    allocates its tensors from it instead of growing an arena of its own. Process-wide: call it at the edges
+    (service startup) before the sessions are made, never from library code. Idempotent.
+
+    An arena only grows (to the largest batch a session has run) and is never given back, so each session's own
+    arena holds its peak for good. The service runs several encoder sessions (the micro-batcher's lanes and the
+    all-threads one, decode/microbatch.py): measured with the default bundle, three encoder sessions and the
+    decoder's after batches of 4 and 8: 719 MB RSS with an arena each, 562 MB with one shared, the same speed.
+    """
+    global _shared_arena
+    if _shared_arena:
+        return
+    import onnxruntime as ort
+
+    cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(cpu, ort.OrtArenaCfg(0, -1, -1, -1))  # onnxruntime's default arena
+    _shared_arena = True
+
+
 def session_options(threads: int | None = None, stop_spinning_after_run: bool = True):
     """onnxruntime options: ``threads`` intra-op threads (default: all cores), all graph optimisations.
 
@@ -50,6 +73,8 @@ def session_options(threads: int | None = None, stop_spinning_after_run: bool = 
     opts.log_severity_level = 3
     if stop_spinning_after_run:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
+    # The process's shared arena when one is registered (share_cpu_arena), else an arena of the session's own.
+    opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
 
 

@@ -23,7 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from captioner import __version__
 from captioner.decode.captioner import Captioner
-from captioner.encoders.runtime import limit_blas_threads
+from captioner.encoders.runtime import limit_blas_threads, share_cpu_arena
 from captioner.service.metrics import Metrics
 from captioner.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from captioner.service.problems import install_handlers
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, captioner: Captioner | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         limit_blas_threads()  # service startup: one BLAS thread beside onnxruntime's (encoders/runtime.py)
+        share_cpu_arena()  # and one onnxruntime arena for all its sessions
         state = ServiceState(settings=settings, metrics=metrics, injected=captioner)
         app.state.service = state
         task = None

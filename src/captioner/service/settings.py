@@ -183,6 +183,14 @@ class Settings(BaseSettings):
         description="Longest wait for a micro-batch while requests already received (upload being read or image "
         "decoded) are still on their way to it; never less than the max wait above.",
     )
+    inference_lanes: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Micro-batches captioned side by side on the CPU, each by an encoder session of its own with an "
+        "equal share of the threads (one encodes while another searches; decode/microbatch.py); each lane costs "
+        "its session's weights (~35 MB). A lone request still gets every thread. Capped at the thread count.",
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for a caption before 504; the job's slot is freed when it ends."
     )

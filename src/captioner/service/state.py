@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ from PIL import Image
 
 from captioner.decode.captioner import Captioner
 from captioner.decode.microbatch import MicroBatcher
-from captioner.encoders.providers import CPU, ProviderError, resolve_providers
+from captioner.encoders.providers import CPU, ProviderError, is_gpu, resolve_providers
+from captioner.encoders.runtime import OnnxEncoder
 from captioner.encoders.sandbox import DecodeBusy, DecodePool
 from captioner.loading import load
 from captioner.service.cache import ResultCache, SingleFlight, make_cache
@@ -109,15 +111,39 @@ class ServiceState:
         provider = info.providers.get("encoder", CPU) if info is not None else CPU
         size, wait_ms = self.settings.microbatch_for(provider)
         if size > 1:
-            log.info("micro-batching up to %d images, %g ms, on %s", size, wait_ms, provider)
+            lanes = self.build_lanes(captioner, provider, image)
+            log.info(
+                "micro-batching up to %d images, %g ms, on %s, %d lane(s)",
+                size,
+                wait_ms,
+                provider,
+                len(lanes) or 1,
+            )
             batcher = MicroBatcher(
                 captioner,
                 max_batch_size=size,
                 max_wait_ms=wait_ms,
                 max_queue=self.settings.max_queue,
                 max_wait_expected_ms=max(wait_ms, self.settings.microbatch_max_wait_expected_ms),
+                lanes=lanes or None,
             )
         return ServedModel(captioner, batcher)
+
+    def build_lanes(self, captioner: Captioner, provider: str, image: Image.Image) -> list[Captioner]:
+        """The micro-batcher's lanes on the CPU (decode/microbatch.py): ``captioner`` with an encoder session of its
+        own per lane, an equal share of the threads each, warmed on ``image``. None where one lane is all there is
+        room for (the setting, the thread count, a GPU, an encoder that is not an onnxruntime file)."""
+        threads = self.settings.threads or os.cpu_count() or 1
+        count = min(self.settings.inference_lanes, threads)
+        encoder = getattr(captioner, "encoder", None)
+        if count < 2 or is_gpu(provider) or not isinstance(encoder, OnnxEncoder):
+            return []
+        lanes = [
+            captioner.with_encoder(OnnxEncoder(encoder.path, threads=threads // count)) for _ in range(count)
+        ]
+        for lane in lanes:
+            lane.encoder.run([image])
+        return lanes
 
     def load_and_warm(self) -> None:
         """Load and warm the first model, then mark ready. Raises on failure."""
