@@ -7,6 +7,7 @@ slot until then, so the queue count always tells the truth about the work the ma
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -69,17 +70,32 @@ class InferencePool:
 
     def wait(self, future: Future[T], started: float) -> T:
         """The job's result, or ServiceError 504 once ``timeout_s`` has passed since ``started`` (perf_counter)."""
-        remaining = self.timeout_s - (time.perf_counter() - started)
         try:
-            return future.result(timeout=max(remaining, 0.0))
+            return future.result(timeout=self._remaining(started))
         except FutureTimeout:
-            raise ServiceError(
-                504,
-                "timeout",
-                f"captioning took longer than {self.timeout_s:g} s (CAPTIONER_REQUEST_TIMEOUT_S); retry later or "
-                "send a smaller image",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise self._timeout() from None
+
+    async def wait_async(self, future: Future[T], started: float) -> T:
+        """``wait`` for asyncio code: awaits without holding a thread. A timeout leaves the job running (it keeps
+        its slot until it ends), as ``wait`` does."""
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), self._remaining(started)
+            )
+        except TimeoutError:
+            raise self._timeout() from None
+
+    def _remaining(self, started: float) -> float:
+        return max(self.timeout_s - (time.perf_counter() - started), 0.0)
+
+    def _timeout(self) -> ServiceError:
+        return ServiceError(
+            504,
+            "timeout",
+            f"captioning took longer than {self.timeout_s:g} s (CAPTIONER_REQUEST_TIMEOUT_S); retry later or "
+            "send a smaller image",
+            headers={"Retry-After": "5"},
+        )
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,8 @@
 """POST /generate-caption/ (one image) and POST /generate-captions/ (a batch): the inference endpoints.
 
-Handlers are plain ``def``: FastAPI runs them in its threadpool, where they wait (bounded by the request
-timeout) for a job on the inference pool. Uploads are parsed by an async dependency before the handler runs.
+The single-image handler is a coroutine: it awaits (bounded by the request timeout) its job on the inference
+pool without holding a thread, and asks Redis, when the cache is there, from the threadpool. The batch handler is
+a plain ``def`` that FastAPI runs in its threadpool. Uploads are parsed by an async dependency first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from captioner.decode.answer import AnswerOptions, present
 from captioner.decode.captioner import Captioner, CaptionResult
@@ -142,7 +144,7 @@ def _response(entry: dict, version: str, cached: bool, started: float, answer: A
     summary="Caption one image",
     openapi_extra=_body_schema(batch=False),
 )
-def generate_caption(
+async def generate_caption(
     response: Response,
     state: StateDep,
     model: ServedDep,
@@ -161,7 +163,8 @@ def generate_caption(
     started = time.perf_counter()
     version = model.version
     key = cache_key(image, options, model.cache_identity, who)  # also the single-flight key: per caller too
-    entry = state.cache.get(key)
+    # A coroutine (no threadpool hop per request): the only call that may block, Redis, runs in the threadpool.
+    entry = await run_in_threadpool(state.cache.get, key) if state.redis_backend else state.cache.get(key)
     cached = entry is not None
     state.metrics.cache_lookup(cached)
     if cached and arrival is not None:
@@ -176,7 +179,7 @@ def generate_caption(
         if not leader and arrival is not None:
             arrival.cancel()  # an identical request in flight answers this one
         try:
-            entry = state.pool.wait(future, started)
+            entry = await state.pool.wait_async(future, started)
         except ImageError as exc:
             state.metrics.rejected_upload(from_captioner_error(exc).slug)
             raise
