@@ -7,7 +7,15 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-from captioner.data.cider import CiderD, ReferencePool, WordIds, cider_d_corpus, ngram_counts
+from captioner.data.cider import (
+    CiderD,
+    ReferencePool,
+    WordIds,
+    _score_pairs,
+    _tfidf,
+    cider_d_corpus,
+    ngram_counts,
+)
 
 WORDS = [
     "a",
@@ -115,5 +123,11 @@ def test_reference_pool_scores_equal_scoring_the_same_references_directly():
     expected = cider(hyps, [[pool_captions[j] for j in p] for p in picks])
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert got[-1] == 0.0
+    # Looking n-grams up among the picked references only finds what a search of the whole pool finds.
+    n_refs = np.array([len(p) for p in picks])
+    whole = _score_pairs(
+        _tfidf(hyps, cider.df), pool.vectors, pool.keys, pool.code, n_refs, np.concatenate(picks), cider.sigma
+    )
+    np.testing.assert_array_equal(got, whole)
     unseen = words("zebra giraffe")  # n-grams the pool never saw score 0, not an error
     assert pool([unseen], [np.arange(5)])[0] == 0.0

@@ -194,6 +194,8 @@ class ReferencePool:
         kid = np.searchsorted(self.keys, rv.key)
         self.code = rv.row * len(self.keys) + kid  # sorted: rows ascending, keys ascending within a row
         self.size = len(rv.lengths)
+        # Where each caption's entries begin in code (and the end): a search looks only at the references in use.
+        self.row_start = np.searchsorted(self.code, np.arange(self.size + 1) * len(self.keys))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The vectorised pool, for ``from_arrays`` (saving it skips the vectorising when loading)."""
@@ -226,13 +228,17 @@ class ReferencePool:
             raise ValueError("every caption needs at least one reference")
         ref_of_pair = np.concatenate([np.asarray(r, dtype=np.int64) for r in refs])
         hv = _tfidf(hyps, self.cider.df)
-        return _score_pairs(hv, self.vectors, self.keys, self.code, n_refs, ref_of_pair, self.cider.sigma)
+        return _score_pairs(
+            hv, self.vectors, self.keys, self.code, n_refs, ref_of_pair, self.cider.sigma, self.row_start
+        )
 
 
-def _score_pairs(hv, rv, keys, ref_code, n_refs, ref_of_pair, sigma) -> np.ndarray:
+def _score_pairs(hv, rv, keys, ref_code, n_refs, ref_of_pair, sigma, row_start=None) -> np.ndarray:
     """CIDEr-D of each caption of hv against its n_refs[i] references ref_of_pair[...] (rows of rv).
 
     keys: sorted unique n-gram keys of rv; ref_code: rv.row * len(keys) + dense id, sorted ascending.
+    row_start: int [rows + 1], where each row's entries begin in ref_code: the n-grams are then looked up among
+    the referenced rows' entries only (the same matches, in a far shorter array than a pool of thousands).
     """
     K = len(keys)
     pos = np.clip(np.searchsorted(keys, hv.key), 0, max(K - 1, 0))
@@ -245,7 +251,18 @@ def _score_pairs(hv, rv, keys, ref_code, n_refs, ref_of_pair, sigma) -> np.ndarr
     offset = np.arange(len(entry)) - np.repeat(np.cumsum(reps) - reps, reps)
     pair = pairs_start[hv.row[entry]] + offset
     code = ref_of_pair[pair] * K + pos[entry]
-    at = np.clip(np.searchsorted(ref_code, code), 0, max(len(ref_code) - 1, 0))
+    if row_start is not None and len(ref_code):
+        rows = np.unique(ref_of_pair)  # ascending, so their entries in row order stay sorted
+        begin, count = row_start[rows], row_start[rows + 1] - row_start[rows]
+        local = np.repeat(begin - np.cumsum(count) + count, count) + np.arange(
+            count.sum()
+        )  # indices into ref_code
+        if len(local):
+            at = local[np.clip(np.searchsorted(ref_code[local], code), 0, len(local) - 1)]
+        else:
+            at = np.zeros(len(code), np.int64)
+    else:
+        at = np.clip(np.searchsorted(ref_code, code), 0, max(len(ref_code) - 1, 0))
     hit = h_known[entry] & (ref_code[at] == code) if len(ref_code) else np.zeros(len(code), bool)
     w_ref = np.where(hit, rv.weight[at] if len(ref_code) else 0.0, 0.0)
     w_hyp = hv.weight[entry]
