@@ -137,5 +137,6 @@ class LabelConstraints:
         # Each class's best word mass; the class with the most (ties: its own probability) gives the words.
         padded = np.concatenate([mass, np.full((len(mass), 1), -1.0, np.float32)], axis=1)
         best = padded[:, self.word_cols].max(axis=2)  # [B, mapped]
-        pick = np.lexsort((-p, -best), axis=-1)[:, 0] if p.shape[1] > 1 else np.zeros(len(p), np.int64)
+        # (argmax: the first of equal maxima, i.e. the lowest column, as a stable sort would rank them)
+        pick = np.where(best == best.max(axis=1, keepdims=True), p, -np.inf).argmax(axis=1)
         return [(self.ids[int(self.classes[r])], float(best[b, r])) for b, r in enumerate(pick.tolist())]
