@@ -20,6 +20,11 @@ from captioner.service.problems import ServiceError
 T = TypeVar("T")
 
 
+def _read_and_drop(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class InferencePool:
     def __init__(
         self,
@@ -76,14 +81,18 @@ class InferencePool:
             raise self._timeout() from None
 
     async def wait_async(self, future: Future[T], started: float) -> T:
-        """``wait`` for asyncio code: awaits without holding a thread. A timeout leaves the job running (it keeps
-        its slot until it ends), as ``wait`` does."""
+        """``wait`` for asyncio code: awaits without holding a thread. A timeout (or the request's cancellation)
+        leaves the job running (it keeps its slot until it ends), as ``wait`` does; its outcome is then read and
+        dropped, never logged as an exception nobody retrieved."""
+        waiter = asyncio.wrap_future(future)
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(future)), self._remaining(started)
-            )
-        except TimeoutError:
-            raise self._timeout() from None
+            done, _ = await asyncio.wait({waiter}, timeout=self._remaining(started))
+        finally:
+            if not waiter.done():
+                waiter.add_done_callback(_read_and_drop)
+        if not done:
+            raise self._timeout()
+        return waiter.result()
 
     def _remaining(self, started: float) -> float:
         return max(self.timeout_s - (time.perf_counter() - started), 0.0)

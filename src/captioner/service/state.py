@@ -131,8 +131,8 @@ class ServiceState:
 
     def build_lanes(self, captioner: Captioner, provider: str, image: Image.Image) -> list[Captioner]:
         """The micro-batcher's lanes on the CPU (decode/microbatch.py): ``captioner`` with an encoder session of its
-        own per lane, an equal share of the threads each, warmed on ``image``. None where one lane is all there is
-        room for (the setting, the thread count, a GPU, an encoder that is not an onnxruntime file)."""
+        own per lane, an equal share of the threads each, warmed on ``image``. None (an empty list) where one lane
+        is all there is room for: the setting, the thread count, a GPU, an encoder that is not an onnxruntime file."""
         threads = self.settings.threads or os.cpu_count() or 1
         count = min(self.settings.inference_lanes, threads)
         encoder = getattr(captioner, "encoder", None)
