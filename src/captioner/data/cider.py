@@ -254,9 +254,8 @@ def _score_pairs(hv, rv, keys, ref_code, n_refs, ref_of_pair, sigma, row_start=N
     if row_start is not None and len(ref_code):
         rows = np.unique(ref_of_pair)  # ascending, so their entries in row order stay sorted
         begin, count = row_start[rows], row_start[rows + 1] - row_start[rows]
-        local = np.repeat(begin - np.cumsum(count) + count, count) + np.arange(
-            count.sum()
-        )  # indices into ref_code
+        first = np.cumsum(count) - count  # where each row's entries begin in ``local``
+        local = np.repeat(begin - first, count) + np.arange(count.sum())  # their indices into ref_code
         if len(local):
             at = local[np.clip(np.searchsorted(ref_code[local], code), 0, len(local) - 1)]
         else:

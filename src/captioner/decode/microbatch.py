@@ -9,9 +9,10 @@
 
 A worker thread (one per lane, below) takes requests in arrival order. It starts a batch when
 ``max_batch_size`` requests are waiting, or ``max_wait_ms`` after the later of the oldest request's arrival and
-the end of its previous batch, whichever comes first. Measuring the wait from the end of the previous batch too lets the callers just answered
-rejoin (closed-loop clients resubmit within a millisecond or two): without it, 8 clients on a batcher of 8
-settle into alternating half-full batches. The wait adds at most ``max_wait_ms`` to a request's latency.
+the end of its previous batch, whichever comes first. Measuring the wait from the end of the previous batch too
+lets the callers just answered rejoin (closed-loop clients resubmit within a millisecond or two): without it, 8
+clients on a batcher of 8 settle into alternating half-full batches. The wait adds at most ``max_wait_ms`` to a
+request's latency.
 
 A lone request when the previous batch was a lone request too (no two requests have overlapped: one client at
 a time, or the first request after start) runs at once: nobody is about to join it, and waiting would only add
@@ -73,8 +74,8 @@ class BatcherStats:
     largest_batch: int
     queued: int
     expected: int  # announced by expect(), neither submitted nor withdrawn yet
-    lane_batches: tuple[int, ...] = (0,)  # batches each lane ran
-    solo_batches: int = 0  # lone requests run on the captioner itself while every other lane was idle
+    lane_batches: tuple[int, ...]  # batches each lane ran
+    solo_batches: int  # lone requests run on the captioner itself while every other lane was idle
 
     @property
     def mean_batch_size(self) -> float:
