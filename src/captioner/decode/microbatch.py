@@ -37,7 +37,7 @@ the encoder waits for it. ``lanes`` are captioners that share the model but each
 with a share of the cores (``Captioner.with_encoder``): one worker thread per lane takes batches of up to
 ``ceil(max_batch_size / lanes)``, so one lane encodes (onnxruntime, no GIL) while another searches. A lone request
 while every other lane is idle runs on ``captioner`` itself (all its encoder threads for one image). Measured over
-HTTP on 2 cores with 8 clients (bench/README.md): two one-thread lanes serve ~1.2x the requests of one two-thread
+HTTP on 2 cores with 8 clients (bench/README.md): two one-thread lanes serve 1.1-1.2x the requests of one two-thread
 captioner; a lane in a worker process of its own (no shared GIL) did no better than a thread.
 """
 
