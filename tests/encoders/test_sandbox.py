@@ -60,3 +60,76 @@ def test_budget_makes_decodes_wait_for_each_other():
     start = time.monotonic()
     assert budget.acquire(10, wait_s=10)
     assert 0.05 < time.monotonic() - start < 5 and budget.used == 10
+
+
+# -- small sequential JPEGs decode in the calling thread --
+
+INLINE_PIXELS, INLINE_BYTES = 300_000, 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def inline_pool():
+    with DecodePool(1, 20.0, 32 * 2**20, inline_max_pixels=INLINE_PIXELS, inline_max_bytes=INLINE_BYTES) as p:
+        assert p.wait_ready(60)
+        yield p
+
+
+def jpeg(size: tuple[int, int], progressive: bool = False, noise: bool = False) -> bytes:
+    """A smooth photo-like JPEG of ``size``; noise: every pixel random at quality 100 (the most bytes a size can
+    take)."""
+    rng = np.random.default_rng(0)
+    if noise:
+        photo = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    else:
+        small = rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3), dtype=np.uint8)
+        photo = Image.fromarray(small, "RGB").resize(size, Image.BILINEAR)
+    out = io.BytesIO()
+    photo.save(out, "JPEG", quality=100 if noise else 90, progressive=progressive)
+    return out.getvalue()
+
+
+def test_small_sequential_jpeg_decodes_in_the_calling_thread_with_the_workers_pixels(pool, inline_pool):
+    data = jpeg((500, 375))
+    before = inline_pool.inline_decodes
+    got = inline_pool.load(data, draft_size=260)
+    assert inline_pool.inline_decodes == before + 1
+    assert np.array_equal(np.asarray(got), np.asarray(pool.load(data, draft_size=260)))  # a worker's decode
+    assert pool.inline_decodes == 0  # off by default
+
+
+@pytest.mark.parametrize(
+    ("size", "progressive", "noise"),
+    [((500, 375), True, False), ((700, 500), False, False), ((500, 500), False, True)],
+    ids=["progressive", "more-pixels", "more-bytes"],
+)
+def test_progressive_or_larger_jpegs_go_to_a_worker(inline_pool, size, progressive, noise):
+    data = jpeg(size, progressive, noise)
+    if noise:  # within the pixel limit, over the byte limit
+        assert size[0] * size[1] <= INLINE_PIXELS and len(data) > INLINE_BYTES
+    before = inline_pool.inline_decodes
+    got = inline_pool.load(data, draft_size=260)
+    assert inline_pool.inline_decodes == before
+    assert np.array_equal(np.asarray(got), np.asarray(load_image(data, draft_size=260)))
+
+
+def test_other_formats_go_to_a_worker(inline_pool):
+    before = inline_pool.inline_decodes
+    assert inline_pool.load(png(Image.new("RGB", (64, 48)))).size == (64, 48)
+    assert inline_pool.inline_decodes == before
+
+
+def test_a_corrupt_small_jpeg_fails_in_the_calling_thread_as_in_a_worker(pool, inline_pool):
+    data = jpeg((500, 375))[:2000]  # cut in its entropy-coded data
+    before = inline_pool.inline_decodes
+    with pytest.raises(ImageError, match="corrupt or truncated") as here:
+        inline_pool.load(data, draft_size=260)
+    assert inline_pool.inline_decodes == before + 1
+    with pytest.raises(ImageError) as there:
+        pool.load(data, draft_size=260)
+    assert str(here.value) == str(there.value)
+    assert inline_pool.load(jpeg((64, 48))).size == (64, 48)  # and it goes on
+
+
+def test_inline_limits_are_validated():
+    with pytest.raises(ValueError, match="inline limits >= 0"):
+        DecodePool(1, 1.0, 2**20, inline_max_pixels=-1)

@@ -6,6 +6,7 @@ import io
 import os
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 from service_inputs import jpeg
@@ -88,3 +89,31 @@ def test_invalid_image_details_name_no_object_or_address(client, url):
     body = r.json() if url == URL else r.json()["results"][0]["error"]
     assert body["status"] == 422
     assert "0x" not in body["detail"] and "object" not in body["detail"], body["detail"]
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_small_sequential_jpegs_decode_inline_and_the_rest_in_workers(make_client):
+    client = make_client(decode_inline_max_pixels=400_000, decode_inline_max_bytes=MiB)
+    decoders = client.app.state.service.decoders
+    small = _jpeg((500, 375))
+    before = decoders.inline_decodes
+    for data in (small, _jpeg((800, 600))):  # 480,000 pixels: a worker's
+        r = client.post(URL, files={"file": data})
+        assert r.status_code == 200, r.text
+    assert decoders.inline_decodes == before + 1
+    r = client.post(URL, files={"file": small[: len(small) // 2]})  # cut in its pixels: corrupt, inline
+    assert r.status_code == 422 and "corrupt" in r.json()["detail"], r.text
+    assert decoders.inline_decodes == before + 2 and decoders.budget.used == 0
+    assert client.post(URL, files={"file": small}).status_code == 200  # and it keeps serving
+
+
+def test_inline_decoding_can_be_turned_off(make_client):
+    client = make_client(decode_inline_max_pixels=0)
+    assert client.post(URL, files={"file": _jpeg((500, 375))}).status_code == 200
+    assert client.app.state.service.decoders.inline_decodes == 0

@@ -80,13 +80,22 @@ def read_source(source: bytes | str | Path) -> bytes:
 class ImageHeader:
     """What an image's header says, after JPEG draft: format, decoded size and mode, and decode_bytes, the
     memory its decoded pixels take at once (Pillow keeps 1, 2 or 4 bytes per pixel by mode; WebP is decoded
-    into libwebp's buffer, then copied)."""
+    into libwebp's buffer, then copied). declared_pixels: width x height as the file declares them (before
+    draft). progressive: a progressive JPEG (any number of scans, each a pass over the whole image)."""
 
     format: str
     width: int
     height: int
     mode: str
     decode_bytes: int
+    declared_pixels: int = 0
+    progressive: bool = False
+
+    @property
+    def sequential_jpeg(self) -> bool:
+        """A JPEG decoded in one pass (baseline or extended sequential): its decoding work is bounded by its
+        declared pixels and its bytes, whatever its content (a progressive one's by its number of scans)."""
+        return self.format == "JPEG" and not self.progressive
 
 
 def _bytes_per_pixel(mode: str) -> int:
@@ -116,8 +125,8 @@ def _decoding(fmt: str, name: str, max_pixels: int):
         ) from None
 
 
-def _open(data: bytes, name: str, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, str]:
-    """Open (header only), check the pixel limit, set JPEG draft. Call inside ``_decoding``."""
+def _open(data: bytes, name: str, max_pixels: int, draft_size: int | None) -> tuple[Image.Image, str, int]:
+    """Open (header only), check the pixel limit, set JPEG draft: (image, format, declared pixels)."""
     if not data:
         raise ImageError(f"the image{name} is empty (0 bytes); send a JPEG, PNG, WebP, BMP or GIF file")
     fmt = sniff_format(data[:32])
@@ -137,7 +146,7 @@ def _open(data: bytes, name: str, max_pixels: int, draft_size: int | None) -> tu
             )
         if fmt == "JPEG" and draft_size and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
             image.draft(image.mode, (draft_size, draft_size))
-    return image, fmt
+    return image, fmt, width * height
 
 
 def inspect_image(
@@ -145,10 +154,11 @@ def inspect_image(
 ) -> ImageHeader:
     """Read the header only (no pixel is decoded): the checks of ``load_image`` that need no pixels, and the
     memory its decoding will take. Raises ImageError like ``load_image``."""
-    image, fmt = _open(data, "", max_pixels, draft_size)
+    image, fmt, declared = _open(data, "", max_pixels, draft_size)
     w, h = image.size
     per_pixel = _bytes_per_pixel(image.mode) + (4 if fmt == "WEBP" else 0)
-    return ImageHeader(fmt, w, h, image.mode, w * h * per_pixel)
+    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+    return ImageHeader(fmt, w, h, image.mode, w * h * per_pixel, declared, progressive)
 
 
 def reduction(size: tuple[int, int], target: int | None, uniform: bool = False) -> tuple[int, int]:
@@ -184,7 +194,7 @@ def load_image(
     """
     data = read_source(source)
     name = "" if isinstance(source, bytes | bytearray | memoryview) else f" {source}"
-    image, fmt = _open(data, name, max_pixels, draft_size)
+    image, fmt, _ = _open(data, name, max_pixels, draft_size)
     with _decoding(fmt, name, max_pixels):
         image.seek(0)  # first frame of animations
         image.load()

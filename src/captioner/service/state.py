@@ -91,8 +91,12 @@ class ServiceState:
         self.pool = InferencePool(s.max_queue, workers, s.request_timeout_s, self.metrics.inflight.set)
         # The served model and the previous one; a switch (admin endpoint, SIGHUP) reloads the settings' path.
         self.models = ModelSlot(self.build_model, retire_after_s=s.request_timeout_s)
-        # Image decoding runs in worker processes: a decode past its time is killed, memory is budgeted.
-        self.decoders = DecodePool(s.decode_workers, s.decode_timeout_s, s.decode_memory_budget_bytes)
+        # Image decoding runs in worker processes (a decode past its time is killed, memory is budgeted), but for
+        # small sequential JPEGs, whose decoding work is bounded (encoders/sandbox.py).
+        self.decoders = DecodePool(
+            s.decode_workers, s.decode_timeout_s, s.decode_memory_budget_bytes,
+            s.decode_inline_max_pixels, s.decode_inline_max_bytes,
+        )  # fmt: skip
         self.process = ProcessStats()
 
     def build_model(self, captioner: Captioner | None = None) -> ServedModel:
