@@ -154,11 +154,19 @@ def inspect_image(
 ) -> ImageHeader:
     """Read the header only (no pixel is decoded): the checks of ``load_image`` that need no pixels, and the
     memory its decoding will take. Raises ImageError like ``load_image``."""
+    return open_image(data, max_pixels, draft_size)[0]
+
+
+def open_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> tuple[ImageHeader, Image.Image]:
+    """``inspect_image``'s header and the opened image (no pixel decoded yet), which ``decode_opened`` turns into
+    what ``load_image`` gives, without reading the header again."""
     image, fmt, declared = _open(data, "", max_pixels, draft_size)
     w, h = image.size
     per_pixel = _bytes_per_pixel(image.mode) + (4 if fmt == "WEBP" else 0)
-    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
-    return ImageHeader(fmt, w, h, image.mode, w * h * per_pixel, declared, progressive)
+    progressive = "progressive" in image.info  # Pillow marks progressive JPEGs (SOF2, 6, 10, 14) only
+    return ImageHeader(fmt, w, h, image.mode, w * h * per_pixel, declared, progressive), image
 
 
 def reduction(size: tuple[int, int], target: int | None, uniform: bool = False) -> tuple[int, int]:
@@ -195,6 +203,18 @@ def load_image(
     data = read_source(source)
     name = "" if isinstance(source, bytes | bytearray | memoryview) else f" {source}"
     image, fmt, _ = _open(data, name, max_pixels, draft_size)
+    return decode_opened(image, fmt, max_pixels, draft_size, resize, name)
+
+
+def decode_opened(
+    image: Image.Image,
+    fmt: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    resize: Resize = "squash",
+    name: str = "",
+) -> Image.Image:
+    """The rest of ``load_image`` for an image ``open_image`` opened (with the same max_pixels and draft_size)."""
     with _decoding(fmt, name, max_pixels):
         image.seek(0)  # first frame of animations
         image.load()

@@ -21,10 +21,10 @@ parent trusts nothing from it but a size and pixels it checks).
 
 Small sequential JPEGs decode in the calling thread (``inline_max_pixels``, ``inline_max_bytes``; 0 turns it
 off): a JPEG that is not progressive is decoded in one pass, so its work is bounded by its declared pixels and
-its bytes whatever they hold (measured on 2 cores: 2 MP of noise at quality 100, an 8 MB file, 37 ms; a
-500 x 375 photo ~0.5 ms), and the hand-over to a worker and back costs more than the decode itself (~1-3 ms a
-request over HTTP, bench/README.md). The same ``load_image``, so the same pixels and errors; the memory budget
-applies alike. Everything else (progressive JPEGs, whose scans are unbounded, PNG, WebP, GIF, BMP, and larger
+its bytes whatever they hold (measured on 2 cores: random pixels at the service's limits, 2 MP and 1 MiB, ~9 ms;
+a 500 x 375 photo ~0.5 ms), and the hand-over to a worker and back costs more than the decode itself (~1-3 ms a
+request over HTTP, bench/README.md). The same decoding code as ``load_image`` (the header read once), so the
+same pixels and errors; the memory budget applies alike. Everything else (progressive JPEGs, whose scans are unbounded, PNG, WebP, GIF, BMP, and larger
 JPEGs) goes to a worker.
 """
 
@@ -47,7 +47,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from captioner.encoders.images import DEFAULT_MAX_PIXELS, ImageHeader, Resize, inspect_image, load_image
+from captioner.encoders.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageHeader,
+    Resize,
+    decode_opened,
+    load_image,
+    open_image,
+)
 from captioner.errors import (
     ImageError,
     ImageTooComplex,
@@ -192,7 +199,7 @@ class DecodePool:
         resize: Resize = "squash",
         wait_s: float = 30.0,
     ) -> Image.Image:
-        """``images.load_image(data, max_pixels, draft_size, resize)`` in a worker.
+        """``images.load_image(data, max_pixels, draft_size, resize)`` in a worker (small sequential JPEGs: here).
 
         wait_s: how long to wait for a worker and for the memory budget (the decode itself has timeout_s).
         Raises ImageError (its subclasses ImageTooLarge: above the pixel limit or the memory budget;
@@ -200,7 +207,7 @@ class DecodePool:
         """
         if self._closed:
             raise RuntimeError("the DecodePool is closed")
-        header = inspect_image(data, max_pixels, draft_size)  # the header only: cheap, and refuses early
+        header, opened = open_image(data, max_pixels, draft_size)  # the header only: cheap, and refuses early
         need = header.decode_bytes
         if need > self.budget.total:
             raise ImageTooLarge(
@@ -215,7 +222,7 @@ class DecodePool:
             if self.inline(header, len(data)):
                 with self._lock:
                     self.inline_decodes += 1
-                return load_image(data, max_pixels, draft_size, resize)
+                return decode_opened(opened, header.format, max_pixels, draft_size, resize)
             try:
                 worker = self._idle.get(timeout=max(deadline - time.monotonic(), 0.0))
             except queue.Empty:
