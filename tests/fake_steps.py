@@ -13,8 +13,10 @@ START, END = 0, 1
 
 
 def opts(*args, **kwargs) -> DecodeOptions:
-    """DecodeOptions ranking by raw log-probability (alpha 0) unless a test sets length_penalty."""
+    """DecodeOptions ranking by raw log-probability (alpha 0) unless a test sets length_penalty, and stopping
+    exactly (the brute-force answers) unless a test sets exact_stop."""
     kwargs.setdefault("length_penalty", 0.0)
+    kwargs.setdefault("exact_stop", True)
     return DecodeOptions(*args, **kwargs)
 
 

@@ -124,8 +124,10 @@ def test_model_card_scores_reproduce_on_the_dev_split(tmp_path):
     if not (FLICKR8K / "Flickr8k.token.txt").is_file():
         pytest.skip(f"Flickr8k not found at {FLICKR8K}")
     recorded = load_bundle().manifest["metrics"]
-    # Scores recorded before the label constraint and the consensus reranking existed were measured without them.
-    options = DecodeOptions(**{"label_constraint": False, "consensus_neighbours": 0, **recorded["options"]})
+    # Scores recorded before the label constraint, the consensus reranking and the heuristic stop existed were
+    # measured without them.
+    before = {"label_constraint": False, "consensus_neighbours": 0, "exact_stop": True}
+    options = DecodeOptions(**{**before, **recorded["options"]})
     data = load_flickr8k(FLICKR8K)
     report = evaluate(
         loading.load(decoder_backend="onnx"), data, recorded["split"], options, tmp_path / "fp32",

@@ -217,6 +217,49 @@ def test_length_penalty_prefers_the_longer_caption():
     assert best(1.0).score == pytest.approx((np.log(0.5) + np.log(0.1)) / 4, rel=1e-6)
 
 
+def test_the_default_stop_gives_up_a_caption_that_could_only_win_by_growing_longer():
+    # "c" then end: log(.9), length 2, score -0.026 with alpha 2. "c a" (log .1) can only win by growing:
+    # "c a b b b b b b b b" then end (11 terms, nothing more lost): -2.30 / 121 = -0.019.
+    c, a, b = 4, 2, 3
+    table = {(): {c: 0.0}, (c,): {END: np.log(0.9), a: np.log(0.1)}}
+    table.update({(c, a, *[b] * n): {b: 0.0} for n in range(8)})
+    table[(c, a, *[b] * 8)] = {END: 0.0}
+    initial = np.empty(1, dtype=object)
+    initial[0] = ()
+    calls = []
+
+    def step(tokens, state):
+        calls.append(len(tokens))
+        return TrieStep(table, vocab=5)(tokens, state)
+
+    def best(exact_stop: bool) -> Hypothesis:
+        calls.clear()
+        options = opts("beam", beam_size=1, max_length=12, length_penalty=2.0, exact_stop=exact_stop)
+        return beam_search(step, (initial,), options, START, END)[0][0]
+
+    assert best(exact_stop=True).tokens == (c, a, *[b] * 8)
+    assert len(calls) == 11
+    # Heuristic: at step 2 "c a" ending next (-2.30 / 9) could not beat "c" (-0.026): the search stops there.
+    assert best(exact_stop=False).tokens == (c,)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("alpha", [0.0, 0.7, 2.0])
+def test_the_default_stop_never_runs_longer_than_the_exact_one(seed, alpha):
+    # The heuristic bound divides by less than the exact one, so it stops at the same step or sooner; with alpha 0
+    # both divide by 1 and give the same captions.
+    rows = {}
+    for exact in (True, False):
+        fake = HistoryStep(vocab=6, max_length=7, seed=seed)
+        options = opts("beam", beam_size=3, max_length=7, n_best=2, length_penalty=alpha, exact_stop=exact)
+        got = run(beam_search, fake, [0, 1, 2], options)
+        rows[exact] = (sum(fake.calls), got)
+    assert rows[False][0] <= rows[True][0]
+    if alpha == 0.0:
+        assert rows[False] == rows[True]
+
+
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_one_batched_step_call_per_time_step(strategy):
     beam_size, n_images, max_length = 4, 5, 9
@@ -441,6 +484,13 @@ def test_no_repeated_ngram_gives_the_same_hypotheses_with_the_topk_step(strategy
         free = search(step, step.initial_state([0, 1, 2]), options, START, END)
         blocked_something |= any(_repeats(h.tokens, 2) for hyps in free for h in hyps)
     assert blocked_something  # the rule had something to do
+
+
+def test_exact_stop_is_validated():
+    assert DecodeOptions().exact_stop is False and DecodeOptions(exact_stop=True).exact_stop is True
+    for bad in (1, "yes", None):
+        with pytest.raises(OptionsError, match="exact_stop"):
+            DecodeOptions(exact_stop=bad)
 
 
 def test_no_repeat_ngram_is_validated():

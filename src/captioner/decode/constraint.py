@@ -54,6 +54,7 @@ from captioner.decode.search import (
     repeat_blocked,
     search,
     state_rows,
+    stop_divisor,
     take_live,
     topk_rows,
 )
@@ -179,7 +180,6 @@ def _two_beam_search(
     batch = state_rows(state)
     beam = 1 if options.strategy == "greedy" else options.beam_size
     n_best, max_length, alpha = options.n_best, options.max_length, float(options.length_penalty)
-    best_divisor = float(max_length) ** alpha  # as in beam_search: bounds any future score
     if floors is not None and not np.isfinite(floors).any():
         floors = None
     kept: list[list[Hypothesis]] = [[] for _ in range(batch)]
@@ -243,7 +243,8 @@ def _two_beam_search(
                 keep_best(image_kept, make_hypothesis(flat_words[r], lp_end, True, alpha), n_best)
         # An image stops when no live hypothesis of either beam can beat its n_best-th (as in beam_search).
         images, first = np.unique(g_image, return_index=True)
-        best_live = np.maximum.reduceat(new_lp[:, 0], first) / best_divisor
+        # As in beam_search: the best live log_prob over the divisor of the stop's bound.
+        best_live = np.maximum.reduceat(new_lp[:, 0], first) / stop_divisor(options, t + 1)
         any_live = np.maximum.reduceat(n_live, first) > 0
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
         stays = np.zeros(batch, dtype=bool)

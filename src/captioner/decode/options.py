@@ -36,6 +36,10 @@ class DecodeOptions:
     again, required to hold one ("a cat ..."). The constrained caption replaces the plain one when its score is at
     most label_constraint_max_score_drop below the plain one's, or whatever its score when the mass reaches
     label_constraint_always_prob. False, or a model without a label map or ImageNet head: plain search.
+    exact_stop: beam search only. True: an image's search goes on while any live hypothesis could still beat its
+    n_best-th finished one at some length up to max_length (the same captions as searching to max_length);
+    False: while one could if it ended at the next step (Hugging Face's ``early_stopping=False``). On Flickr8k dev
+    False decodes ~20% faster at batch 4 and changes 5 of 1,000 captions, at equal scores (models/default/README.md).
     consensus_neighbours: k of consensus reranking (model/consensus.py; beam search only): the beam's candidates
     are reordered by CIDEr-D against the captions of the k training images nearest to the photo, plus
     consensus_weight times the model's own score; 0, or a model without a consensus memory: the beam's order.
@@ -49,6 +53,7 @@ class DecodeOptions:
     length_penalty: float = 0.7
     n_best: int = 1
     no_repeat_ngram: int = 3
+    exact_stop: bool = False
     label_constraint: bool = True
     label_constraint_min_prob: float = 0.1
     label_constraint_max_score_drop: float = 0.3
@@ -85,6 +90,8 @@ class DecodeOptions:
                 f"got {self.no_repeat_ngram!r}"
             )
 
+        if not isinstance(self.exact_stop, bool):
+            raise OptionsError(f"exact_stop must be true or false, got {self.exact_stop!r}")
         if not isinstance(self.label_constraint, bool):
             raise OptionsError(f"label_constraint must be true or false, got {self.label_constraint!r}")
         for name in ("label_constraint_min_prob", "label_constraint_always_prob"):

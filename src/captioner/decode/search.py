@@ -137,8 +137,8 @@ def beam_search(
     The first step runs one row per image (beam_size copies of the start token would only yield
     duplicates); later steps run beam_size rows per still-active image, image-major.
     An image stops when it has n_best finished hypotheses and no live one can still beat the n_best-th
-    (exact, since log-probabilities are <= 0: a live log_prob can only fall and no length exceeds
-    max_length), or when it reaches max_length words, where the live beams join the candidates unfinished.
+    (``stop_divisor``: with options.exact_stop at any length up to max_length, otherwise if it ended at the next
+    step), or when it reaches max_length words, where the live beams join the candidates unfinished.
 
     step, state, step_topk: as for greedy_search; log-probabilities must be <= 0 for the bound to hold.
     Returns B lists of up to options.n_best distinct hypotheses, best score first. Fewer only when the
@@ -149,8 +149,6 @@ def beam_search(
         return []
     beam, n_best = options.beam_size, options.n_best
     max_length, alpha = options.max_length, float(options.length_penalty)
-    # Largest factor any future score can be divided by; log_prob <= 0, so dividing more only raises it.
-    best_divisor = float(max_length) ** alpha
     kept: list[list[Hypothesis]] = [[] for _ in range(batch)]  # best n_best so far, sorted
     images = np.arange(batch)  # image index of each active image
     words = np.zeros((batch, 1, 0), dtype=np.int64)  # [images, rows per image, t]
@@ -175,7 +173,7 @@ def beam_search(
             if len(image_kept) < n_best or score > image_kept[-1].score:  # else keep_best would drop it
                 keep_best(image_kept, make_hypothesis(words[i, cand_src[i, j]], lp_ij, True, alpha), n_best)
         worst = np.array([kept[m][-1].score if len(kept[m]) >= n_best else -np.inf for m in images.tolist()])
-        done = (worst > -np.inf) & (new_lp[:, 0] / best_divisor <= worst)
+        done = (worst > -np.inf) & (new_lp[:, 0] / stop_divisor(options, t + 1) <= worst)
         going = (n_live > 0) & ~done
         words = np.concatenate([words[np.arange(n_images)[:, None], parent], token[:, :, None]], axis=2)
         if t == max_length - 1:  # cut: the live beams become unfinished candidates
@@ -189,6 +187,16 @@ def beam_search(
         state = tuple(np.take(a, rows_idx, axis=0) for a in state)
         images, words, log_prob, tokens = images[going], words[going], new_lp[going], token[going].reshape(-1)
     return kept
+
+
+def stop_divisor(options: DecodeOptions, words: int) -> float:
+    """What the bound that stops a beam search divides a live hypothesis' log_prob (<= 0) by, the hypothesis
+    having ``words`` words: with ``options.exact_stop`` the largest divisor any of its future scores can have
+    (max_length terms; dividing more only raises a negative score), so no hypothesis that could still win is
+    given up; otherwise the divisor it would have if it ended at the next step at no further loss (Hugging Face's
+    ``early_stopping=False``): one that could still win only by growing longer is given up."""
+    length = options.max_length if options.exact_stop else min(words + 1, options.max_length)
+    return float(length) ** float(options.length_penalty)
 
 
 def take_live(
