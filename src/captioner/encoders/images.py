@@ -88,8 +88,8 @@ class ImageHeader:
     height: int
     mode: str
     decode_bytes: int
-    declared_pixels: int = 0
-    progressive: bool = False
+    declared_pixels: int
+    progressive: bool
 
     @property
     def sequential_jpeg(self) -> bool:
