@@ -93,33 +93,39 @@ def make_score_fn(dataset, vocabulary_path: Path, options: DecodeOptions = SELEC
 
 
 def self_critical_stage(
-    dataset, features, model, result, run_dir: Path, config: TrainConfig, score_fn, progress
-):
-    """Fine-tune the cross-entropy ``model`` in place by SCST with a CIDEr-D reward (document frequencies of the
-    training references); resumes under run_dir/scst. Returns the manifest's summary of the stage."""
+    dataset, features, model, result, run_dir: Path, config: TrainConfig, score_fn, progress,
+    names: list[str] | None = None, out_dir: Path | None = None,
+):  # fmt: skip
+    """Fine-tune the cross-entropy ``model`` in place by SCST with a CIDEr-D reward (document frequencies of all
+    the training photos' references); resumes under ``out_dir`` (default run_dir/scst). Returns the manifest's
+    summary of the stage.
+
+    names: the training photos SCST runs on; default: those of the cross-entropy stage (the first
+    ``config.limit_images`` when set). scripts/experiments/scst_holdout.py passes the others: photos whose
+    references the cross-entropy stage never fitted."""
     from captioner.data.cider import CiderD, WordIds
     from captioner.data.text import normalize_caption
     from captioner.model.scst import scst
 
     vocab = result.vocabulary
     feature_size = result.decoder_config.feature_size
-    train_names = [n for n in dataset.available(config.train_split) if n in features]
-    if config.limit_images:
-        train_names = train_names[: config.limit_images]
+    all_train = [n for n in dataset.available(config.train_split) if n in features]
+    if names is None:
+        names = all_train[: config.limit_images] if config.limit_images else all_train
     dev_names = [n for n in dataset.available(config.dev_split) if n in features]
     words = WordIds()
-    refs = [[words(normalize_caption(c)) for c in dataset.captions[n]] for n in train_names]
-    cider = CiderD(refs)
+    cider = CiderD([[words(normalize_caption(c)) for c in dataset.captions[n]] for n in all_train])
+    refs = [[words(normalize_caption(c)) for c in dataset.captions[n]] for n in names]
 
     def reward(captions, image_index):
         return cider([words(vocab.decode(c)) for c in captions], [refs[i] for i in image_index])
 
-    def views(names):
-        return np.stack([np.reshape(features[n], (-1, feature_size)) for n in names]).astype(np.float32)
+    def views(photos):
+        return np.stack([np.reshape(features[n], (-1, feature_size)) for n in photos]).astype(np.float32)
 
     special = {"pad": vocab.pad_id, "start": vocab.start_id, "end": vocab.end_id, "unk": vocab.unk_id}
     state = scst(
-        model, result.decoder_config, views(train_names), reward, special, run_dir / "scst",
+        model, result.decoder_config, views(names), reward, special, out_dir or run_dir / "scst",
         config.scst_config(), score_fn, views(dev_names)[:, 0], dev_names, progress,
     )  # fmt: skip
     seconds = sum(r.get("seconds", 0.0) for r in state["history"])

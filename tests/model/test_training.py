@@ -167,3 +167,43 @@ def test_a_finished_run_is_reused_and_a_changed_one_is_not(dataset, features, tm
         np.testing.assert_array_equal(a, b)
     train(dataset, features, tmp_path, TrainConfig(**dict(FAST, epochs=3)), progress=False)
     assert len(read_history(tmp_path)) > rows  # a different cross-entropy recipe trains
+
+
+def test_the_scst_stage_trains_on_the_photos_it_is_given(dataset, features, tmp_path, monkeypatch):
+    """pipeline.self_critical_stage on held-out photos (scripts/experiments/scst_holdout.py): the cross-entropy
+    stage saw the first two training photos; SCST gets the other two, their features, a reward against their own
+    references, and the folder it is given. (scst itself is replaced here: this tests the stage's wiring.)"""
+    import captioner.model.scst as scst_module
+    from captioner.pipeline import self_critical_stage
+
+    # Held-out captions made of the words the first two photos' captions teach (the vocabulary's).
+    captions = ["a dog runs fast", "a cat sits still", "a dog sits still", "a cat runs fast"]
+    toy = dict(zip(NAMES, captions, strict=True))
+    dataset = Flickr8k(
+        root=dataset.root,
+        image_dir=dataset.image_dir,
+        captions={n: [c] * 5 for n, c in toy.items()},
+        splits={"train": NAMES, "dev": NAMES[:2], "test": []},
+    )
+    config = TrainConfig(**FAST, limit_images=2, scst_epochs=1)
+    model, result = train(dataset, features, tmp_path / "run", config, progress=False)
+    seen = {}
+
+    def fake_scst(model, decoder_config, train_features, reward_fn, special, run_dir, *args):
+        seen.update(features=train_features, reward=reward_fn, run_dir=run_dir)
+        return {"best_epoch": 0, "epoch": 0, "history": []}
+
+    monkeypatch.setattr(scst_module, "scst", fake_scst)
+    held_out = NAMES[2:]
+    out = tmp_path / "scst"
+    self_critical_stage(dataset, features, model, result, tmp_path / "run", config, None, False, held_out, out)
+    assert seen["run_dir"] == out
+    np.testing.assert_array_equal(seen["features"][:, 0], np.stack([features[n] for n in held_out]))
+    vocab = result.vocabulary
+    own = [np.array(vocab.encode(toy[n])) for n in held_out]
+    rewards = seen["reward"](own + own[::-1], np.array([0, 1, 0, 1]))
+    assert rewards[0] > rewards[2] and rewards[1] > rewards[3]  # each photo's own caption scores, the other's not
+    # Without names: the cross-entropy stage's photos.
+    self_critical_stage(dataset, features, model, result, tmp_path / "run", config, None, False)
+    np.testing.assert_array_equal(seen["features"][:, 0], np.stack([features[n] for n in NAMES[:2]]))
+    assert seen["run_dir"] == tmp_path / "run" / "scst"
