@@ -196,13 +196,17 @@ def test_the_scst_stage_trains_on_the_photos_it_is_given(dataset, features, tmp_
     monkeypatch.setattr(scst_module, "scst", fake_scst)
     held_out = NAMES[2:]
     out = tmp_path / "scst"
-    self_critical_stage(dataset, features, model, result, tmp_path / "run", config, None, False, held_out, out)
+    self_critical_stage(
+        dataset, features, model, result, tmp_path / "run", config, None, False, held_out, out
+    )
     assert seen["run_dir"] == out
     np.testing.assert_array_equal(seen["features"][:, 0], np.stack([features[n] for n in held_out]))
     vocab = result.vocabulary
     own = [np.array(vocab.encode(toy[n])) for n in held_out]
     rewards = seen["reward"](own + own[::-1], np.array([0, 1, 0, 1]))
-    assert rewards[0] > rewards[2] and rewards[1] > rewards[3]  # each photo's own caption scores, the other's not
+    assert (
+        rewards[0] > rewards[2] and rewards[1] > rewards[3]
+    )  # each photo's own caption scores, the other's not
     # Without names: the cross-entropy stage's photos.
     self_critical_stage(dataset, features, model, result, tmp_path / "run", config, None, False)
     np.testing.assert_array_equal(seen["features"][:, 0], np.stack([features[n] for n in NAMES[:2]]))
