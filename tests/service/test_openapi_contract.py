@@ -10,14 +10,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 from unittest.mock import ANY
 
 import pytest
+from fastapi import FastAPI, Query, Request
+from fastapi.testclient import TestClient
 from service_helpers import serve_in_thread, service_settings
 
 from captioner.decode.options import MAX_BEAM_SIZE, MAX_LENGTH_LIMIT, MAX_LENGTH_PENALTY, MAX_SCORE_DROP
 from captioner.encoders.imagenet import MAX_TAGS_TOP_K
 from captioner.service.app import create_app
+from captioner.service.deps import CaptionQuery, caption_query, query_parameters
 from captioner.service.security import hash_key
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +61,34 @@ def test_out_of_bounds_is_422_naming_the_parameter(client):
 
     r = client.post("/generate-caption/?beam_size=0", files={"file": jpeg()})
     assert r.status_code == 422 and "beam_size" in r.json()["detail"]
+
+
+def test_caption_query_reads_and_documents_like_fastapis_own_query_model():
+    """deps.CaptionQuery is validated by the service itself (one pydantic call; see its docstring). Drift guard:
+    FastAPI's ``Annotated[CaptionQuery, Query()]`` documents the same parameters and answers the same values,
+    errors (422, with the same locations) and defaults."""
+    app = FastAPI()
+
+    @app.get("/fastapi")
+    def by_fastapi(q: Annotated[CaptionQuery, Query()]) -> dict:
+        return q.model_dump()
+
+    @app.get("/ours", openapi_extra={"parameters": query_parameters()})
+    def by_us(request: Request) -> dict:
+        return caption_query(request).model_dump()
+
+    paths = app.openapi()["paths"]
+    assert paths["/ours"]["get"]["parameters"] == paths["/fastapi"]["get"]["parameters"]
+    client = TestClient(app)
+    queries = [
+        "", "beam_size=5&strategy=greedy&gender_neutral=yes&tags_top_k=0", "beam_size=2&beam_size=4",
+        "unknown=1&n_best=2", "beam_size=0", "max_length=x&length_penalty=-1", "strategy=sample",
+        "label_constraint_min_prob=0&label_constraint=maybe",
+    ]  # fmt: skip
+    for query in queries:
+        theirs, ours = client.get(f"/fastapi?{query}"), client.get(f"/ours?{query}")
+        assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), query
+    assert client.get("/ours?beam_size=0").status_code == 422
 
 
 def test_batch_schema_states_the_most_files(make_client):

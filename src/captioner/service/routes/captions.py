@@ -2,13 +2,15 @@
 
 The single-image handler is a coroutine: it awaits (bounded by the request timeout) its job on the inference
 pool without holding a thread, and asks Redis, when the cache is there, from the threadpool. The batch handler is
-a plain ``def`` that FastAPI runs in its threadpool. Uploads are parsed by an async dependency first.
+a plain ``def`` that FastAPI runs in its threadpool. Each takes two dependencies, in this order: ``caller`` (the
+API key and the rate limit) and an async one that checks the query and the model, then reads the upload.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -20,36 +22,44 @@ from captioner.decode.microbatch import Arrival
 from captioner.decode.options import DecodeOptions
 from captioner.errors import CaptionerError, ImageError
 from captioner.service.cache import cache_key
-from captioner.service.deps import AnswerDep, CallerDep, OptionsDep, ServedDep, StateDep, rate_limit
+from captioner.service.deps import CallerDep, CaptionCall, caption_call, query_parameters
 from captioner.service.models import ServedModel
 from captioner.service.problems import ServiceError, from_captioner_error, problem_body
 from captioner.service.schemas import PROBLEM_RESPONSES, BatchItem, BatchOut, CaptionOut
 from captioner.service.state import ServiceState
 from captioner.service.uploads import uploaded_files
 
-router = APIRouter(tags=["captions"], dependencies=[Depends(rate_limit)], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["captions"], responses=PROBLEM_RESPONSES)
 
 
-async def _arrival(model: ServedDep) -> AsyncIterator[Arrival | None]:
-    """Announces the request to the micro-batcher before its upload is read and its image decoded, so that a
-    batch about to start waits for it (microbatch.py); withdrawn when the request ends without submitting."""
-    arrival = model.expect()
+@dataclass(frozen=True)
+class Uploaded:
+    """A caption request, checked and read: its options (deps.caption_call) and its files."""
+
+    call: CaptionCall
+    files: list[bytes]
+    arrival: Arrival | None = None  # announced to the micro-batcher before the upload was read (one image)
+
+
+async def _one_upload(request: Request) -> AsyncIterator[Uploaded]:
+    """The request's options and its one file. The request is announced to the micro-batcher before its upload
+    is read and its image decoded, so that a batch about to start waits for it (microbatch.py); withdrawn when
+    the request ends without submitting. The upload's budget reservation is held until the request is done."""
+    call = caption_call(request)
+    arrival = call.model.expect()
     try:
-        yield arrival
+        async with uploaded_files(request, call.state, ("file",), 1) as files:
+            yield Uploaded(call, files, arrival)
     finally:
         if arrival is not None:
             arrival.cancel()
 
 
-# Dependencies with yield: the upload's budget reservation is held until the request is done.
-async def _one_file(request: Request, state: StateDep) -> AsyncIterator[bytes]:
-    async with uploaded_files(request, state, ("file",), 1) as files:
-        yield files[0]
-
-
-async def _many_files(request: Request, state: StateDep) -> AsyncIterator[list[bytes]]:
-    async with uploaded_files(request, state, ("files", "file"), state.settings.max_batch_images) as files:
-        yield files
+async def _many_uploads(request: Request) -> AsyncIterator[Uploaded]:
+    call = caption_call(request)
+    max_files = call.state.settings.max_batch_images
+    async with uploaded_files(request, call.state, ("files", "file"), max_files) as files:
+        yield Uploaded(call, files)
 
 
 def _body_schema(batch: bool) -> dict:
@@ -61,7 +71,10 @@ def _body_schema(batch: bool) -> dict:
         props = {"file": {**binary, "description": "a JPEG, PNG, WebP, BMP or GIF image"}}
         required = ["file"]
     schema = {"type": "object", "properties": props, "required": required}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+    return {
+        "parameters": query_parameters(),  # the query is validated by caption_call (deps.CaptionQuery)
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}},
+    }
 
 
 def _entry(result) -> dict:
@@ -145,14 +158,7 @@ def _response(entry: dict, version: str, cached: bool, started: float, answer: A
     openapi_extra=_body_schema(batch=False),
 )
 async def generate_caption(
-    response: Response,
-    state: StateDep,
-    model: ServedDep,
-    options: OptionsDep,
-    who: CallerDep,
-    answer: AnswerDep,
-    arrival: Annotated[Arrival | None, Depends(_arrival)],  # before the upload: announced while it is read
-    image: Annotated[bytes, Depends(_one_file)],
+    who: CallerDep, upload: Annotated[Uploaded, Depends(_one_upload)], response: Response
 ) -> CaptionOut:
     """Upload one image as multipart field `file`; get its caption and the n-best candidates.
 
@@ -161,6 +167,8 @@ async def generate_caption(
     `X-Cache: HIT`.
     """
     started = time.perf_counter()
+    call, (image,), arrival = upload.call, upload.files, upload.arrival
+    state, model, options = call.state, call.model, call.options
     version = model.version
     key = cache_key(image, options, model.cache_identity, who)  # also the single-flight key: per caller too
     # A coroutine (no threadpool hop per request): the only call that may block, Redis, runs in the threadpool.
@@ -185,7 +193,7 @@ async def generate_caption(
             raise
         cached = not leader
     response.headers["X-Cache"] = "HIT" if cached else "MISS"
-    return _response(entry, version, cached, started, answer)
+    return _response(entry, version, cached, started, call.answer)
 
 
 @router.post(
@@ -196,12 +204,8 @@ async def generate_caption(
 )
 def generate_captions(
     request: Request,
-    state: StateDep,
-    model: ServedDep,
-    options: OptionsDep,
     who: CallerDep,
-    answer: AnswerDep,
-    images: Annotated[list[bytes], Depends(_many_files)],
+    upload: Annotated[Uploaded, Depends(_many_uploads)],
 ) -> BatchOut:
     """Upload up to `CAPTIONER_MAX_BATCH_IMAGES` images as repeated multipart field `files`.
 
@@ -209,6 +213,8 @@ def generate_captions(
     one bad file does not fail the others. The status is 200 whenever the request itself was valid.
     """
     started = time.perf_counter()
+    call, images = upload.call, upload.files
+    state, model, options, answer = call.state, call.model, call.options, call.answer
     captioner, version = model.captioner, model.version
     keys = [cache_key(data, options, model.cache_identity, who) for data in images]
     entries: list[dict | None] = [state.cache.get(k) for k in keys]
