@@ -404,3 +404,18 @@ def test_peek_does_not_spend_tokens():
     assert all(limiter.peek("c").allowed for _ in range(5))
     assert [limiter.hit("c").allowed for _ in range(3)] == [True, True, False]
     assert not limiter.peek("c").allowed and limiter.peek("c").retry_after_s >= 1
+
+
+def test_the_key_and_the_rate_limit_are_checked_before_the_query_and_the_upload(make_client):
+    """A caption request is admitted (key, then a rate-limit token) before its query is validated or a byte of
+    its upload is read: a wrong key or a spent budget is what the client hears, whatever else is wrong."""
+    keyed = make_client(api_keys_sha256=_digests("s3cret"))
+    bad = {"files": {"file": ("x.txt", b"not an image")}}
+    assert_problem(
+        keyed.post(URL + "?beam_size=0", headers={"X-API-Key": "nope"}, **bad), 401, "unauthorized"
+    )
+    assert keyed.post(URL + "?beam_size=0", headers={"X-API-Key": "s3cret"}, **bad).status_code == 422
+
+    limited = make_client(rate_limit_per_minute=1, rate_limit_burst=1)
+    assert limited.post(URL + "?beam_size=0", **bad).status_code == 422  # spends the one token
+    assert_problem(limited.post(URL + "?beam_size=0", **bad), 429, "rate-limited")

@@ -96,7 +96,9 @@ def authenticate(request: Request, state: ServiceState, keys: ApiKeys, key: str 
     )
 
 
-async def caller(request: Request, response: Response, key: str | None = Security(api_key_header)) -> str:
+async def admitted_caller(
+    request: Request, response: Response, key: str | None = Security(api_key_header)
+) -> str:
     """The caption routes' first dependency: the API key, then the rate limit, before any byte of the upload is
     read. Returns the caller's identity (a digest of its key; "" without keys), which namespaces per-caller state.
 
@@ -132,7 +134,7 @@ async def caller(request: Request, response: Response, key: str | None = Securit
     return who
 
 
-CallerDep = Annotated[str, Depends(caller)]
+CallerDep = Annotated[str, Depends(admitted_caller)]
 
 
 class CaptionQuery(BaseModel):

@@ -2,8 +2,9 @@
 
 The single-image handler is a coroutine: it awaits (bounded by the request timeout) its job on the inference
 pool without holding a thread, and asks Redis, when the cache is there, from the threadpool. The batch handler is
-a plain ``def`` that FastAPI runs in its threadpool. Each takes two dependencies, in this order: ``caller`` (the
-API key and the rate limit) and an async one that checks the query and the model, then reads the upload.
+a plain ``def`` that FastAPI runs in its threadpool. Each takes two dependencies, in this order:
+``admitted_caller`` (the API key and the rate limit) and an async one that checks the query and the model, then
+reads the upload.
 """
 
 from __future__ import annotations
