@@ -1,14 +1,19 @@
 """Issue 11 item 8's two ratios, measured in one run, interleaved against the bare engine:
 
-    python -m bench.item8 [--bundle models/default] [--photos 16] [--rounds 3] [--src NAME=DIR ...]
-                          [--out bench/results/perf_item8.json]
+    python -m bench.item8 [--bundle models/default] [--photos 16] [--rounds 16] [--c8-requests 256]
+                          [--b32-images 256] [--src NAME=DIR ...] [--out bench/results/perf_item8.json]
 
 Each round, interleaved on the same photos (the first Flickr8k dev photos), beam 3, max_length 30:
   engine_single   the bare engine in this process, one photo at a time from the file: p50 ms
   http_c1         the service over HTTP, one request at a time (cache and rate limit off): p50 ms
   engine_b32      the bare engine, batches of 32 from the files: images/s
   http_c8         the service over HTTP, 8 closed-loop clients: requests/s
-and the ratios http_c1 p50 / engine_single p50 (target <= 1.2) and http_c8 / engine_b32 (target >= 0.9). With
+and the ratios http_c1 p50 / engine_single p50 (target <= 1.2) and http_c8 / engine_b32 (target >= 0.9); the
+summary gives each ratio's median and range over the rounds and how many rounds meet its target. Also the paired
+c=1 ratio: the median over the photos of each photo's HTTP time / its engine time (the same photo, moments
+apart). The single-image times are bimodal (the ~40% of photos that also run the constrained search take ~1.4x
+longer), and with 16 photos a p50 sits near the gap between the two groups, so a little noise moves the p50s by
+several ms (per round 1.02-1.37 for the same code); the paired ratio is not moved by that. With
 several ``--src NAME=DIR`` the service runs from each source tree in turn within every round (e.g. the code
 before a change, checked out with ``git worktree add``), so before and after share the machine's noise.
 """
@@ -78,6 +83,9 @@ def _round(r: int, captioner, options, photos, data, servers: dict, args) -> dic
     for name in servers:
         row[f"{name}_http_c1_p50_ms"] = statistics.median(times[name])
         row[f"{name}_c1_ratio"] = row[f"{name}_http_c1_p50_ms"] / row["engine_single_p50_ms"]
+        row[f"{name}_c1_paired_ratio"] = statistics.median(
+            h / e for h, e in zip(times[name], times["engine"], strict=True)
+        )
         row[f"{name}_c8_ratio"] = row[f"{name}_http_c8"]["throughput_rps"] / row["engine_b32_img_s"]
     print(json.dumps({k: round(v, 3) for k, v in row.items() if not isinstance(v, dict)}), flush=True)
     return row
@@ -87,9 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.item8")
     parser.add_argument("--bundle", type=Path, default=REPO / "models" / "default")
     parser.add_argument("--photos", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--c8-requests", type=int, default=64)
-    parser.add_argument("--b32-images", type=int, default=64)
+    # Enough to judge a ratio on a 2-core VM whose speed moves +-15% within an hour (~3 minutes): per round, the
+    # c=8 block and the batch-32 block each last ~3-4 s, and the verdict counts the rounds.
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--c8-requests", type=int, default=256)
+    parser.add_argument("--b32-images", type=int, default=256)
     parser.add_argument("--src", action="append", default=[], help="NAME=DIR: a source tree to serve from")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "perf_item8.json")
     args = parser.parse_args(argv)
@@ -126,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
             "http_c1_p50_ms": _spread([r[f"{name}_http_c1_p50_ms"] for r in rounds]),
             "http_c8_rps": _spread([r[f"{name}_http_c8"]["throughput_rps"] for r in rounds]),
             "c1_over_engine_single": _spread([r[f"{name}_c1_ratio"] for r in rounds]),
+            "c1_paired_over_engine": _spread([r[f"{name}_c1_paired_ratio"] for r in rounds]),
             "c8_over_engine_b32": _spread([r[f"{name}_c8_ratio"] for r in rounds]),
+            "rounds_c1_within_1.2": sum(r[f"{name}_c1_ratio"] <= 1.2 for r in rounds),
+            "rounds_c1_paired_within_1.2": sum(r[f"{name}_c1_paired_ratio"] <= 1.2 for r in rounds),
+            "rounds_c8_at_least_0.9": sum(r[f"{name}_c8_ratio"] >= 0.9 for r in rounds),
         }
     out = {
         "what": "issue 11 item 8: HTTP c=1 p50 / bare single p50 (<= 1.2); HTTP c=8 / bare batch-32 (>= 0.9)",
