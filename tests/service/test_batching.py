@@ -61,6 +61,7 @@ def test_every_request_ends_its_announcement_to_the_batcher(make_client):
 def test_batching_can_be_turned_off(make_client):
     client = make_client(microbatch_max_size=1)
     assert client.app.state.service.batcher is None
+    assert client.get("/health").json()["inference"]["micro_batching"] is None
     assert client.post(URL, files={"file": jpeg(seed=3)}).status_code == 200
 
 
@@ -94,6 +95,12 @@ def test_two_lanes_share_concurrent_requests(make_client):
     assert sorted(results) == list(range(len(images)))
     assert all(r.status_code == 200 and r.json()["caption"] for r in results.values())
     assert all(n > 0 for n in batcher.stats.lane_batches), batcher.stats  # both lanes captioned some
+    # /health shows the same counters to an operator.
+    shown = client.get("/health").json()["inference"]["micro_batching"]
+    stats = batcher.stats
+    assert shown["images"] == stats.images == 9 and shown["batches"] == stats.batches < 9
+    assert shown["lane_batches"] == list(stats.lane_batches) and shown["solo_batches"] == stats.solo_batches
+    assert shown["mean_batch_size"] == pytest.approx(9 / stats.batches, abs=1e-3) and shown["largest_batch"] > 1
 
 
 def test_one_lane_is_the_captioner_itself(make_client):

@@ -11,6 +11,7 @@ from captioner.service.deps import StateDep
 from captioner.service.metrics import CONTENT_TYPE
 from captioner.service.problems import ServiceError
 from captioner.service.schemas import Health, Problem
+from captioner.service.state import ServiceState
 
 router = APIRouter(tags=["health"])
 
@@ -50,7 +51,12 @@ def health(state: StateDep) -> Health:
         model=state.model_info(),
         uptime_s=round(time.time() - state.started, 3),
         process=state.process.snapshot(),
-        inference={"inflight": state.pool.inflight, "max_queue": s.max_queue, "workers": s.inference_workers},
+        inference={
+            "inflight": state.pool.inflight,
+            "max_queue": s.max_queue,
+            "workers": s.inference_workers,
+            "micro_batching": _micro_batching(state),
+        },
         cache={
             "backend": state.cache.backend,
             # true while Redis is configured but unreachable: results are kept in this instance's memory
@@ -66,6 +72,24 @@ def health(state: StateDep) -> Health:
         },
         load_error=state.public_load_error,
     )
+
+
+def _micro_batching(state: ServiceState) -> dict | None:
+    """The active model's micro-batcher since it started (decode/microbatch.py); None when it has none."""
+    batcher = state.batcher
+    if batcher is None:
+        return None
+    stats = batcher.stats
+    return {
+        "batches": stats.batches,
+        "images": stats.images,
+        "mean_batch_size": round(stats.mean_batch_size, 3),
+        "largest_batch": stats.largest_batch,
+        "lane_batches": list(stats.lane_batches),  # per lane; empty with one captioner
+        "solo_batches": stats.solo_batches,  # lone requests run on all the encoder's threads
+        "queued": stats.queued,
+        "rejected": stats.rejected,
+    }
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
