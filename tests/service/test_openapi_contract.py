@@ -137,3 +137,13 @@ def test_schemathesis_finds_no_contract_failure(live_url, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "No issues found" in proc.stdout
+
+
+def test_every_caption_query_parameter_is_a_decode_or_an_answer_option():
+    from dataclasses import fields
+
+    from captioner.decode.answer import AnswerOptions
+    from captioner.decode.options import DecodeOptions
+
+    decode, answer = {f.name for f in fields(DecodeOptions)}, {f.name for f in fields(AnswerOptions)}
+    assert set(CaptionQuery.model_fields) <= decode | answer and not decode & answer

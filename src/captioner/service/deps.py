@@ -4,7 +4,7 @@ the request's options over the server's defaults for the active model (``caption
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request, Response, Security
@@ -199,7 +199,7 @@ class CaptionCall:
     answer: AnswerOptions
 
 
-_ANSWER_QUERY = ("tags_top_k", "tags_min_prob", "gender_neutral")
+_ANSWER_QUERY = frozenset(f.name for f in fields(AnswerOptions))  # the rest of CaptionQuery: DecodeOptions
 
 
 def caption_query(request: Request) -> CaptionQuery:
@@ -232,7 +232,7 @@ def caption_call(request: Request) -> CaptionCall:
     not go together (OptionsError), 503 while the model loads."""
     state: ServiceState = request.app.state.service
     settings, decode = state.settings, dict(caption_query(request))
-    answer = {k: decode.pop(k) for k in _ANSWER_QUERY}
+    answer = {k: decode.pop(k) for k in _ANSWER_QUERY & decode.keys()}
     return CaptionCall(
         state=state,
         model=served_model(state),
