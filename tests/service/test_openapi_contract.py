@@ -83,7 +83,7 @@ def test_caption_query_reads_and_documents_like_fastapis_own_query_model():
     queries = [
         "", "beam_size=5&strategy=greedy&gender_neutral=yes&tags_top_k=0", "beam_size=2&beam_size=4",
         "unknown=1&n_best=2", "beam_size=0", "max_length=x&length_penalty=-1", "strategy=sample",
-        "label_constraint_min_prob=0&label_constraint=maybe",
+        "label_constraint_min_prob=0&label_constraint=maybe", "beam_size=&strategy=&gender_neutral=",
     ]  # fmt: skip
     for query in queries:
         theirs, ours = client.get(f"/fastapi?{query}"), client.get(f"/ours?{query}")
