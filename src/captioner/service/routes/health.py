@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Literal
 
 from fastapi import APIRouter, Response
@@ -80,16 +81,7 @@ def _micro_batching(state: ServiceState) -> dict | None:
     if batcher is None:
         return None
     stats = batcher.stats
-    return {
-        "batches": stats.batches,
-        "images": stats.images,
-        "mean_batch_size": round(stats.mean_batch_size, 3),
-        "largest_batch": stats.largest_batch,
-        "lane_batches": list(stats.lane_batches),  # per lane; empty with one captioner
-        "solo_batches": stats.solo_batches,  # lone requests run on all the encoder's threads
-        "queued": stats.queued,
-        "rejected": stats.rejected,
-    }
+    return {**asdict(stats), "mean_batch_size": round(stats.mean_batch_size, 3)}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
