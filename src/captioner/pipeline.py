@@ -114,8 +114,9 @@ def self_critical_stage(
         names = all_train[: config.limit_images] if config.limit_images else all_train
     dev_names = [n for n in dataset.available(config.dev_split) if n in features]
     words = WordIds()
-    cider = CiderD([[words(normalize_caption(c)) for c in dataset.captions[n]] for n in all_train])
-    refs = [[words(normalize_caption(c)) for c in dataset.captions[n]] for n in names]
+    train_refs = {n: [words(normalize_caption(c)) for c in dataset.captions[n]] for n in all_train}
+    cider = CiderD(list(train_refs.values()))
+    refs = [train_refs[n] for n in names]
 
     def reward(captions, image_index):
         return cider([words(vocab.decode(c)) for c in captions], [refs[i] for i in image_index])
