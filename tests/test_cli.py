@@ -316,3 +316,55 @@ def test_build_labels_stores_a_checksummed_label_map_that_the_bundle_loads(capsy
         tmp_path / "flickr8k" / "Images" / "1000_abc.jpg",
     )
     assert code == 0, err
+
+
+@pytest.mark.slow
+def test_quantize_encoder_writes_a_loadable_int8_copy_of_the_bundle(
+    capsys, tmp_path, tiny_bundle, photo_files
+):
+    import numpy as np
+
+    import captioner
+    from captioner.model.bundle import ENCODER_FILE, load_bundle, record_consensus, record_metrics
+    from captioner.model.consensus import ConsensusMemory
+
+    bundle_copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    float_engine = captioner.load(bundle_copy)
+    images = [float_engine.load(p) for p in photo_files]
+    a = float_engine.encoder.encode(images)
+    record_consensus(bundle_copy, ConsensusMemory(a, [["a cat sits on a mat"]] * len(images), dims=None))
+    record_metrics(bundle_copy, {"BLEU-4": 0.2}, split="dev")
+    before = load_bundle(bundle_copy)
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for p in photo_files[1:]:
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "int8"
+    code, stdout, err = run(
+        capsys, "quantize-encoder", "--bundle", bundle_copy, "--out", out,
+        "--calibration", photo_files[0], "--calibration", folder,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["calibration_images"] == len(photo_files)
+    copy = load_bundle(out)  # checksums hold
+    encoder = copy.manifest["encoder"]
+    assert (
+        encoder["weights_dtype"] == "int8"
+        and encoder["quantised_from"] == before.manifest["files"][ENCODER_FILE]
+    )
+    assert copy.manifest["metrics"] == {} and copy.manifest["metrics_float_encoder"]["scores"] == {
+        "BLEU-4": 0.2
+    }
+    assert copy.consensus is not None  # the float encoder's training features, said so
+    assert copy.manifest["consensus"]["features_encoder_sha256"] == encoder["quantised_from"]
+    assert load_bundle(bundle_copy).sha256 == before.sha256  # the source is untouched
+    int8_engine = captioner.load(out)
+    assert int8_engine.encoder.info["weights_dtype"] == "int8"
+    b = int8_engine.encoder.encode(images)
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.9
+    assert all(r.caption for r in int8_engine.caption_images(images))
+
+    code, _, err = run(capsys, "quantize-encoder", "--bundle", bundle_copy, "--out", tmp_path / "x",
+                       "--calibration", tmp_path / "missing")  # fmt: skip
+    assert code != 0 and "not found" in err and not (tmp_path / "x").exists()

@@ -475,6 +475,51 @@ def _bundle_path(bundle: Path | None) -> Path:
     return bundle if bundle is not None else DEFAULT_BUNDLE
 
 
+@app.command("quantize-encoder")
+def quantize_encoder_cmd(
+    out: Annotated[Path, typer.Option(help="Folder to write the bundle with the int8 encoder to.")],
+    calibration: Annotated[
+        list[Path],
+        typer.Option(
+            help="Calibration photos: files or folders (repeatable). A few dozen varied photos like those you "
+            "serve; the first --max-calibration of them (sorted) are used."
+        ),
+    ],
+    bundle: BundleOpt = None,
+    max_calibration: Annotated[int, typer.Option(min=1, help="Most calibration photos used.")] = 128,
+    float_head_convs: Annotated[
+        int, typer.Option(min=0, help="The encoder's first convolutions kept in float32 (0: none).")
+    ] = 3,
+    seven_bit_weights: Annotated[
+        bool,
+        typer.Option(help="7-bit weights, for CPUs without VNNI (int16 sums cannot saturate; less exact)."),
+    ] = False,
+) -> None:
+    """Write a copy of the bundle whose encoder runs in int8: ~1.8x faster at batch 1 and ~2.2x at batch 32 on a
+    2-core VNNI CPU, dev scores unchanged (bench/README.md). Serve it with CAPTIONER_BUNDLE_PATH=OUT."""
+    from captioner.caption_dir import discover_images
+    from captioner.model.bundle import save_int8_bundle
+
+    photos: list[Path] = []
+    for source in calibration:
+        if source.is_dir():
+            photos += [Path(path) for _, path in discover_images(source)]
+        elif source.is_file():
+            photos.append(source)
+        else:
+            raise CaptionerError(f"calibration photo or folder not found: {source}")
+    if not photos:
+        raise CaptionerError(
+            "no calibration photos found: pass photos or folders of photos with --calibration"
+        )
+    path = save_int8_bundle(
+        _bundle_path(bundle), out, photos[:max_calibration],
+        float_head_convs=float_head_convs, seven_bit_weights=seven_bit_weights,
+    )  # fmt: skip
+    typer.echo(json.dumps({"bundle": str(path), "calibration_images": len(photos[:max_calibration]),
+                           "encoder_bytes": (path / "encoder.onnx").stat().st_size}, indent=2))  # fmt: skip
+
+
 @app.command("export-encoder")
 def export_encoder_cmd(
     name: Annotated[str, typer.Argument(help="inception_v3, efficientnet_lite0 or efficientnet_lite2.")],
