@@ -49,30 +49,29 @@ def load_captioner(
     (onnx, onnx-int8, numpy; default: the engine's). keep_spinning: onnxruntime's own default, its threads
     spinning on after each run (the engine stops them), for comparison.
     """
-    from captioner.decode.captioner import Captioner
     from captioner.encoders.runtime import OnnxEncoder
     from captioner.loading import load
-    from captioner.model.backends import DEFAULT_DECODER_BACKEND, step_decoder
+    from captioner.model.backends import DEFAULT_DECODER_BACKEND
 
     decoder = decoder or DEFAULT_DECODER_BACKEND
     if merge is not None:
         loaded = load(merge, encoder=encoder or merge / "inception_v3.onnx", decoder_backend=decoder)
         if not keep_spinning:
             return loaded
-        return Captioner(OnnxEncoder(loaded.encoder.path, stop_spinning_after_run=False), loaded.decoder,
-                         loaded.vocabulary, loaded.info)  # fmt: skip
+        return loaded.with_encoder(OnnxEncoder(loaded.encoder.path, stop_spinning_after_run=False))
     loaded = load(bundle, decoder_backend=decoder)
     if encoder is None and not keep_spinning:
         return loaded
-    # The same bundle with other parts: a new Captioner from them (never one changed in place).
-    reference = getattr(loaded.decoder, "numpy", loaded.decoder)  # the NumpyDecoder under any backend
-    step = step_decoder(reference, decoder)
+    # The same bundle with other parts (its label map, consensus memory and calibration kept): a new Captioner
+    # sharing them, never one changed in place.
     if keep_spinning and decoder != "numpy":
         from captioner.model.onnx_step import OnnxDecoder
 
-        step = OnnxDecoder(reference, precision=step.precision, stop_spinning_after_run=False)
-    new_encoder = OnnxEncoder(encoder or loaded.encoder.path, stop_spinning_after_run=not keep_spinning)
-    return Captioner(new_encoder, step, loaded.vocabulary, loaded.info)
+        reference = loaded.decoder.numpy  # the NumpyDecoder under the ONNX step
+        spinning = OnnxDecoder(reference, precision=loaded.decoder.precision, stop_spinning_after_run=False)
+        loaded = loaded.with_decoder(spinning)
+    spin_stop = not keep_spinning
+    return loaded.with_encoder(OnnxEncoder(encoder or loaded.encoder.path, stop_spinning_after_run=spin_stop))
 
 
 # -- measurements --

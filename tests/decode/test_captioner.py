@@ -173,3 +173,21 @@ def test_caption_each_fails_only_the_bad_items_and_captions_the_rest_together(
     )
     assert [outcomes[0].caption, outcomes[2].caption] == [r.caption for r in expected]
     assert captioner.caption_each([], GREEDY) == []
+
+
+def test_with_encoder_and_with_decoder_swap_one_part_and_share_the_rest(captioner, images):
+    from captioner.encoders.runtime import OnnxEncoder
+    from captioner.model.backends import step_decoder
+
+    reference = captioner.decoder.numpy  # the NumpyDecoder under the ONNX step
+    other = captioner.with_decoder(step_decoder(reference, "onnx-int8")).with_encoder(
+        OnnxEncoder(captioner.encoder.path, threads=1)
+    )
+    assert other.decoder is not captioner.decoder and other.encoder is not captioner.encoder
+    assert captioner.decoder.numpy is reference and captioner.encoder.path == other.encoder.path  # unchanged
+    for part in ("vocabulary", "info", "labels", "consensus", "calibration", "max_pixels"):
+        assert getattr(other, part) is getattr(captioner, part)
+    # A new step of the same weights and backend, a new session of the same encoder file: the same captions.
+    assert [r.caption for r in other.caption_images(images, GREEDY)] == [
+        r.caption for r in captioner.caption_images(images, GREEDY)
+    ]

@@ -141,6 +141,13 @@ class Captioner:
         other.encoder = encoder
         return other
 
+    def with_decoder(self, decoder: StepDecoder) -> Captioner:
+        """This captioner with another decoder step (e.g. another backend of the same weights); the encoder, label
+        map, consensus memory and the rest are shared, not copied."""
+        other = copy.copy(self)
+        other.decoder = decoder
+        return other
+
     @property
     def model_info(self) -> ModelInfo | None:
         return self.info
