@@ -1,19 +1,27 @@
 """Can the int8 encoder be the default? Calibrate on varied photos, check on photos it never saw.
 
     python -m bench.int8_encoder [--bundle models/default] [--dev 300] [--test 200] [--out bench/results/int8_encoder.json]
+                                 [--bundle-out DIR]   # also: the bundle with the int8 encoder, for bench.item8
 
-Two int8 copies of the bundle's encoder (``captioner.encoders.quantize``: static QDQ, int8 weights per output
+Four int8 copies of the bundle's encoder (``captioner.encoders.quantize``: static QDQ, int8 weights per output
 channel, uint8 activations with MinMax ranges):
-  flickr8k  calibrated on 32 Flickr8k train photos (what the bench did before)
-  varied    calibrated on 48 Flickr8k train photos, 16 of them again darkened / brightened / in grey / with more
-            contrast, and half of scikit-image's sample photos (CALIBRATION_SAMPLES)
+  int8           the default: calibrated on varied photos (below), the first 3 convolutions kept float32
+  int8_all       the same calibration, every convolution quantised (the default before 2026-11-26)
+  int8_flickr8k  the default's float head, calibrated on 32 Flickr8k train photos only
+  int8_7bit      the default with 7-bit weights (``seven_bit_weights``, for CPUs without VNNI)
+"varied" calibration: 48 Flickr8k train photos, 16 of them again darkened / brightened / in grey / with more
+contrast, and half of scikit-image's sample photos (CALIBRATION_SAMPLES).
+And a yardstick: fp32_jpeg, the float32 encoder itself on each photo saved again as a JPEG (quality 90): how much
+an imperceptible change of the input moves the same answers.
 Checked against float32 on photos no calibration used:
   unlike    the other scikit-image samples, scikit-learn's (china, flower), matplotlib's grace_hopper, and each
             of them darkened, in grey and with more contrast
   flickr8k  ``--test`` Flickr8k dev photos after the first ``--dev`` (this copy has no test photos)
 per photo: ImageNet top-1 agreement, top-5 overlap (|top5 int8 & top5 fp32| / 5), whether fp32's top-1 is in
-int8's top-5, and the cosine of the caption features; dev BLEU-4 / CIDEr (beam 3, the bundle's decoder) on the
-first ``--dev`` dev photos; encoder latency at batch 1 and 32, interleaved.
+int8's top-5, the cosine of the caption features, and what a user gets (default DecodeOptions and answer tags):
+the same caption, the same label-constraint words, the same tags; dev BLEU-4 / CIDEr as served (label
+constraint and consensus reranking on) on the first ``--dev`` dev photos; encoder latency at batch 1 and 32,
+interleaved.
 """
 
 from __future__ import annotations
@@ -96,14 +104,34 @@ def unlike_set() -> dict[str, bytes]:
     return out
 
 
-def agreement(fp32, int8, sources: dict[str, bytes]) -> dict:
-    """Per-photo and summary agreement of the two encoders' ImageNet heads and caption features."""
+def _jpeg(data: bytes, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _answers(captioner, data: bytes):
+    """What the float32 and int8 engines give for one photo: the encoder's outputs, the caption as served (default
+    DecodeOptions), the label-constraint words (None: no constraint) and the answer's tags."""
+    from captioner.decode.answer import DEFAULT_TAGS_MIN_PROB, DEFAULT_TAGS_TOP_K, select_tags
+    from captioner.decode.options import DecodeOptions
     from captioner.encoders.images import load_image
 
+    spec, options = captioner.encoder.preprocessing, DecodeOptions()
+    encoded = captioner.encoder.run([load_image(data, draft_size=spec.size, resize=spec.resize)])
+    result = captioner.decode_features(encoded.features, options, encoded.imagenet_probs)[0]
+    picked = (captioner.label_constraints(encoded.imagenet_probs, options) or [None])[0]
+    tags = sorted(t.label for t in select_tags(result.tags, DEFAULT_TAGS_TOP_K, DEFAULT_TAGS_MIN_PROB))
+    return encoded, result.caption, None if picked is None else sorted(picked[0]), tags
+
+
+def agreement(reference, other, sources: dict[str, bytes], transform=None) -> dict:
+    """Per-photo and summary agreement of two captioners of one bundle (other encoders): their ImageNet heads,
+    caption features and answers. transform: applied to each photo's bytes before ``other`` sees it."""
     rows = {}
     for name, data in sources.items():
-        image = load_image(data, draft_size=fp32.preprocessing.size, resize=fp32.preprocessing.resize)
-        a, b = fp32.run([image]), int8.run([image])
+        a, caption_a, words_a, tags_a = _answers(reference, data)
+        b, caption_b, words_b, tags_b = _answers(other, transform(data) if transform else data)
         top_a, top_b = np.argsort(-a.imagenet_probs[0])[:5], np.argsort(-b.imagenet_probs[0])[:5]
         fa, fb = a.features[0], b.features[0]
         rows[name] = {
@@ -111,6 +139,9 @@ def agreement(fp32, int8, sources: dict[str, bytes]) -> dict:
             "top5_overlap": len(set(top_a) & set(top_b)) / 5,
             "fp32_top1_in_int8_top5": bool(top_a[0] in top_b),
             "feature_cosine": float(fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb) + 1e-12)),
+            "same_caption": caption_a == caption_b,
+            "same_constraint_words": words_a == words_b,
+            "same_tags": tags_a == tags_b,
             "fp32_top1": int(top_a[0]),
             "int8_top1": int(top_b[0]),
             "fp32_top1_prob": float(a.imagenet_probs[0, top_a[0]]),
@@ -129,26 +160,28 @@ def agreement(fp32, int8, sources: dict[str, bytes]) -> dict:
         "n_fp32_top1_prob_ge_0.5": len(confident),
         "feature_cosine_mean": float(np.mean([r["feature_cosine"] for r in v])),
         "feature_cosine_min": float(np.min([r["feature_cosine"] for r in v])),
+        "same_caption": float(np.mean([r["same_caption"] for r in v])),
+        "same_constraint_words": float(np.mean([r["same_constraint_words"] for r in v])),
+        "same_tags": float(np.mean([r["same_tags"] for r in v])),
         "worst": dict(sorted(rows.items(), key=lambda kv: kv[1]["feature_cosine"])[:5]),
         "photos": rows,
     }
 
 
-def dev_scores(bundle: Path, encoders: dict[str, Path], data, n: int) -> dict:
-    from bench.engine import load_captioner
+def dev_scores(captioners: dict, data, n: int) -> dict:
+    """BLEU-4 / CIDEr as served (default DecodeOptions) of each captioner on the first n dev photos."""
     from captioner.decode.options import DecodeOptions
     from captioner.evaluation.metrics import compute_metrics
 
     names = sorted(data.available("dev"))[:n]
     refs = data.references("dev")
     out, hyps = {}, {}
-    for name, path in encoders.items():
-        captioner = load_captioner(bundle, None, path)
+    for name, captioner in captioners.items():
         results = captioner.caption_files([data.image_path(x) for x in names], DecodeOptions(), batch_size=32)
         hyps[name] = {x: r.caption for x, r in zip(names, results, strict=True)}
         m = compute_metrics({x: refs[x] for x in names}, hyps[name], meteor=False)
         out[name] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"]}
-    for name in encoders:
+    for name in captioners:
         out[name]["BLEU-4_delta"] = out[name]["BLEU-4"] - out["fp32"]["BLEU-4"]
         out[name]["CIDEr_delta"] = out[name]["CIDEr"] - out["fp32"]["CIDEr"]
         out[name]["same_caption_fraction"] = float(np.mean([hyps[name][x] == hyps["fp32"][x] for x in names]))
@@ -192,41 +225,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=200, help="dev photos for the agreement check")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-int8"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8_encoder.json")
+    parser.add_argument(
+        "--bundle-out", type=Path, help="also write the bundle with the default int8 encoder here"
+    )
     args = parser.parse_args(argv)
 
+    from bench.engine import load_captioner
     from captioner.data.flickr8k import load_flickr8k
     from captioner.encoders.images import load_and_preprocess
-    from captioner.encoders.quantize import quantize_encoder
+    from captioner.encoders.quantize import FLOAT_HEAD_CONVS, quantize_encoder
     from captioner.encoders.runtime import OnnxEncoder, limit_blas_threads
+    from captioner.model.bundle import save_int8_bundle
 
     limit_blas_threads()
     data = load_flickr8k(FLICKR8K)
     src = args.bundle / "encoder.onnx"
     args.work.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "fp32": src,
-        "int8_flickr8k": args.work / "int8_flickr8k.onnx",
-        "int8_varied": args.work / "int8_varied.onnx",
-    }
-    t = time.perf_counter()
-    if not paths["int8_flickr8k"].is_file():
-        train = sorted(data.available("train"))[:32]
-        quantize_encoder(src, paths["int8_flickr8k"], "int8", [data.image_path(n) for n in train])
     calibration = calibration_set(data)
-    if not paths["int8_varied"].is_file():
-        quantize_encoder(src, paths["int8_varied"], "int8", calibration)
-    quantize_s = time.perf_counter() - t
-    print(f"quantised in {quantize_s:.0f} s", flush=True)
+    flickr8k_only = [data.image_path(n) for n in sorted(data.available("train"))[:32]]
+    made = {  # name: (calibration photos, float head convolutions, 7-bit weights)
+        "int8": (calibration, FLOAT_HEAD_CONVS, False),
+        "int8_all": (calibration, 0, False),
+        "int8_flickr8k": (flickr8k_only, FLOAT_HEAD_CONVS, False),
+        "int8_7bit": (calibration, FLOAT_HEAD_CONVS, True),
+    }
+    paths = {"fp32": src} | {name: args.work / f"{name}.onnx" for name in made}
+    t = time.perf_counter()
+    for name, (photos, head, seven_bit) in made.items():
+        if not paths[name].is_file():
+            quantize_encoder(
+                src, paths[name], "int8", photos, float_head_convs=head, seven_bit_weights=seven_bit
+            )
+    print(f"quantised in {time.perf_counter() - t:.0f} s", flush=True)
+    if args.bundle_out:  # "int8" as a bundle (what `captioner quantize-encoder` writes), for bench.item8
+        print("bundle:", save_int8_bundle(args.bundle, args.bundle_out, calibration), flush=True)
 
-    encoders = {name: OnnxEncoder(p) for name, p in paths.items()}
+    fp32 = load_captioner(args.bundle, None)  # the bundle as served: label map, consensus memory, int8 step
+    captioners = {"fp32": fp32} | {name: fp32.with_encoder(OnnxEncoder(paths[name])) for name in made}
     unlike = unlike_set()
     dev = sorted(data.available("dev"))  # the test photos are not in this copy of Flickr8k
     test = {n: data.image_path(n).read_bytes() for n in dev[args.dev : args.dev + args.test]}
     checks = {}
-    for name in ("int8_flickr8k", "int8_varied"):
+    for name, transform in [(n, None) for n in made] + [("fp32_jpeg", _jpeg)]:
+        other = captioners.get(name, fp32)
         checks[name] = {
-            "unlike_flickr8k": agreement(encoders["fp32"], encoders[name], unlike),
-            "flickr8k_dev": agreement(encoders["fp32"], encoders[name], test),
+            "unlike_flickr8k": agreement(fp32, other, unlike, transform),
+            "flickr8k_dev": agreement(fp32, other, test, transform),
         }
         for part in checks[name].values():
             part.pop("photos")
@@ -237,20 +281,26 @@ def main(argv: list[str] | None = None) -> None:
             ),
             flush=True,
         )
-    spec = encoders["fp32"].preprocessing
-    test_paths = [data.image_path(n) for n in dev[:32]]
-    batch = np.stack([load_and_preprocess(p, spec) for p in test_paths])
-    speed = latency(encoders, batch)
+    spec = fp32.encoder.preprocessing
+    batch = np.stack([load_and_preprocess(data.image_path(n), spec) for n in dev[:32]])
+    speed = latency({name: c.encoder for name, c in captioners.items()}, batch)
     print(json.dumps(speed), flush=True)
-    scores = dev_scores(args.bundle, paths, data, args.dev)
+    scores = dev_scores(captioners, data, args.dev)
     print(json.dumps(scores), flush=True)
     out = {
         "what": "int8 (static QDQ, per-channel weights) vs float32 encoder of the bundle; see bench/int8_encoder.py",
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "calibration": {
-            "int8_flickr8k": "32 Flickr8k train photos",
-            "int8_varied": f"{len(calibration)} images: 48 Flickr8k train photos, 16 more x (dark, bright, grey, "
+            "varied": f"{len(calibration)} images: 48 Flickr8k train photos, 16 more x (dark, bright, grey, "
             f"contrast), scikit-image samples {list(CALIBRATION_SAMPLES)}",
+            "flickr8k": "32 Flickr8k train photos",
+        },
+        "variants": {
+            "int8": f"varied calibration, the first {FLOAT_HEAD_CONVS} convolutions float32 (the default)",
+            "int8_all": "varied calibration, every convolution quantised",
+            "int8_flickr8k": f"flickr8k calibration, the first {FLOAT_HEAD_CONVS} convolutions float32",
+            "int8_7bit": "the default with 7-bit weights (seven_bit_weights: for CPUs without VNNI)",
+            "fp32_jpeg": "yardstick: the float32 encoder on each photo saved again as JPEG (quality 90)",
         },
         "held_out_unlike_flickr8k": sorted(unlike),
         "sizes_mb": {name: p.stat().st_size / 1e6 for name, p in paths.items()},
