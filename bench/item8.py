@@ -1,7 +1,8 @@
 """Issue 11 item 8's two ratios, measured in one run, interleaved against the bare engine:
 
     python -m bench.item8 [--bundle models/default] [--photos 16] [--rounds 16] [--c8-requests 256]
-                          [--b32-images 256] [--src NAME=DIR ...] [--out bench/results/perf_item8.json]
+                          [--b32-images 256] [--src NAME=DIR ...] [--env NAME:KEY=VALUE ...]
+                          [--out bench/results/perf_item8.json]
 
 Each round, interleaved on the same photos (the first Flickr8k dev photos), beam 3, max_length 30:
   engine_single   the bare engine in this process, one photo at a time from the file: p50 ms
@@ -15,7 +16,8 @@ apart). The single-image times are bimodal (the ~40% of photos that also run the
 longer), and with 16 photos a p50 sits near the gap between the two groups, so a little noise moves the p50s by
 several ms (per round 1.02-1.37 for the same code); the paired ratio is not moved by that. With
 several ``--src NAME=DIR`` the service runs from each source tree in turn within every round (e.g. the code
-before a change, checked out with ``git worktree add``), so before and after share the machine's noise.
+before a change, checked out with ``git worktree add``), so before and after share the machine's noise;
+``--env NAME:KEY=VALUE`` sets a setting for the service NAME (two names for one tree compare two settings).
 """
 
 from __future__ import annotations
@@ -101,9 +103,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--c8-requests", type=int, default=256)
     parser.add_argument("--b32-images", type=int, default=256)
     parser.add_argument("--src", action="append", default=[], help="NAME=DIR: a source tree to serve from")
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME:KEY=VALUE: a setting for service NAME"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "perf_item8.json")
     args = parser.parse_args(argv)
     sources = dict(s.split("=", 1) for s in args.src) or {"current": str(REPO)}
+    envs: dict[str, dict[str, str]] = {
+        name: {"PYTHONPATH": str(Path(src) / "src")} for name, src in sources.items()
+    }
+    for item in args.env:
+        name, _, setting = item.partition(":")
+        key, _, value = setting.partition("=")
+        if name not in envs or not key:
+            parser.error(f"--env {item!r}: expected NAME:KEY=VALUE with NAME one of {sorted(envs)}")
+        envs[name][key] = value
 
     from captioner.decode.options import DecodeOptions
     from captioner.encoders.runtime import limit_blas_threads
@@ -115,9 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     captioner = load_captioner(args.bundle, None)
     single_image(captioner, photos[:2], options, 1)  # warm-up
 
-    servers = {
-        name: Server(args.bundle, {"PYTHONPATH": str(Path(src) / "src")}) for name, src in sources.items()
-    }
+    servers = {name: Server(args.bundle, env) for name, env in envs.items()}
     for s in servers.values():
         s.__enter__()
     try:
@@ -147,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         "params": PARAMS,
         "photos": [p.name for p in photos],
         "sources": sources,
+        "bundle": str(args.bundle),
+        "env": {name: {k: v for k, v in env.items() if k != "PYTHONPATH"} for name, env in envs.items()},
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "summary": summary,
         "rounds": rounds,
