@@ -368,3 +368,6 @@ def test_quantize_encoder_writes_a_loadable_int8_copy_of_the_bundle(
     code, _, err = run(capsys, "quantize-encoder", "--bundle", bundle_copy, "--out", tmp_path / "x",
                        "--calibration", tmp_path / "missing")  # fmt: skip
     assert code != 0 and "not found" in err and not (tmp_path / "x").exists()
+    code, _, err = run(capsys, "quantize-encoder", "--bundle", out, "--out", tmp_path / "y",
+                       "--calibration", folder)  # fmt: skip
+    assert code != 0 and "already int8" in err and not (tmp_path / "y").exists()

@@ -466,6 +466,8 @@ def save_int8_bundle(
     bundle = load_bundle(src)  # never derive from a tampered bundle
     if bundle.config is None:
         raise BundleError(f"{bundle.path} is in the original format: quantise its encoder file instead")
+    if "quantised_from" in bundle.manifest["encoder"]:
+        raise BundleError(f"{bundle.path}'s encoder is already int8: quantise the float bundle it came from")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
