@@ -1,6 +1,6 @@
 """Can the int8 encoder be the default? Calibrate on varied photos, check on photos it never saw.
 
-    python -m bench.int8_encoder [--bundle models/default] [--dev 300] [--test 200] [--out bench/results/int8_encoder.json]
+    python -m bench.int8_encoder [--bundle models/default] [--dev 1000] [--test 200] [--out bench/results/int8_encoder.json]
                                  [--bundle-out DIR]   # also: the bundle with the int8 encoder, for bench.item8
 
 Four int8 copies of the bundle's encoder (``captioner.encoders.quantize``: static QDQ, int8 weights per output
@@ -16,11 +16,11 @@ an imperceptible change of the input moves the same answers.
 Checked against float32 on photos no calibration used:
   unlike    the other scikit-image samples, scikit-learn's (china, flower), matplotlib's grace_hopper, and each
             of them darkened, in grey and with more contrast
-  flickr8k  ``--test`` Flickr8k dev photos after the first ``--dev`` (this copy has no test photos)
+  flickr8k  the first ``--test`` Flickr8k dev photos (this copy has no test photos; no calibration used dev)
 per photo: ImageNet top-1 agreement, top-5 overlap (|top5 int8 & top5 fp32| / 5), whether fp32's top-1 is in
 int8's top-5, the cosine of the caption features, and what a user gets (default DecodeOptions and answer tags):
-the same caption, the same label-constraint words, the same tags; dev BLEU-4 / CIDEr as served (label
-constraint and consensus reranking on) on the first ``--dev`` dev photos; encoder latency at batch 1 and 32,
+the same caption, the same label-constraint words, the same tags; dev scores as served (label
+constraint and consensus reranking on; also fp32_jpeg) on the first ``--dev`` dev photos; encoder latency at batch 1 and 32,
 interleaved.
 """
 
@@ -168,20 +168,26 @@ def agreement(reference, other, sources: dict[str, bytes], transform=None) -> di
     }
 
 
-def dev_scores(captioners: dict, data, n: int) -> dict:
-    """BLEU-4 / CIDEr as served (default DecodeOptions) of each captioner on the first n dev photos."""
+def dev_scores(captioners: dict, data, n: int, transforms: dict | None = None) -> dict:
+    """All metrics but METEOR as served (default DecodeOptions) of each captioner on the first n dev photos.
+    transforms: {name: (captioner name, bytes -> bytes)}: also that captioner on each photo so changed."""
     from captioner.decode.options import DecodeOptions
     from captioner.evaluation.metrics import compute_metrics
 
     names = sorted(data.available("dev"))[:n]
     refs = data.references("dev")
+    runs = {name: (captioner, None) for name, captioner in captioners.items()}
+    runs |= {name: (captioners[base], f) for name, (base, f) in (transforms or {}).items()}
     out, hyps = {}, {}
-    for name, captioner in captioners.items():
-        results = captioner.caption_files([data.image_path(x) for x in names], DecodeOptions(), batch_size=32)
-        hyps[name] = {x: r.caption for x, r in zip(names, results, strict=True)}
-        m = compute_metrics({x: refs[x] for x in names}, hyps[name], meteor=False)
-        out[name] = {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"]}
-    for name in captioners:
+    for name, (captioner, transform) in runs.items():
+        captions = []
+        for s in range(0, len(names), 32):
+            blobs = [data.image_path(x).read_bytes() for x in names[s : s + 32]]
+            images = [captioner.load(transform(b) if transform else b) for b in blobs]
+            captions += [r.caption for r in captioner.caption_images(images, DecodeOptions())]
+        hyps[name] = dict(zip(names, captions, strict=True))
+        out[name] = compute_metrics({x: refs[x] for x in names}, hyps[name], meteor=False)
+    for name in runs:
         out[name]["BLEU-4_delta"] = out[name]["BLEU-4"] - out["fp32"]["BLEU-4"]
         out[name]["CIDEr_delta"] = out[name]["CIDEr"] - out["fp32"]["CIDEr"]
         out[name]["same_caption_fraction"] = float(np.mean([hyps[name][x] == hyps["fp32"][x] for x in names]))
@@ -221,7 +227,7 @@ def latency(encoders: dict, batch: np.ndarray, rounds: int = 5) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.int8_encoder")
     parser.add_argument("--bundle", type=Path, default=REPO / "models" / "default")
-    parser.add_argument("--dev", type=int, default=300)
+    parser.add_argument("--dev", type=int, default=1000, help="dev photos scored (all 1,000: ~20 s per copy)")
     parser.add_argument("--test", type=int, default=200, help="dev photos for the agreement check")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-int8"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8_encoder.json")
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     captioners = {"fp32": fp32} | {name: fp32.with_encoder(OnnxEncoder(paths[name])) for name in made}
     unlike = unlike_set()
     dev = sorted(data.available("dev"))  # the test photos are not in this copy of Flickr8k
-    test = {n: data.image_path(n).read_bytes() for n in dev[args.dev : args.dev + args.test]}
+    test = {n: data.image_path(n).read_bytes() for n in dev[: args.test]}
     checks = {}
     for name, transform in [(n, None) for n in made] + [("fp32_jpeg", _jpeg)]:
         other = captioners.get(name, fp32)
@@ -285,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     batch = np.stack([load_and_preprocess(data.image_path(n), spec) for n in dev[:32]])
     speed = latency({name: c.encoder for name, c in captioners.items()}, batch)
     print(json.dumps(speed), flush=True)
-    scores = dev_scores(captioners, data, args.dev)
+    scores = dev_scores(captioners, data, args.dev, {"fp32_jpeg": ("fp32", _jpeg)})
     print(json.dumps(scores), flush=True)
     out = {
         "what": "int8 (static QDQ, per-channel weights) vs float32 encoder of the bundle; see bench/int8_encoder.py",

@@ -119,7 +119,7 @@ def float_head(model, convs: int) -> list[str]:
     rounds away the channels whose values are small. On EfficientNet-Lite2 the first 3 (the stem, the first
     depthwise and projection convolutions: 3.3% of the multiply-adds) kept float raise the features' minimum
     cosine with float32 from 0.88 to 0.98 and ImageNet top-1 agreement from 80% to 95% on photos unlike any
-    calibration photo, for ~3% more time per image than quantising them too (``bench/results/int8_encoder.json``).
+    calibration photo, at no speed cost that two runs could tell apart from noise (``bench/README.md``).
     """
     return [node.name for node in model.graph.node if node.op_type == "Conv"][:convs]
 
