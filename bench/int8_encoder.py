@@ -183,8 +183,10 @@ def dev_scores(captioners: dict, data, n: int, transforms: dict | None = None) -
         captions = []
         for s in range(0, len(names), 32):
             blobs = [data.image_path(x).read_bytes() for x in names[s : s + 32]]
-            images = [captioner.load(transform(b) if transform else b) for b in blobs]
-            captions += [r.caption for r in captioner.caption_images(images, DecodeOptions())]
+            results = captioner.caption_each(
+                [transform(b) if transform else b for b in blobs], DecodeOptions()
+            )
+            captions += [r.caption for r in results]  # an unreadable dev photo would fail here: none is
         hyps[name] = dict(zip(names, captions, strict=True))
         out[name] = compute_metrics({x: refs[x] for x in names}, hyps[name], meteor=False)
     for name in runs:
