@@ -158,3 +158,23 @@ def test_probe_bench_captions_every_photo_off_and_on(tiny_bundle, tmp_path, caps
         assert row["caption_off"] and row["caption_on"] and row["constraint_words"] is None  # no labels.json
         assert row["named_on"] == any(w in row["caption_on"].split() for w in row["object_words"])
     assert "skimage.chelsea" in capsys.readouterr().out
+
+
+def test_recompression_bench_scores_the_files_and_each_resave(tiny_bundle, tmp_path):
+    from bench import recompression
+
+    from conftest_helpers import write_tiny_flickr8k
+
+    root = write_tiny_flickr8k(tmp_path / "flickr", n_train=2, n_dev=3)
+    out = tmp_path / "recompression.json"
+    recompression.main(
+        ["--bundle", f"tiny={tiny_bundle}", "--quality", "50", "--data", str(root), "--out", str(out)]
+    )
+    report = json.loads(out.read_text())
+    rows = report["results"]["tiny"]
+    assert report["n_images"] == 3 and {"files", "jpeg50"} <= rows.keys()
+    assert rows["files"]["same_as_on_files"] == 1.0 and 0.0 <= rows["jpeg50"]["same_as_on_files"] <= 1.0
+    assert {"BLEU-4", "CIDEr", "distinct"} <= rows["jpeg50"].keys()
+    # a re-save really changes the bytes the captioner sees
+    photo = sorted((root / "Images").iterdir())[0].read_bytes()
+    assert recompression.resave(photo, 50) != photo

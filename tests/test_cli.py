@@ -168,12 +168,12 @@ def test_train_and_evaluate_end_to_end(capsys, tmp_path):
     root = write_tiny_flickr8k(tmp_path / "flickr")
     code, out, err = run(
         capsys, "train", "--data-root", root, "--run-dir", tmp_path / "run", "--cache-dir", tmp_path / "cache",
-        "--encoder", "efficientnet_lite0", "--no-flip-augment", "--encoder-weights", "random", "--epochs", "2",
-        "--batch-size", "8", "--hidden-dim", "16",
-        "--embed-dim", "8", "--min-count", "1", "--max-length", "10", "--scst-epochs", "2",
+        "--encoder", "efficientnet_lite0", "--no-flip-augment", "--augment-views", "1",
+        "--encoder-weights", "random", "--epochs", "2", "--batch-size", "8", "--hidden-dim", "16", "--embed-dim", "8", "--min-count", "1", "--max-length", "10", "--scst-epochs", "2",
     )  # fmt: skip
     assert code == 0, err
     bundle = tmp_path / "run" / "bundle"
+    assert (tmp_path / "cache" / "features" / "efficientnet_lite0" / "view1-train" / "index.json").is_file()
     scst_stage = json.loads((bundle / "manifest.json").read_text())["training"]["scst"]
     assert scst_stage["epochs_run"] >= 1 and "dev_CIDEr" in scst_stage["dev_selection_scores"]
     files = json.loads((bundle / "manifest.json").read_text())["files"]

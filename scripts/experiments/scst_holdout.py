@@ -51,7 +51,7 @@ def main() -> None:
     )
     flip = config.train_split if config.flip_augment else None
     splits = [config.train_split, config.dev_split]
-    features = dataset_features(dataset, encoder, args.cache_dir, splits, progress=False, flip_split=flip)
+    features = dataset_features(dataset, encoder, args.cache_dir, splits, progress=False, augment_split=flip)
     score_fn = make_score_fn(dataset, args.run_dir / "vocabulary.json")
     # The finished cross-entropy stage is reused, not retrained.
     model, result = train(dataset, features, args.run_dir, config, score_fn=score_fn, progress=False)

@@ -322,6 +322,12 @@ def train(
     flip_augment: Annotated[
         bool, typer.Option(help="Also train on mirrored-image features.")
     ] = _TRAIN.flip_augment,
+    augment_views: Annotated[
+        int,
+        typer.Option(
+            help="Also train on this many random views per photo (crop, colour, JPEG re-save); 0: none."
+        ),
+    ] = _TRAIN.augment_views,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing, [0, 1).")] = _TRAIN.label_smoothing,
     encoder_weights_dtype: Annotated[
         str, typer.Option(help="float32, or float16 for a half-size encoder file (compute stays float32).")
@@ -364,7 +370,8 @@ def train(
             encoder=encoder, epochs=epochs, batch_size=batch_size, hidden_dim=hidden_dim, embed_dim=embed_dim,
             dropout=dropout, feature_dropout=feature_dropout, learning_rate=learning_rate, min_count=min_count,
             max_length=max_length, patience=patience, seed=seed, flip_augment=flip_augment,
-            label_smoothing=label_smoothing, encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
+            augment_views=augment_views, label_smoothing=label_smoothing,
+            encoder_weights_dtype=encoder_weights_dtype, limit_images=limit_images,
             scst_epochs=scst_epochs, scst_learning_rate=scst_learning_rate, scst_samples=scst_samples,
             scst_baseline=scst_baseline,
         )  # fmt: skip

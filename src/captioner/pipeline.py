@@ -14,6 +14,7 @@ import numpy as np
 
 from captioner.data.flickr8k import load_flickr8k
 from captioner.decode.options import DecodeOptions
+from captioner.encoders.augment import PhotoView
 from captioner.encoders.export import export_encoder
 from captioner.encoders.features import extract_features
 from captioner.encoders.providers import DEFAULT_EXECUTION_PROVIDER
@@ -50,11 +51,15 @@ def dataset_features(
     splits,
     batch_size: int = 32,
     progress=True,
-    flip_split=None,
+    augment_split=None,
+    flip: bool = True,
+    views: int = 0,
 ):
     """{image name: features [F]} for every available image of ``splits``, cached per encoder.
 
-    flip_split: also extract mirrored-image features for this split; its images then map to [2, F].
+    augment_split: also extract, for each image of this split, the mirrored image's features (``flip``) and those
+    of ``views`` random views (encoders/augment.py: PhotoView 1..views); its images then map to [1 + flip + views,
+    F], view 0 the image itself.
     """
     names = sorted({n for s in splits for n in dataset.available(s)})
     root = Path(cache_dir) / "features" / encoder.name
@@ -65,13 +70,37 @@ def dataset_features(
             strict=True,
         )
     )
-    if flip_split:
-        flipped = dataset.available(flip_split)
-        root_flip = root / f"flip-{flip_split}"
-        mirrored = extract_features(
-            flipped, dataset.image_dir, encoder, root_flip, batch_size, progress, flip=True
+    if augment_split and (flip or views):
+        augmented = dataset.available(augment_split)
+        extra = (
+            [
+                extract_features(
+                    augmented,
+                    dataset.image_dir,
+                    encoder,
+                    root / f"flip-{augment_split}",
+                    batch_size,
+                    progress,
+                    flip=True,
+                )  # fmt: skip
+            ]
+            if flip
+            else []
         )
-        out.update({n: np.stack([out[n], m]) for n, m in zip(flipped, mirrored, strict=True)})
+        extra += [
+            extract_features(
+                augmented,
+                dataset.image_dir,
+                encoder,
+                root / f"view{v}-{augment_split}",
+                batch_size,
+                progress,
+                view=PhotoView(v),
+            )  # fmt: skip
+            for v in range(1, views + 1)
+        ]
+        for i, name in enumerate(augmented):
+            out[name] = np.stack([out[name], *(e[i] for e in extra)])
     return out
 
 
@@ -167,7 +196,7 @@ def train_pipeline(
     log.info("feature extraction runs on %s", encoder.provider)
     features = dataset_features(
         dataset, encoder, cache_dir, [config.train_split, config.dev_split], progress=progress,
-        flip_split=config.train_split if config.flip_augment else None,
+        augment_split=config.train_split, flip=config.flip_augment, views=config.augment_views,
     )  # fmt: skip
     score_fn = make_score_fn(dataset, run_dir / "vocabulary.json")
     model, result = train(dataset, features, run_dir, config, score_fn=score_fn, progress=progress)

@@ -28,6 +28,8 @@ def test_train_config_defaults_are_the_shipped_models_recipe():
         ({"learning_rate": 0.0}, "learning_rate must be > 0"),
         ({"encoder_weights_dtype": "int8"}, "'float32' or 'float16'"),
         ({"limit_images": 0}, "limit_images"),
+        ({"augment_views": -1}, "augment_views must be an integer >= 0"),
+        ({"augment_views": 1.5}, "augment_views"),
         ({"scst_epochs": -1}, "scst_epochs"),
         ({"scst_epochs": 2, "scst_baseline": "best"}, "baseline"),
         ({"scst_epochs": 2, "scst_learning_rate": 0.0}, "ScstConfig.learning_rate"),

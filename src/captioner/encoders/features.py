@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.encoders.images import load_and_preprocess
+from captioner.encoders.augment import PhotoView
+from captioner.encoders.images import load_and_preprocess, load_image, preprocess
 from captioner.encoders.runtime import OnnxEncoder
 from captioner.errors import DataError, ImageError
 from captioner.hashing import sha256_file, sha256_hex
@@ -28,10 +29,12 @@ def extract_features(
     batch_size: int = 32,
     progress: bool = True,
     flip: bool = False,
+    view: PhotoView | None = None,
 ) -> np.ndarray:
     """Features float32 [len(names), encoder.feature_size] for image_dir/name, computed once and cached.
 
-    flip: features of the horizontally mirrored images (training-time augmentation).
+    flip: features of the horizontally mirrored images; view: of each image's ``view`` (encoders/augment.py),
+    seeded by its name (training-time augmentations).
     An unreadable image raises DataError naming it (training on a silently zeroed row would be worse).
     """
     from tqdm import tqdm
@@ -45,6 +48,7 @@ def extract_features(
         "count": len(names),
         "feature_size": encoder.feature_size,
         **({"flip": True} if flip else {}),
+        **({"view": view.to_dict()} if view is not None else {}),
     }
     index_path, feat_path, done_path = (
         cache_dir / "index.json",
@@ -68,7 +72,11 @@ def extract_features(
 
     def load(i: int) -> np.ndarray:
         try:
-            x = load_and_preprocess(image_dir / names[i], spec)
+            if view is not None:
+                image = load_image(image_dir / names[i], draft_size=spec.size, resize=spec.resize)
+                x = preprocess(view(image, names[i]), spec)
+            else:
+                x = load_and_preprocess(image_dir / names[i], spec)
             return (
                 np.ascontiguousarray(x[..., ::-1] if spec.layout == "NCHW" else x[:, ::-1, :]) if flip else x
             )
@@ -82,7 +90,7 @@ def extract_features(
             total=len(names),
             initial=len(names) - len(todo),
             disable=not progress,
-            desc=f"features[{encoder.name}{'-flip' if flip else ''}]",
+            desc=f"features[{encoder.name}{'-flip' if flip else ''}{f'-view{view.number}' if view else ''}]",
             unit="img",
         ) as bar,
     ):

@@ -63,6 +63,7 @@ class TrainConfig:
     train_split: str = "train"
     dev_split: str = "dev"
     flip_augment: bool = True  # also train on features of mirrored images (a random view per caption)
+    augment_views: int = 0  # and of this many random views per photo (encoders/augment.py)
     limit_images: int | None = None  # use only the first N training images (smoke runs)
     # Self-critical sequence training after cross-entropy (model/scst.py); scst_epochs 0 skips it.
     scst_epochs: int = 0  # the shipped model has none: SCST did not beat it on dev (models/default/README.md)
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.encoder_weights_dtype must be 'float32' or 'float16', got {self.encoder_weights_dtype!r}"
             )
+        if not isinstance(self.augment_views, int) or self.augment_views < 0:
+            raise ValueError(f"TrainConfig.augment_views must be an integer >= 0, got {self.augment_views!r}")
         if not isinstance(self.scst_epochs, int) or self.scst_epochs < 0:
             raise ValueError(f"TrainConfig.scst_epochs must be an integer >= 0, got {self.scst_epochs!r}")
         if self.scst_epochs:
