@@ -104,10 +104,10 @@ def unlike_set() -> dict[str, bytes]:
     return out
 
 
-def _jpeg(data: bytes, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+def _jpeg(data: bytes) -> bytes:
+    from bench.recompression import resave
+
+    return resave(data, 90)
 
 
 def _answers(captioner, data: bytes):
