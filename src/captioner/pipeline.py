@@ -72,33 +72,15 @@ def dataset_features(
     )
     if augment_split and (flip or views):
         augmented = dataset.available(augment_split)
-        extra = (
-            [
-                extract_features(
-                    augmented,
-                    dataset.image_dir,
-                    encoder,
-                    root / f"flip-{augment_split}",
-                    batch_size,
-                    progress,
-                    flip=True,
-                )  # fmt: skip
-            ]
-            if flip
-            else []
-        )
-        extra += [
-            extract_features(
-                augmented,
-                dataset.image_dir,
-                encoder,
-                root / f"view{v}-{augment_split}",
-                batch_size,
-                progress,
-                view=PhotoView(v),
-            )  # fmt: skip
-            for v in range(1, views + 1)
-        ]
+
+        def cached(view: PhotoView | None) -> np.ndarray:  # None: the mirrored images
+            folder = root / (f"view{view.number}-{augment_split}" if view else f"flip-{augment_split}")
+            return extract_features(
+                augmented, dataset.image_dir, encoder, folder, batch_size, progress, view is None, view
+            )
+
+        extra = [cached(None)] if flip else []
+        extra += [cached(PhotoView(v)) for v in range(1, views + 1)]
         for i, name in enumerate(augmented):
             out[name] = np.stack([out[name], *(e[i] for e in extra)])
     return out
