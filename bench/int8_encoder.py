@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from bench.http import REPO
+from bench.recompression import resave
 
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 # scikit-image's sample photos: half calibrate, the others are held out with scikit-learn's and matplotlib's.
@@ -105,8 +106,6 @@ def unlike_set() -> dict[str, bytes]:
 
 
 def _jpeg(data: bytes) -> bytes:
-    from bench.recompression import resave
-
     return resave(data, 90)
 
 

@@ -489,7 +489,7 @@ def quantize_encoder_cmd(
         list[Path],
         typer.Option(
             help="Calibration photos: files or folders (repeatable). A few dozen varied photos like those you "
-            "serve; the first --max-calibration of them (sorted) are used."
+            "serve; the first --max-calibration of them (in the order given, each folder sorted) are used."
         ),
     ],
     bundle: BundleOpt = None,
@@ -520,11 +520,11 @@ def quantize_encoder_cmd(
         raise CaptionerError(
             "no calibration photos found: pass photos or folders of photos with --calibration"
         )
+    photos = photos[:max_calibration]
     path = save_int8_bundle(
-        _bundle_path(bundle), out, photos[:max_calibration],
-        float_head_convs=float_head_convs, seven_bit_weights=seven_bit_weights,
+        _bundle_path(bundle), out, photos, float_head_convs=float_head_convs, seven_bit_weights=seven_bit_weights,
     )  # fmt: skip
-    typer.echo(json.dumps({"bundle": str(path), "calibration_images": len(photos[:max_calibration]),
+    typer.echo(json.dumps({"bundle": str(path), "calibration_images": len(photos),
                            "encoder_bytes": (path / "encoder.onnx").stat().st_size}, indent=2))  # fmt: skip
 
 
